@@ -1,0 +1,42 @@
+# flowtrail's commands. `make demo` and `make test` are the two a newcomer needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck layers unit soak bench bench-compare clean
+
+# The virtual environment is created when missing and refreshed when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@echo "The demo arrives with the engine. What exists today: the pure core (states, events,"
+	@echo "fold, Prefect's policies, verify). Run 'make test' to see it checked."
+
+test: lint typecheck layers unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check flowtrail tests benchmarks
+	$(BIN)/ruff format --check flowtrail tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+soak: $(STAMP)
+	FLOWTRAIL_SOAK=1 $(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
