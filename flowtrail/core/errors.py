@@ -1,0 +1,214 @@
+"""Every error flowtrail raises, in one tree.
+
+Errors are named in the library's words, never a driver's, and carry the context a
+caller needs to act on them (run id, stream, position, event type)::
+
+    FlowtrailError
+    ├── InvalidInputError                 bad input from a caller; nothing was written
+    │   ├── InvalidStateError             unknown state type, naive datetime, bad details
+    │   ├── InvalidDataError              data that is not JSON (sets, objects, NaN, ...)
+    │   ├── InvalidIdError                a run or stream id of the wrong shape
+    │   ├── InvalidVersionError           a negative or absurd expected version
+    │   ├── PayloadTooLargeError          an event over the store's size limit
+    │   └── InvalidUrlError               a database URL flowtrail cannot open
+    ├── CodecError                        stored or received bytes that are not an event
+    │   ├── MalformedEventError           bytes that do not decode to the event's type
+    │   ├── UnknownEventTypeError         an event type this version does not know
+    │   └── UnsupportedSchemaVersionError an event written by a newer flowtrail
+    ├── StoreError                        the log could not do what was asked
+    │   ├── ConcurrencyConflictError      the stream moved on since it was read
+    │   ├── StoreBusyError                another process held the write lock too long
+    │   ├── StoreUnavailableError         the database cannot be reached right now
+    │   ├── CorruptLogError               the file or the rows are not a sound log
+    │   ├── SchemaVersionError            the database was written by a newer flowtrail
+    │   └── UnsupportedFilesystemError    a network file system SQLite cannot lock safely
+    └── OrchestrationError                a run-level request that cannot be served
+        ├── RunNotFoundError              no run with that id
+        ├── RunAlreadyExistsError         a run id used twice without an idempotency key
+        ├── ContentionError               a proposal kept losing to concurrent writers
+        └── PolicyNotFoundError           a decision names a policy this version lacks
+
+Every class can be caught through its parents; `InvalidInputError` is also a
+`ValueError` so that code written for plain Python errors keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "ConcurrencyConflictError",
+    "ContentionError",
+    "CorruptLogError",
+    "FlowtrailError",
+    "InvalidDataError",
+    "InvalidIdError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "InvalidUrlError",
+    "InvalidVersionError",
+    "MalformedEventError",
+    "OrchestrationError",
+    "PayloadTooLargeError",
+    "PolicyNotFoundError",
+    "RunAlreadyExistsError",
+    "RunNotFoundError",
+    "SchemaVersionError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreUnavailableError",
+    "UnknownEventTypeError",
+    "UnsupportedFilesystemError",
+    "UnsupportedSchemaVersionError",
+]
+
+
+class FlowtrailError(Exception):
+    """The root of every error flowtrail raises on purpose."""
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+class InvalidInputError(FlowtrailError, ValueError):
+    """A caller passed something flowtrail cannot accept; nothing was written."""
+
+
+class InvalidStateError(InvalidInputError):
+    """A state that is not one of flowtrail's: unknown type, naive time, bad details."""
+
+
+class InvalidDataError(InvalidInputError):
+    """Data that cannot be recorded as JSON: a set, an object, a non-finite float, ..."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InvalidIdError(InvalidInputError):
+    """An id of the wrong shape (empty, too long, control characters, not a UUID)."""
+
+
+class InvalidVersionError(InvalidInputError):
+    """An expected version that cannot exist (negative, or beyond any real stream)."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """An encoded event larger than the store accepts."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class InvalidUrlError(InvalidInputError):
+    """A database URL flowtrail does not know how to open."""
+
+
+# --- bytes that are not events ------------------------------------------------------------
+
+
+class CodecError(FlowtrailError):
+    """Bytes that do not decode to a flowtrail event."""
+
+    def __init__(self, message: str, *, event_type: str | None = None, position: int | None = None) -> None:
+        super().__init__(message)
+        self.event_type = event_type
+        self.position = position
+
+
+class MalformedEventError(CodecError):
+    """Bytes that are not valid JSON for the event type they claim to be."""
+
+
+class UnknownEventTypeError(CodecError):
+    """An event type this version of flowtrail does not know."""
+
+
+class UnsupportedSchemaVersionError(CodecError):
+    """An event written with a schema version newer than this flowtrail understands."""
+
+
+# --- the log ------------------------------------------------------------------------------
+
+
+class StoreError(FlowtrailError):
+    """The log could not carry out the request."""
+
+
+class ConcurrencyConflictError(StoreError):
+    """The stream's version is not the one the caller expected; nothing was written."""
+
+    def __init__(self, stream_id: str, expected_version: int, current_version: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is at version {current_version}, not the expected {expected_version}"
+        )
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.current_version = current_version
+
+
+class StoreBusyError(StoreError):
+    """Another process held the database's write lock for longer than the busy timeout."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached (connection lost, server restarting)."""
+
+
+class CorruptLogError(StoreError):
+    """The database file or its rows are not a sound flowtrail log."""
+
+    def __init__(self, message: str, *, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class SchemaVersionError(StoreError):
+    """The database was created by a newer flowtrail than this one."""
+
+
+class UnsupportedFilesystemError(StoreError):
+    """The database file is on a file system where SQLite's locking is not reliable."""
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+class OrchestrationError(FlowtrailError):
+    """A run-level request that cannot be served."""
+
+
+class RunNotFoundError(OrchestrationError, LookupError):
+    """No run has this id."""
+
+    def __init__(self, run_id: object) -> None:
+        super().__init__(f"no run with id {run_id}")
+        self.run_id = run_id
+
+
+class RunAlreadyExistsError(OrchestrationError):
+    """A run was created with an id that is already taken."""
+
+    def __init__(self, run_id: object) -> None:
+        super().__init__(f"a run with id {run_id} already exists")
+        self.run_id = run_id
+
+
+class ContentionError(OrchestrationError):
+    """A proposal lost to concurrent writers on every one of its attempts."""
+
+    def __init__(self, run_id: object, attempts: int) -> None:
+        super().__init__(f"run {run_id}: gave up after {attempts} attempts lost to concurrent proposals")
+        self.run_id = run_id
+        self.attempts = attempts
+
+
+class PolicyNotFoundError(OrchestrationError):
+    """A recorded decision names a policy (or version) this flowtrail does not have."""
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"no policy {name!r} version {version} is registered")
+        self.name = name
+        self.version = version
