@@ -1,0 +1,339 @@
+"""Re-checking a log: `verify` and the `Auditor` behind it.
+
+Given recorded events in position order, the auditor checks, for each one:
+
+- its position follows the previous one (a gap is a removed row, a repeat a copy);
+- its version follows its stream's previous one, and its hash seals it to that one;
+- its bytes decode, and it folds onto its run;
+- a proposal was decided by a policy that may decide it (a forced proposal by a
+  minimal policy), and deciding it again from the run as it was, with the recorded
+  facts, gives exactly the recorded decision;
+- the facts it recorded about its enclosing flow run were the flow run's at that point;
+- a subflow state that was written is followed by its copy on the parent task run.
+
+It reports problems in position order, the first bad position first, each with a
+sentence saying what disagrees. Memory grows with the number of runs, not events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from flowtrail.core.chain import GENESIS, RecordedEvent
+from flowtrail.core.errors import CodecError, CorruptLogError, PolicyNotFoundError
+from flowtrail.core.events import Decision, Event, Proposal, RunKind, StateProposed
+from flowtrail.core.fold import RunView, evolve, flow_run_facts
+from flowtrail.core.policies import MarkLateRunsPolicy, decide, default_policy, mirror_proposal, policy_named
+
+__all__ = ["AuditReport", "Auditor", "Problem", "verify"]
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing the log got wrong, where, and in words."""
+
+    kind: str
+    message: str
+    position: int | None = None
+    stream_id: str | None = None
+
+
+class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of `verify`: ``ok`` when no problem was found."""
+
+    events_checked: int
+    streams_checked: int
+    problems: tuple[Problem, ...]
+    last_position: int
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_problem(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
+
+
+class _Stream:
+    __slots__ = ("hash", "version", "view")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.hash = GENESIS
+        self.view: RunView | None = None
+
+
+class Auditor:
+    """Checks events one at a time (so a caller can report progress); see `verify`."""
+
+    def __init__(
+        self,
+        *,
+        first_position: int = 1,
+        max_problems: int = 100,
+        contiguous: bool = True,
+        anchor: tuple[int, bytes] | None = None,
+    ) -> None:
+        # ``contiguous=False`` checks a selection of streams (one run's history), whose
+        # positions only need to increase. ``anchor`` is a (position, hash) pair kept
+        # outside the database: the log must reach that position with that hash, which
+        # is the only way to notice events cut from the end of a log.
+        self._contiguous = contiguous
+        self._anchor = anchor
+        self._anchor_seen: bytes | None = None
+        self._expected_position = first_position
+        self._last_position = first_position - 1
+        self._max = max_problems
+        self._streams: dict[str, _Stream] = {}
+        self._problems: list[Problem] = []
+        self._truncated = False
+        self._checked = 0
+        # The copy a written subflow state must be followed by: (parent task stream, proposal).
+        self._mirror: tuple[str, Proposal, int] | None = None
+
+    def _problem(self, kind: str, message: str, event: RecordedEvent | None) -> None:
+        if len(self._problems) >= self._max:
+            self._truncated = True
+            return
+        self._problems.append(
+            Problem(
+                kind=kind,
+                message=message,
+                position=None if event is None else event.position,
+                stream_id=None if event is None else event.stream_id,
+            )
+        )
+
+    def check(self, recorded: RecordedEvent) -> None:
+        """Check the next event of the log."""
+        self._checked += 1
+        self._check_position(recorded)
+        if self._anchor is not None and recorded.position == self._anchor[0]:
+            self._anchor_seen = recorded.hash
+        stream = self._streams.get(recorded.stream_id)
+        if stream is None:
+            stream = self._streams[recorded.stream_id] = _Stream()
+        self._check_seal(recorded, stream)
+        try:
+            event = recorded.decode()
+        except CodecError as exc:
+            self._problem("decode", f"position {recorded.position} does not decode: {exc}", recorded)
+            return
+        if str(event.run_id) != recorded.stream_id:
+            self._problem(
+                "stream",
+                f"position {recorded.position} is an event of run {event.run_id} stored in stream "
+                f"{recorded.stream_id!r}",
+                recorded,
+            )
+        self._check_mirror(recorded, event)
+        before = stream.view
+        try:
+            stream.view = evolve(before, event)
+        except CorruptLogError as exc:
+            self._problem("fold", f"position {recorded.position}: {exc}", recorded)
+            return
+        if isinstance(event, StateProposed) and before is not None:
+            self._check_decision(recorded, event, before)
+
+    def _check_position(self, recorded: RecordedEvent) -> None:
+        position = recorded.position
+        if position != self._expected_position:
+            if position > self._expected_position and not self._contiguous:
+                pass
+            elif position > self._expected_position:
+                missing = position - self._expected_position
+                self._problem(
+                    "position",
+                    f"positions {self._expected_position}..{position - 1} are missing before position {position} "
+                    f"({missing} event(s) removed)"
+                    if missing > 1
+                    else f"position {self._expected_position} is missing before position {position} "
+                    "(an event was removed)",
+                    recorded,
+                )
+            else:
+                self._problem(
+                    "position",
+                    f"position {position} comes after position {self._last_position}: "
+                    "the log is out of order or holds a copied event",
+                    recorded,
+                )
+        self._last_position = max(self._last_position, position)
+        self._expected_position = max(self._expected_position, position + 1)
+
+    def _check_seal(self, recorded: RecordedEvent, stream: _Stream) -> None:
+        if recorded.version != stream.version + 1:
+            self._problem(
+                "version",
+                f"position {recorded.position} is version {recorded.version} of stream {recorded.stream_id!r}, "
+                f"which was at version {stream.version}",
+                recorded,
+            )
+        if recorded.hash != recorded.expected_hash(stream.hash):
+            self._problem(
+                "hash",
+                f"the hash at position {recorded.position} does not seal its contents to the event before it "
+                f"in stream {recorded.stream_id!r}: the event, or one before it, was altered",
+                recorded,
+            )
+        stream.version = recorded.version
+        stream.hash = recorded.hash
+
+    def _check_mirror(self, recorded: RecordedEvent, event: Event) -> None:
+        expected = self._mirror
+        if expected is None:
+            return
+        self._mirror = None
+        stream_id, proposal, source = expected
+        if (
+            recorded.stream_id != stream_id
+            or not isinstance(event, StateProposed)
+            or event.proposal != proposal
+        ):
+            self._problem(
+                "mirror",
+                f"the subflow state written at position {source} is not copied onto its parent task run "
+                f"at position {recorded.position}",
+                recorded,
+            )
+
+    def _check_decision(self, recorded: RecordedEvent, event: StateProposed, before: RunView) -> None:
+        recorded_decision = event.decision
+        try:
+            policy = policy_named(recorded_decision.policy, recorded_decision.policy_version)
+        except PolicyNotFoundError as exc:
+            self._problem("policy", f"position {recorded.position}: {exc}", recorded)
+            return
+        allowed = {default_policy(before.kind, event.proposal.force).name}
+        if before.kind is RunKind.FLOW and not event.proposal.force:
+            allowed.add(MarkLateRunsPolicy.name)
+        if policy.name not in allowed:
+            self._problem(
+                "policy",
+                f"position {recorded.position} was decided by {policy.name}, which may not decide a "
+                f"{'forced ' if event.proposal.force else ''}{before.kind.value} run proposal",
+                recorded,
+            )
+            return
+        if policy.name == "CoreTaskPolicy":
+            self._check_facts(recorded, event, before)
+        again = decide(before, event.proposal, event.facts, policy)
+        if again != recorded_decision:
+            self._problem(
+                "decision",
+                f"position {recorded.position}: {_difference(recorded_decision, again)}",
+                recorded,
+            )
+        mirror = mirror_proposal(before, recorded_decision, event.proposal)
+        if mirror is not None and before.parent_task_run_id is not None:
+            self._mirror = (str(before.parent_task_run_id), mirror, recorded.position)
+
+    def _check_facts(self, recorded: RecordedEvent, event: StateProposed, task: RunView) -> None:
+        facts = event.facts.flow_run
+        if task.flow_run_id is None:
+            if facts is not None:
+                self._problem(
+                    "facts",
+                    f"position {recorded.position} records a flow run for a task without one",
+                    recorded,
+                )
+            return
+        flow_stream = self._streams.get(str(task.flow_run_id))
+        flow = None if flow_stream is None else flow_stream.view
+        actual = None if flow is None else flow_run_facts(flow)
+        if facts != actual:
+            self._problem(
+                "facts",
+                f"position {recorded.position} was decided on flow run {task.flow_run_id} as {_facts_text(facts)}, "
+                f"but at that point it was {_facts_text(actual)}",
+                recorded,
+            )
+
+    def finish(self) -> AuditReport:
+        """The report on everything checked so far."""
+        if self._anchor is not None:
+            self._check_anchor(*self._anchor)
+        if self._mirror is not None:
+            _, _, source = self._mirror
+            self._problem(
+                "mirror",
+                f"the subflow state written at position {source} is not copied onto its parent task run "
+                "(the log ends there)",
+                None,
+            )
+            self._mirror = None
+        return AuditReport(
+            events_checked=self._checked,
+            streams_checked=len(self._streams),
+            problems=tuple(self._problems),
+            last_position=self._last_position,
+            truncated=self._truncated,
+        )
+
+    def _check_anchor(self, position: int, seal: bytes) -> None:
+        if self._last_position < position:
+            self._problem(
+                "anchor",
+                f"the log ends at position {self._last_position}, before the anchored position {position}: "
+                "events were cut from its end",
+                None,
+            )
+        elif self._anchor_seen != seal:
+            self._problem(
+                "anchor",
+                f"the event at the anchored position {position} does not carry the anchored hash",
+                None,
+            )
+
+
+def _facts_text(facts: object) -> str:
+    if facts is None:
+        return "absent"
+    version = getattr(facts, "version", "?")
+    state = getattr(facts, "state_type", None)
+    return f"version {version} in state {state.value if state is not None else 'none'}"
+
+
+def _difference(recorded: Decision, again: Decision) -> str:
+    """The first field on which two decisions differ, in words."""
+    if recorded.status != again.status:
+        return (
+            f"recorded {recorded.status.value} ({recorded.rule or 'no rule'}), but the policy decides "
+            f"{again.status.value} ({again.rule or 'no rule'}: {again.reason or 'accepted'})"
+        )
+    for field in msgspec.structs.fields(Decision):
+        mine, theirs = getattr(recorded, field.name), getattr(again, field.name)
+        if mine != theirs:
+            return f"recorded {field.name} {_short(mine)}, but the policy gives {_short(theirs)}"
+    return "the decisions differ"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def verify(
+    events: Iterable[RecordedEvent],
+    *,
+    first_position: int = 1,
+    max_problems: int = 100,
+    contiguous: bool = True,
+    anchor: tuple[int, bytes] | None = None,
+) -> AuditReport:
+    """Check a log (in position order); see the module's docstring.
+
+    ``contiguous=False`` checks some streams of a log (their positions need only
+    increase); the default checks a whole log from ``first_position``. ``anchor`` is a
+    (position, hash) pair kept elsewhere that the log must still reach.
+    """
+    auditor = Auditor(
+        first_position=first_position, max_problems=max_problems, contiguous=contiguous, anchor=anchor
+    )
+    for recorded in events:
+        auditor.check(recorded)
+    return auditor.finish()

@@ -1,0 +1,50 @@
+"""What a projection is, as the store and the engine see it.
+
+A projection turns recorded events into rows of its own read tables. It is applied
+either *inline*, by the store, inside the transaction that appends the events
+(read-your-writes), or by a catch-up runner that tails the log from a checkpoint kept
+in the same transaction as the rows. Either way the projection is a script of effects
+(`flowtrail.core.effects`), so it never touches a connection itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+from flowtrail.core.chain import RecordedEvent
+from flowtrail.core.effects import Script
+from flowtrail.core.events import Event
+
+__all__ = ["Dialect", "Projection"]
+
+#: The SQL dialects flowtrail writes.
+Dialect = Literal["sqlite", "postgresql"]
+
+
+class Projection(Protocol):
+    """A named, versioned read model over the log."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int:
+        """Bumped when the tables or the way they are filled change: a rebuild follows."""
+        ...
+
+    @property
+    def tables(self) -> Sequence[str]:
+        """The tables the projection owns (dropped and recreated by a rebuild)."""
+        ...
+
+    def schema(self, dialect: Dialect) -> Sequence[str]:
+        """Statements that create the tables and indexes if they do not exist."""
+        ...
+
+    def apply(self, records: Sequence[RecordedEvent], events: Sequence[Event]) -> Script[None]:
+        """Update the tables for ``records`` (``events[i]`` is ``records[i]`` decoded).
+
+        Runs inside the caller's write transaction; must not begin or end one.
+        """
+        ...
