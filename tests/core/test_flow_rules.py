@@ -442,3 +442,24 @@ def test_a_memory_log_propose_of_an_unknown_run_is_a_typed_error() -> None:
 
     with pytest.raises(RunNotFoundError):
         MemoryLog().propose(run_id_for("nobody"), s.Running())
+
+
+# --- the late-runs marker's policy -----------------------------------------------------------
+
+
+def test_the_late_runs_policy_marks_a_scheduled_run_late_and_nothing_else() -> None:
+    from flowtrail.core import MarkLateRunsPolicy, verify
+
+    log, run = flow_in(initial_state(StateType.SCHEDULED))
+    late = propose(log, run.id, s.Late(), policy=MarkLateRunsPolicy)
+    assert (late.status, late.policy) == (Status.ACCEPT, "MarkLateRunsPolicy")
+    again = propose(log, run.id, s.Late(), policy=MarkLateRunsPolicy, when=later(1))
+    assert (again.status, again.reason) == (Status.REJECT, "This flow run is already marked late.")
+    assert verify(log.records).ok
+
+
+def test_a_decision_naming_an_unknown_policy_is_a_typed_error() -> None:
+    from flowtrail.core import PolicyNotFoundError, policy_named
+
+    with pytest.raises(PolicyNotFoundError, match="CoreFlowPolicy"):
+        policy_named("CoreFlowPolicy", 99)
