@@ -63,9 +63,10 @@ def chain_hash(
     return digest.digest()
 
 
-class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class RecordedEvent(msgspec.Struct, frozen=True):
     """An event as the log holds it: its place, its seal and its bytes.
 
+    Fields are in the order of a log row, so a row maps straight onto one.
     ``recorded_at`` is microseconds since the epoch (see `recorded_time`).
     """
 

@@ -1,0 +1,241 @@
+"""The log's I/O logic, written once as scripts of effects (see `flowtrail.core.effects`).
+
+`append_script` is the heart: one write transaction for a batch of appends (one append
+for the sync driver; every append that arrived together for the async one). Each append
+in the batch is checked on its own (idempotency key, expected versions) against the
+streams as the appends before it in the batch left them, so one append's conflict never
+fails another. Positions, versions and hashes are assigned in order, the rows go in
+with one statement, then the inline projections run in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from flowtrail.core.chain import GENESIS, RecordedEvent, chain_hash
+from flowtrail.core.effects import Begin, Commit, ExecuteMany, Fetch, Rollback, Row, Script
+from flowtrail.core.errors import ConcurrencyConflictError, FlowtrailError
+from flowtrail.core.events import Event
+from flowtrail.core.projection import Projection
+from flowtrail.store.api import AppendResult, PreparedAppend
+
+__all__ = [
+    "LogSql",
+    "append_script",
+    "last_position_script",
+    "read_batch_script",
+    "read_stream_script",
+    "record_of",
+    "stream_version_script",
+    "wall_clock_micros",
+]
+
+#: Statements are run with at most this many values bound to an IN list.
+_IN_CHUNK = 500
+
+
+class LogSql(Protocol):
+    """The statements a backend provides for the log's tables, with ``?`` placeholders."""
+
+    def lookup(self, streams: int, keys: int) -> str:
+        """Everything an append checks, in one query: rows ("p", None, last position,
+        None), then ("h", stream, version, hash) for each of ``streams`` streams that
+        exists, then ("k", key, first position, last position) for each of ``keys``
+        idempotency keys that is taken. Parameters: the streams, then the keys."""
+        ...
+
+    @property
+    def last_position(self) -> str: ...
+
+    @property
+    def insert_event(self) -> str: ...
+
+    @property
+    def insert_key(self) -> str: ...
+
+    @property
+    def replayed(self) -> str:
+        """(stream_id, max version, recorded_at) of the events between two positions."""
+        ...
+
+    @property
+    def read_stream(self) -> str: ...
+
+    @property
+    def read_batch(self) -> str: ...
+
+    @property
+    def stream_version(self) -> str: ...
+
+
+def wall_clock_micros() -> int:
+    """The recording time of a write: microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def record_of(row: Row) -> RecordedEvent:
+    """A log row (position, stream, version, type, schema, recorded_at, data, hash)."""
+    data, seal = row[6], row[7]
+    if type(data) is not bytes or type(seal) is not bytes:  # some drivers hand out memoryviews
+        data, seal = bytes(data), bytes(seal)
+    return RecordedEvent(row[0], row[1], row[2], row[3], row[4], row[5], data, seal)
+
+
+def append_script(
+    batch: Sequence[PreparedAppend],
+    sql: LogSql,
+    projections: Sequence[Projection] = (),
+    clock: Callable[[], int] = wall_clock_micros,
+) -> Script[list[AppendResult | FlowtrailError]]:
+    """Append every request of ``batch`` in one transaction; a result (or error) each."""
+    yield Begin()
+    try:
+        results = yield from _append_in_transaction(batch, sql, projections, clock())
+    except BaseException:
+        yield Rollback()
+        raise
+    try:
+        yield Commit()
+    except BaseException:
+        # A failed COMMIT (busy, I/O) can leave the transaction open: end it.
+        yield Rollback()
+        raise
+    return results
+
+
+def _append_in_transaction(
+    batch: Sequence[PreparedAppend], sql: LogSql, projections: Sequence[Projection], recorded_at: int
+) -> Script[list[AppendResult | FlowtrailError]]:
+    position, heads, stored_keys = yield from _lookup(batch, sql)
+    rows: list[tuple[object, ...]] = []
+    key_rows: list[tuple[str, int, int]] = []
+    events: list[Event] = []
+    results: list[AppendResult | FlowtrailError] = []
+    by_key: dict[str, AppendResult] = {}
+    for request in batch:
+        key = request.idempotency_key
+        if key is not None and key in by_key:
+            results.append(_replay(by_key[key]))
+            continue
+        if key is not None and key in stored_keys:
+            first, last_of_key = stored_keys[key]
+            replayed = yield from _replayed_result(sql, first, last_of_key)
+            by_key[key] = replayed
+            results.append(replayed)
+            continue
+        conflict = _conflict(request, heads)
+        if conflict is not None:
+            results.append(conflict)
+            continue
+        first = position + 1
+        versions: dict[str, int] = {}
+        for write in request.writes:
+            version, previous = heads.get(write.stream_id, (0, GENESIS))
+            for kind, schema, data in write.encoded:
+                version += 1
+                position += 1
+                previous = chain_hash(
+                    previous, write.stream_id, version, position, kind, schema, recorded_at, data
+                )
+                rows.append((position, write.stream_id, version, kind, schema, recorded_at, data, previous))
+            events.extend(write.events)
+            heads[write.stream_id] = (version, previous)
+            versions[write.stream_id] = version
+        result = AppendResult(
+            first_position=first, last_position=position, versions=versions, recorded_at=recorded_at
+        )
+        results.append(result)
+        if key is not None:
+            key_rows.append((key, first, position))
+            by_key[key] = result
+    if rows:
+        yield ExecuteMany(sql.insert_event, rows)
+        if key_rows:
+            yield ExecuteMany(sql.insert_key, key_rows)
+        if projections:
+            records = [record_of(row) for row in rows]
+            for projection in projections:
+                yield from projection.apply(records, events)
+    return results
+
+
+def _replay(result: AppendResult) -> AppendResult:
+    return AppendResult(
+        first_position=result.first_position,
+        last_position=result.last_position,
+        versions=result.versions,
+        recorded_at=result.recorded_at,
+        replayed=True,
+    )
+
+
+def _conflict(request: PreparedAppend, heads: dict[str, tuple[int, bytes]]) -> FlowtrailError | None:
+    for write in request.writes:
+        current = heads.get(write.stream_id, (0, GENESIS))[0]
+        if write.expected_version is not None and write.expected_version != current:
+            return ConcurrencyConflictError(write.stream_id, write.expected_version, current)
+    for stream, expected in request.expect:
+        current = heads.get(stream, (0, GENESIS))[0]
+        if expected != current:
+            return ConcurrencyConflictError(stream, expected, current)
+    return None
+
+
+def _lookup(
+    batch: Sequence[PreparedAppend], sql: LogSql
+) -> Script[tuple[int, dict[str, tuple[int, bytes]], dict[str, tuple[int, int]]]]:
+    """The last position, the head of every stream the batch touches, and its stored keys."""
+    streams = sorted(set().union(*(r.streams for r in batch)))
+    keys = sorted({r.idempotency_key for r in batch if r.idempotency_key is not None})
+    position = 0
+    heads: dict[str, tuple[int, bytes]] = {}
+    found: dict[str, tuple[int, int]] = {}
+    # One query in the usual case; very large batches are looked up in chunks.
+    chunks = max(1, -(-len(streams) // _IN_CHUNK), -(-len(keys) // _IN_CHUNK))
+    for index in range(chunks):
+        some_streams = streams[index * _IN_CHUNK : (index + 1) * _IN_CHUNK]
+        some_keys = keys[index * _IN_CHUNK : (index + 1) * _IN_CHUNK]
+        rows: list[Row] = yield Fetch(
+            sql.lookup(len(some_streams), len(some_keys)), [*some_streams, *some_keys]
+        )
+        for kind, name, first, second in rows:
+            if kind == "p":
+                position = int(first or 0)
+            elif kind == "h":
+                heads[name] = (first, bytes(second))
+            else:
+                found[name] = (first, second)
+    return position, heads, found
+
+
+def _replayed_result(sql: LogSql, first: int, last: int) -> Script[AppendResult]:
+    rows: list[Row] = yield Fetch(sql.replayed, (first, last))
+    return AppendResult(
+        first_position=first,
+        last_position=last,
+        versions={stream: version for stream, version, _ in rows},
+        recorded_at=min(recorded for _, _, recorded in rows) if rows else 0,
+        replayed=True,
+    )
+
+
+def read_stream_script(sql: LogSql, stream_id: str, from_version: int) -> Script[list[RecordedEvent]]:
+    rows: list[Row] = yield Fetch(sql.read_stream, (stream_id, from_version))
+    return [record_of(row) for row in rows]
+
+
+def read_batch_script(sql: LogSql, from_position: int, limit: int) -> Script[list[RecordedEvent]]:
+    rows: list[Row] = yield Fetch(sql.read_batch, (from_position, limit))
+    return [record_of(row) for row in rows]
+
+
+def last_position_script(sql: LogSql) -> Script[int]:
+    (last,) = (yield Fetch(sql.last_position))[0]
+    return int(last or 0)
+
+
+def stream_version_script(sql: LogSql, stream_id: str) -> Script[int]:
+    rows: list[Row] = yield Fetch(sql.stream_version, (stream_id,))
+    return int(rows[0][0] or 0) if rows else 0

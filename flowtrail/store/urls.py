@@ -1,0 +1,105 @@
+"""Database URLs: the one documented way to say where a log lives.
+
+- ``sqlite:///runs.db`` (relative), ``sqlite:////var/lib/runs.db`` (absolute),
+  ``sqlite:///~/runs.db``, ``sqlite:///:memory:``; options as query parameters:
+  ``?durability=normal`` (default ``full``), ``?busy_timeout=5`` (seconds),
+  ``?max_event_bytes=1048576``.
+- ``postgresql://user@host:5432/db`` (or ``postgres://``), with ``?schema=name``
+  (default ``flowtrail``) and libpq's own parameters.
+
+A URL is checked once, here; anything wrong is an `InvalidUrlError` naming the part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from flowtrail.core.errors import InvalidUrlError
+
+__all__ = ["StoreUrl", "parse_url"]
+
+_SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes"}
+_FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes"}
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """A parsed database URL."""
+
+    backend: str
+    #: SQLite: the file path (or ":memory:"); PostgreSQL: the libpq connection string.
+    target: str
+    durability: str = "full"
+    busy_timeout: float = 5.0
+    max_event_bytes: int = 1024 * 1024
+    schema: str = "flowtrail"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _number(options: dict[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    if name not in options:
+        return default
+    try:
+        value = int(options[name]) if whole else float(options[name])
+    except ValueError:
+        raise InvalidUrlError(f"{name}={options[name]!r} is not a number") from None
+    if value <= 0:
+        raise InvalidUrlError(f"{name} must be positive, not {options[name]}")
+    return value
+
+
+def parse_url(url: str) -> StoreUrl:
+    """Parse and check a database URL."""
+    given: object = url  # also reached from untyped callers (the CLI, the environment)
+    if not isinstance(given, str) or not url.strip():
+        raise InvalidUrlError("a database URL is a non-empty string, e.g. sqlite:///runs.db")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if scheme == "sqlite":
+        unknown = set(options) - _SQLITE_OPTIONS
+        if unknown:
+            raise InvalidUrlError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
+        if parts.netloc:
+            raise InvalidUrlError(
+                f"a SQLite URL has three slashes before its path: sqlite:///{parts.netloc}{parts.path}"
+            )
+        raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if not raw:
+            raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
+        durability = options.get("durability", "full")
+        if durability not in ("full", "normal"):
+            raise InvalidUrlError(f"durability is 'full' or 'normal', not {durability!r}")
+        target = raw if raw == ":memory:" else str(Path(raw).expanduser())
+        return StoreUrl(
+            backend="sqlite",
+            target=target,
+            durability=durability,
+            busy_timeout=_number(options, "busy_timeout", 5.0),
+            max_event_bytes=int(_number(options, "max_event_bytes", 1024 * 1024, whole=True)),
+        )
+    if scheme in ("postgresql", "postgres"):
+        mine = {k: v for k, v in options.items() if k in _FLOWTRAIL_PG_OPTIONS}
+        libpq = [
+            (k, v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if k not in _FLOWTRAIL_PG_OPTIONS
+        ]
+        schema = mine.get("schema", "flowtrail")
+        if not schema.replace("_", "").isalnum() or not schema[0].isalpha() or len(schema) > 63:
+            raise InvalidUrlError(
+                f"schema {schema!r} must be a plain identifier (letters, digits, underscores)"
+            )
+        query = "&".join(f"{k}={v}" for k, v in libpq)
+        target = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
+        return StoreUrl(
+            backend="postgresql",
+            target=target,
+            schema=schema.lower(),
+            max_event_bytes=int(_number(mine, "max_event_bytes", 1024 * 1024, whole=True)),
+        )
+    raise InvalidUrlError(
+        f"unsupported database URL scheme {parts.scheme or '(none)'!r}: use sqlite:///path.db or postgresql://..."
+    )
