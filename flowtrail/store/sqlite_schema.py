@@ -1,0 +1,327 @@
+"""SQLite's side of the log: its statements, its schema and migrations, the checks made
+on a file before it is opened, and the translation of sqlite3's errors.
+
+The schema has a version in the ``flowtrail_meta`` table. A file written by a newer
+flowtrail is refused; an older one is migrated forward by `MIGRATIONS`, which add and
+never rewrite: recorded events are never touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Rollback, Script
+from flowtrail.core.errors import (
+    CorruptLogError,
+    SchemaVersionError,
+    StoreBusyError,
+    StoreError,
+    StoreUnavailableError,
+    UnsupportedFilesystemError,
+)
+from flowtrail.core.projection import Projection
+
+__all__ = [
+    "MIGRATIONS",
+    "NETWORK_FILESYSTEMS",
+    "SCHEMA_VERSION",
+    "SQL",
+    "SqliteLogSql",
+    "check_file",
+    "check_filesystem",
+    "connect_options",
+    "ensure_directory",
+    "filesystem_type",
+    "is_memory",
+    "mark_current_script",
+    "schema_script",
+    "translate",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = (
+    "CREATE TABLE flowtrail_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    # position is the rowid: assigned max+1 by the one writer, so gap-free and in commit order.
+    """CREATE TABLE events (
+        position INTEGER PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        UNIQUE (stream_id, version)
+    )""",
+    """CREATE TABLE idempotency_keys (
+        key TEXT PRIMARY KEY, first_position INTEGER NOT NULL, last_position INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE checkpoints (
+        name TEXT PRIMARY KEY, version INTEGER NOT NULL, position INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # The log is append-only: the database itself refuses to change or remove an event.
+    """CREATE TRIGGER events_are_never_updated BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'flowtrail events are never updated'); END""",
+    """CREATE TRIGGER events_are_never_deleted BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'flowtrail events are never deleted'); END""",
+)
+
+#: Statements taking the schema from version N to N + 1. They may add tables, columns
+#: and indexes; they never rewrite events.
+MIGRATIONS: dict[int, Sequence[str]] = {}
+
+#: File systems on which SQLite's locks cannot be trusted (see sqlite.org/faq.html#q5).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "glusterfs",
+        "ceph",
+        "lustre",
+        "gpfs",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.s3fs",
+        "fuse.rclone",
+        "davfs",
+        "fuse.davfs2",
+    }
+)
+
+
+class SqliteLogSql:
+    """The log's statements in SQLite's dialect."""
+
+    last_position = "SELECT max(position) FROM events"
+    insert_event = (
+        "INSERT INTO events (position, stream_id, version, event_type, schema_version, recorded_at, data, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    insert_key = "INSERT INTO idempotency_keys (key, first_position, last_position) VALUES (?, ?, ?)"
+    replayed = (
+        "SELECT stream_id, max(version), min(recorded_at) FROM events "
+        "WHERE position BETWEEN ? AND ? GROUP BY stream_id"
+    )
+    _columns = "position, stream_id, version, event_type, schema_version, recorded_at, data, hash"
+    read_stream = f"SELECT {_columns} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
+    read_batch = f"SELECT {_columns} FROM events WHERE position >= ? ORDER BY position LIMIT ?"
+    stream_version = "SELECT max(version) FROM events WHERE stream_id = ?"
+
+    @staticmethod
+    @functools.cache
+    def lookup(streams: int, keys: int) -> str:
+        parts = ["SELECT 'p', NULL, max(position), NULL FROM events"]
+        if streams:
+            # With a single max(), SQLite takes the bare column (hash) from the row holding the max.
+            marks = ", ".join("?" * streams)
+            parts.append(
+                f"SELECT 'h', stream_id, max(version), hash FROM events WHERE stream_id IN ({marks}) GROUP BY stream_id"
+            )
+        if keys:
+            marks = ", ".join("?" * keys)
+            parts.append(
+                f"SELECT 'k', key, first_position, last_position FROM idempotency_keys WHERE key IN ({marks})"
+            )
+        return " UNION ALL ".join(parts)
+
+
+SQL = SqliteLogSql()
+
+
+def schema_script(
+    projections: Sequence[Projection], *, log_id: str, migrations: dict[int, Sequence[str]] | None = None
+) -> Script[list[str]]:
+    """Create or migrate the schema; returns the names of projections needing a rebuild."""
+    steps = MIGRATIONS if migrations is None else migrations
+    yield Begin()
+    try:
+        stale = yield from _schema_in_transaction(projections, log_id, steps)
+    except BaseException:
+        yield Rollback()
+        raise
+    yield Commit()
+    return stale
+
+
+def _schema_in_transaction(
+    projections: Sequence[Projection], log_id: str, steps: dict[int, Sequence[str]]
+) -> Script[list[str]]:
+    tables = {row[0] for row in (yield Fetch("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    if "flowtrail_meta" not in tables:
+        if tables - {"sqlite_sequence", "sqlite_stat1"}:
+            raise CorruptLogError(
+                f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(tables)[:5])})"
+            )
+        for statement in _SCHEMA_V1:
+            yield Execute(statement)
+        yield Execute(
+            "INSERT INTO flowtrail_meta (key, value) VALUES ('schema_version', '1'), ('log_id', ?)", (log_id,)
+        )
+        version = 1
+    else:
+        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'")
+        if not rows or not str(rows[0][0]).isdigit():
+            raise CorruptLogError("the flowtrail_meta table holds no schema version")
+        version = int(rows[0][0])
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"this database has schema version {version}, written by a newer flowtrail; "
+            f"this one reads up to version {SCHEMA_VERSION}"
+        )
+    while version < SCHEMA_VERSION:
+        for statement in steps.get(version, ()):
+            yield Execute(statement)
+        version += 1
+        yield Execute("UPDATE flowtrail_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    return (yield from _projection_tables(projections))
+
+
+def _projection_tables(projections: Sequence[Projection]) -> Script[list[str]]:
+    """Create each projection's tables; (re)create them when its version changed.
+
+    Tables (re)created on a log that already holds events are empty: the projection
+    is marked stale (``"<version>:stale"``) until a rebuild marks it current.
+    """
+    stale = []
+    (events,) = (yield Fetch("SELECT count(*) FROM (SELECT 1 FROM events LIMIT 1)"))[0]
+    for projection in projections:
+        key = f"projection:{projection.name}"
+        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (key,))
+        recorded = rows[0][0] if rows else None
+        current, marked_stale = str(projection.version), f"{projection.version}:stale"
+        if recorded not in (current, marked_stale):
+            for table in projection.tables:
+                yield Execute(f'DROP TABLE IF EXISTS "{table}"')
+            recorded = marked_stale if events else current
+            yield Execute("INSERT OR REPLACE INTO flowtrail_meta (key, value) VALUES (?, ?)", (key, recorded))
+        if recorded == marked_stale:
+            stale.append(projection.name)
+        for statement in projection.schema("sqlite"):
+            yield Execute(statement)
+    return stale
+
+
+def mark_current_script(projection: Projection) -> Script[None]:
+    """Record that ``projection``'s tables now reflect the whole log (after a rebuild)."""
+    yield Execute(
+        "INSERT OR REPLACE INTO flowtrail_meta (key, value) VALUES (?, ?)",
+        (f"projection:{projection.name}", str(projection.version)),
+    )
+
+
+# --- the file, before SQLite opens it ------------------------------------------------------
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the file system holding ``path`` (Linux), or None if unknown."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = str(path.resolve())
+    best, best_type = "", None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        fs_type = fields[fields.index("-") + 1]
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fs_type
+    return best_type
+
+
+def check_filesystem(path: Path, mountinfo: str | None = None) -> None:
+    """Refuse a database on a network file system, where SQLite's locking is unreliable."""
+    fs_type = filesystem_type(path.parent, mountinfo)
+    if fs_type is not None and (fs_type in NETWORK_FILESYSTEMS or fs_type.startswith("fuse.sshfs")):
+        raise UnsupportedFilesystemError(
+            f"{path} is on a {fs_type} file system, where SQLite cannot lock the file safely; "
+            "keep the database on a local disk, or use PostgreSQL to share a log between machines"
+        )
+
+
+_MAGIC = b"SQLite format 3\x00"
+
+
+def check_file(path: Path) -> None:
+    """Refuse a file that is not a SQLite database, or one cut short (a cheap header check)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with path.open("rb") as file:
+        header = file.read(100)
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        raise CorruptLogError(f"{path} is not a SQLite database (its header is not SQLite's)")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, pages, valid_for = header[24:28], int.from_bytes(header[28:32], "big"), header[92:96]
+    wal = Path(f"{path}-wal")
+    # With a WAL present, SQLite may still be mid-checkpoint and will recover the file;
+    # without one, a file shorter than its header says has lost pages.
+    if change_counter == valid_for and pages and not (wal.exists() and wal.stat().st_size > 0):
+        expected = page_size * pages
+        if size < expected:
+            raise CorruptLogError(f"{path} is truncated: {size} bytes, where its header counts {expected}")
+
+
+# --- sqlite3's errors, in flowtrail's words -------------------------------------------------------
+
+_BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_FORMAT"}
+_UNAVAILABLE = {"SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_PROTOCOL"}
+
+
+def translate(exc: Exception) -> BaseException:
+    """The one place sqlite3's errors become flowtrail's; others pass through unchanged."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    base = "_".join(
+        (getattr(exc, "sqlite_errorname", "") or "").split("_")[:2]
+    )  # SQLITE_BUSY_SNAPSHOT -> SQLITE_BUSY
+    text = str(exc)
+    if base in _BUSY or "database is locked" in text:
+        return StoreBusyError(f"the database stayed locked by another writer past the busy timeout ({text})")
+    if base in _CORRUPT or "malformed" in text or "not a database" in text or "Could not decode" in text:
+        return CorruptLogError(f"the database file is damaged: {text}")
+    if base in _UNAVAILABLE:
+        return StoreUnavailableError(f"the database cannot be used right now: {text}")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StoreError(f"the database refused a write: {text}")
+    return StoreError(f"SQLite: {text}")
+
+
+def connect_options(durability: str, busy_timeout: float) -> list[str]:
+    """Statements run on every new connection."""
+    return [
+        f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
+        f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}",
+        "PRAGMA foreign_keys = OFF",
+        "PRAGMA temp_store = MEMORY",
+        "PRAGMA cache_size = -16000",
+    ]
+
+
+def is_memory(path: str) -> bool:
+    return path in (":memory:", "") or path.startswith("file::memory:")
+
+
+def ensure_directory(path: Path) -> None:
+    os.makedirs(path.parent, exist_ok=True)
