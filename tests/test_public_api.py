@@ -10,7 +10,7 @@ import pytest
 import flowtrail
 from flowtrail import states
 
-PUBLIC_MODULES = ["flowtrail", "flowtrail.core", "flowtrail.states", "flowtrail.testing"]
+PUBLIC_MODULES = ["flowtrail", "flowtrail.core", "flowtrail.states", "flowtrail.store", "flowtrail.testing"]
 
 # The constructors of DESIGN §8 and the keywords each takes, as in prefect.states.
 CONSTRUCTOR_KEYWORDS = {

@@ -1,0 +1,90 @@
+"""Group commit: appends arriving together share one transaction, each checked alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from flowtrail.core import ConcurrencyConflictError
+from flowtrail.core.effects import Effect
+from flowtrail.store.sqlite import SQLiteStore
+from tests.store.builders import new_stream, renamed
+
+
+def test_sixty_four_concurrent_appends_share_a_few_transactions(tmp_path: Path) -> None:
+    async def scenario() -> SQLiteStore:
+        store = await SQLiteStore.open_path(tmp_path / "group.db")
+        streams = [new_stream(2) for _ in range(64)]
+        await asyncio.gather(*(store.append(stream, events, 0) for stream, events in streams))
+        await store.close()
+        return store
+
+    store = asyncio.run(scenario())
+    assert store.appends_committed == 64
+    assert store.commit_groups <= 2
+
+
+def test_a_group_costs_a_handful_of_awaited_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiosqlite costs tens of microseconds per awaited call: a group must not pay per event."""
+    calls: list[str] = []
+    original = SQLiteStore._executor
+
+    def counting(connection: Any) -> Callable[[Effect], Awaitable[Any]]:
+        execute = original(connection)
+
+        async def counted(effect: Effect) -> Any:
+            calls.append(type(effect).__name__)
+            return await execute(effect)
+
+        return counted
+
+    async def scenario() -> None:
+        store = await SQLiteStore.open_path(tmp_path / "calls.db")
+        monkeypatch.setattr(SQLiteStore, "_executor", staticmethod(counting))
+        streams = [new_stream(3) for _ in range(64)]
+        await asyncio.gather(*(store.append(s, e, 0, idempotency_key=s) for s, e in streams))
+        assert store.commit_groups == 1
+        await store.close()
+
+    asyncio.run(scenario())
+    assert len(calls) <= 8, calls
+
+
+def test_a_conflict_in_a_group_fails_only_its_own_append(tmp_path: Path) -> None:
+    async def scenario() -> list[object]:
+        store = await SQLiteStore.open_path(tmp_path / "conflict.db")
+        taken, taken_events = new_stream(1)
+        await store.append(taken, taken_events, 0)
+        others = [new_stream(1) for _ in range(20)]
+        appends = [store.append(taken, [renamed(UUID(taken))], 0)] + [
+            store.append(s, e, 0) for s, e in others
+        ]
+        results = await asyncio.gather(*appends, return_exceptions=True)
+        await store.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert isinstance(results[0], ConcurrencyConflictError)
+    assert not any(isinstance(r, BaseException) for r in results[1:])
+
+
+def test_a_caller_that_stops_waiting_does_not_disturb_the_group(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, list[object]]:
+        store = await SQLiteStore.open_path(tmp_path / "cancel.db")
+        streams = [new_stream(1) for _ in range(10)]
+        tasks = [asyncio.create_task(store.append(s, e, 0)) for s, e in streams]
+        await asyncio.sleep(0)
+        tasks[3].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        last = await store.last_position()
+        await store.close()
+        return last, results
+
+    last, results = asyncio.run(scenario())
+    assert sum(not isinstance(r, BaseException) for r in results) >= 9
+    assert last in (9, 10)  # the cancelled append may already have been in the group
