@@ -11,25 +11,34 @@ SQL is written with ``?`` placeholders; each backend adapts it to its driver.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from flowtrail.core.events import Event
 
 __all__ = [
+    "Append",
     "Begin",
     "Commit",
     "Effect",
     "Execute",
     "ExecuteMany",
     "Fetch",
+    "OnWriter",
     "Rollback",
     "Row",
     "Script",
+    "StreamWrite",
 ]
 
 T = TypeVar("T")
 
 #: A result row, as a tuple of column values.
 Row = tuple[Any, ...]
+
+#: A script: yields effects, receives their results, returns a ``T``.
+Script = Generator["Effect", Any, T]
 
 
 class Begin(NamedTuple):
@@ -65,7 +74,42 @@ class Fetch(NamedTuple):
     params: Sequence[object] = ()
 
 
-Effect = Begin | Commit | Rollback | Execute | ExecuteMany | Fetch
+class StreamWrite(NamedTuple):
+    """Events to append to one stream, which must be at ``expected_version``.
 
-#: A script: yields effects, receives their results, returns a ``T``.
-Script = Generator[Effect, Any, T]
+    ``expected_version=0`` means the stream must not exist yet; ``None`` appends at the
+    end whatever the version (no concurrency check).
+    """
+
+    stream_id: str
+    events: Sequence[Event]
+    expected_version: int | None
+
+
+class Append(NamedTuple):
+    """Append through the store's own write path (checked, grouped, with its projections).
+
+    The result is the store's ``AppendResult``; a conflict is thrown into the script.
+    ``expect`` names streams that must be at a version without being written.
+    ``known`` hands the inline projections what the caller already holds of the
+    streams written (e.g. their views before these events), so they need not read it.
+    """
+
+    writes: Sequence[StreamWrite]
+    idempotency_key: str | None = None
+    expect: Mapping[str, int] | None = None
+    known: Mapping[str, object] | None = None
+
+
+class OnWriter(NamedTuple):
+    """Run a script of SQL effects on the writer connection; the result is its result.
+
+    Lets a long operation (a rebuild, a catch-up) read between its write transactions
+    without holding the write lock throughout. The script begins and ends its own
+    transactions.
+    """
+
+    script: Script[Any]
+
+
+Effect = Begin | Commit | Rollback | Execute | ExecuteMany | Fetch | Append | OnWriter

@@ -9,7 +9,7 @@ in the same transaction as the rows. Either way the projection is a script of ef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 from flowtrail.core.chain import RecordedEvent
@@ -42,9 +42,16 @@ class Projection(Protocol):
         """Statements that create the tables and indexes if they do not exist."""
         ...
 
-    def apply(self, records: Sequence[RecordedEvent], events: Sequence[Event]) -> Script[None]:
+    def apply(
+        self,
+        records: Sequence[RecordedEvent],
+        events: Sequence[Event],
+        known: Mapping[str, object] | None = None,
+    ) -> Script[None]:
         """Update the tables for ``records`` (``events[i]`` is ``records[i]`` decoded).
 
         Runs inside the caller's write transaction; must not begin or end one.
+        ``known`` is what the appender said it holds of the streams written (a hint:
+        the projection checks it before use, and may ignore it).
         """
         ...

@@ -15,6 +15,7 @@ import msgspec
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.codec import encode_event
+from flowtrail.core.effects import StreamWrite
 from flowtrail.core.errors import InvalidIdError, InvalidInputError, InvalidVersionError, PayloadTooLargeError
 from flowtrail.core.events import EVENT_TYPES, Event
 from flowtrail.core.jsondata import check_json
@@ -42,19 +43,7 @@ _MAX_KEY_LENGTH = 512
 _MAX_EVENTS_PER_APPEND = 10_000
 
 
-class StreamWrite(NamedTuple):
-    """Events to append to one stream, which must be at ``expected_version``.
-
-    ``expected_version=0`` means the stream must not exist yet; ``None`` appends at the
-    end whatever the version (no concurrency check).
-    """
-
-    stream_id: str
-    events: Sequence[Event]
-    expected_version: int | None
-
-
-class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
+class AppendResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Where an append landed: its global positions and each stream's new version.
 
     ``replayed`` is True when an idempotency key matched an earlier append: the result
@@ -83,6 +72,8 @@ class PreparedAppend(NamedTuple):
     #: Streams that must be at a version without being written (facts read for a decision).
     expect: tuple[tuple[str, int], ...]
     idempotency_key: str | None
+    #: What the appender holds of the streams written, handed to the inline projections.
+    known: Mapping[str, object] | None = None
 
     @property
     def streams(self) -> set[str]:
@@ -177,6 +168,7 @@ def prepare_append(
     idempotency_key: str | None = None,
     expect: Mapping[str, int] | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    known: Mapping[str, object] | None = None,
 ) -> PreparedAppend:
     """Check and encode an append; every problem is a typed error, before any write."""
     given: object = writes  # callers without type checking sometimes pass one write
@@ -195,7 +187,7 @@ def prepare_append(
         )
         if {w.stream_id for w in prepared} & {stream for stream, _ in checks}:
             raise InvalidInputError("a stream written by an append cannot also be only expected")
-    return PreparedAppend(prepared, checks, _check_key(idempotency_key))
+    return PreparedAppend(prepared, checks, _check_key(idempotency_key), known)
 
 
 class Store(Protocol):

@@ -114,6 +114,7 @@ def _append_in_transaction(
     events: list[Event] = []
     results: list[AppendResult | FlowtrailError] = []
     by_key: dict[str, AppendResult] = {}
+    known: dict[str, object] = {}
     for request in batch:
         key = request.idempotency_key
         if key is not None and key in by_key:
@@ -147,6 +148,8 @@ def _append_in_transaction(
             first_position=first, last_position=position, versions=versions, recorded_at=recorded_at
         )
         results.append(result)
+        if request.known:
+            known.update(request.known)
         if key is not None:
             key_rows.append((key, first, position))
             by_key[key] = result
@@ -157,7 +160,7 @@ def _append_in_transaction(
         if projections:
             records = [record_of(row) for row in rows]
             for projection in projections:
-                yield from projection.apply(records, events)
+                yield from projection.apply(records, events, known)
     return results
 
 

@@ -31,10 +31,21 @@ from uuid import uuid4
 import aiosqlite
 
 from flowtrail.core.chain import RecordedEvent
-from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback, Script
+from flowtrail.core.effects import (
+    Append,
+    Begin,
+    Commit,
+    Effect,
+    Execute,
+    ExecuteMany,
+    Fetch,
+    OnWriter,
+    Rollback,
+    Script,
+)
 from flowtrail.core.errors import FlowtrailError, InvalidInputError, InvalidUrlError
 from flowtrail.core.events import Event
-from flowtrail.core.projection import Projection
+from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store.api import (
     DEFAULT_MAX_EVENT_BYTES,
     AppendResult,
@@ -46,6 +57,7 @@ from flowtrail.store.api import (
 )
 from flowtrail.store.drivers import run_async, run_sync
 from flowtrail.store.scripts import (
+    LogSql,
     append_script,
     last_position_script,
     read_batch_script,
@@ -59,6 +71,8 @@ from flowtrail.store.sqlite_schema import (
     connect_options,
     ensure_directory,
     is_memory,
+    mark_current_script,
+    mark_stale_script,
     schema_script,
     translate,
 )
@@ -117,10 +131,18 @@ class _Options:
         return cls(parsed.target, **settings)
 
     def prepare(
-        self, writes: Sequence[StreamWrite], idempotency_key: str | None, expect: Mapping[str, int] | None
+        self,
+        writes: Sequence[StreamWrite],
+        idempotency_key: str | None,
+        expect: Mapping[str, int] | None,
+        known: Mapping[str, object] | None = None,
     ) -> PreparedAppend:
         return prepare_append(
-            writes, idempotency_key=idempotency_key, expect=expect, max_event_bytes=self.max_event_bytes
+            writes,
+            idempotency_key=idempotency_key,
+            expect=expect,
+            max_event_bytes=self.max_event_bytes,
+            known=known,
         )
 
 
@@ -133,7 +155,29 @@ def _one(result: AppendResult | FlowtrailError) -> AppendResult:
 # --- sync ------------------------------------------------------------------------------------------
 
 
-class SyncSQLiteStore:
+class _Backend:
+    """What the outer layers need to know of SQLite's side: its dialect, its log
+    statements, and how to mark a projection stale or current."""
+
+    dialect: Dialect = "sqlite"
+    sql: LogSql = SQL
+
+    @staticmethod
+    def mark_stale(projection: Projection) -> Script[None]:
+        return mark_stale_script(projection)
+
+    @staticmethod
+    def mark_current(projection: Projection) -> Script[None]:
+        return mark_current_script(projection)
+
+
+def _not_performed(effect: Effect) -> BaseException:
+    return InvalidInputError(
+        f"perform() reads and appends; {type(effect).__name__} needs run(..., write=True)"
+    )
+
+
+class SyncSQLiteStore(_Backend):
     """The SQLite log with plain calls. Safe to share between threads."""
 
     def __init__(self, path: str | Path | _Options, **options: Any) -> None:
@@ -187,6 +231,10 @@ class SyncSQLiteStore:
                 case Rollback():
                     if connection.in_transaction:
                         connection.execute("ROLLBACK")
+                case _:
+                    raise InvalidInputError(
+                        f"run() carries SQL effects; {type(effect).__name__} needs perform()"
+                    )
             return None
 
         return execute
@@ -203,6 +251,21 @@ class SyncSQLiteStore:
                 if connection.in_transaction:  # interrupted mid-transaction: leave nothing open
                     connection.execute("ROLLBACK")
                 raise
+
+    def perform(self, script: Script[T]) -> T:
+        """Run a script of reads (`Fetch`, on the reader) and appends (`Append`)."""
+        return run_sync(script, self._perform_effect, translate)
+
+    def _perform_effect(self, effect: Effect) -> Any:
+        match effect:
+            case Append(writes, key, expect, known):
+                return self.append_many(writes, idempotency_key=key, expect=expect, known=known)
+            case Fetch(sql, params):
+                with self._read_lock:
+                    return self._reader.execute(sql, params).fetchall()
+            case OnWriter(script):
+                return self.run(script, write=True)
+        raise _not_performed(effect)
 
     def append(
         self,
@@ -222,9 +285,11 @@ class SyncSQLiteStore:
         *,
         idempotency_key: str | None = None,
         expect: Mapping[str, int] | None = None,
+        known: Mapping[str, object] | None = None,
     ) -> AppendResult:
-        """Append to several streams atomically; ``expect`` names streams only read."""
-        prepared = self._options.prepare(writes, idempotency_key, expect)
+        """Append to several streams atomically; ``expect`` names streams only read,
+        ``known`` is handed to the inline projections (see `Append`)."""
+        prepared = self._options.prepare(writes, idempotency_key, expect, known)
         (result,) = self.run(append_script([prepared], SQL, self._options.projections), write=True)
         return _one(result)
 
@@ -267,7 +332,7 @@ class SyncSQLiteStore:
 # --- async -----------------------------------------------------------------------------------------
 
 
-class SQLiteStore:
+class SQLiteStore(_Backend):
     """The SQLite log, async, with group commit. Open it with ``await SQLiteStore.open(...)``."""
 
     def __init__(
@@ -352,6 +417,10 @@ class SQLiteStore:
                 case Rollback():
                     if connection.in_transaction:
                         await connection.execute("ROLLBACK")
+                case _:
+                    raise InvalidInputError(
+                        f"run() carries SQL effects; {type(effect).__name__} needs perform()"
+                    )
             return None
 
         return execute
@@ -366,6 +435,21 @@ class SQLiteStore:
                 if connection.in_transaction:
                     await asyncio.shield(connection.execute("ROLLBACK"))
                 raise
+
+    async def perform(self, script: Script[T]) -> T:
+        """Run a script of reads (`Fetch`, on the reader) and appends (`Append`, grouped)."""
+        return await run_async(script, self._perform_effect, translate)
+
+    async def _perform_effect(self, effect: Effect) -> Any:
+        match effect:
+            case Append(writes, key, expect, known):
+                return await self.append_many(writes, idempotency_key=key, expect=expect, known=known)
+            case Fetch(sql, params):
+                async with self._read_lock:
+                    return await self._reader.execute_fetchall(sql, params)
+            case OnWriter(script):
+                return await self.run(script, write=True)
+        raise _not_performed(effect)
 
     async def append(
         self,
@@ -385,9 +469,10 @@ class SQLiteStore:
         *,
         idempotency_key: str | None = None,
         expect: Mapping[str, int] | None = None,
+        known: Mapping[str, object] | None = None,
     ) -> AppendResult:
         """Append to several streams atomically, sharing a commit with concurrent appends."""
-        prepared = self._options.prepare(writes, idempotency_key, expect)
+        prepared = self._options.prepare(writes, idempotency_key, expect, known)
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((prepared, done))
         if self._committer is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from uuid import UUID
 
@@ -30,7 +30,12 @@ class CountingProjection:
     def schema(self, dialect: Dialect) -> Sequence[str]:
         return ["CREATE TABLE IF NOT EXISTS event_counts (stream_id TEXT PRIMARY KEY, n INTEGER NOT NULL)"]
 
-    def apply(self, records: Sequence[RecordedEvent], events: Sequence[Event]) -> Script[None]:
+    def apply(
+        self,
+        records: Sequence[RecordedEvent],
+        events: Sequence[Event],
+        known: Mapping[str, object] | None = None,
+    ) -> Script[None]:
         assert [r.decode() for r in records] == list(events)
         if self.fail_on is not None and any(getattr(e, "name", None) == self.fail_on for e in events):
             raise RuntimeError("projection failed")
