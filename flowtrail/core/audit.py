@@ -30,7 +30,7 @@ from flowtrail.core.policies import MarkLateRunsPolicy, decide, default_policy, 
 __all__ = ["AuditReport", "Auditor", "Problem", "verify"]
 
 
-class Problem(msgspec.Struct, frozen=True, kw_only=True):
+class Problem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One thing the log got wrong, where, and in words."""
 
     kind: str
@@ -39,7 +39,7 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     stream_id: str | None = None
 
 
-class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
+class AuditReport(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The outcome of `verify`: ``ok`` when no problem was found."""
 
     events_checked: int

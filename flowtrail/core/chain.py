@@ -63,7 +63,7 @@ def chain_hash(
     return digest.digest()
 
 
-class RecordedEvent(msgspec.Struct, frozen=True):
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as the log holds it: its place, its seal and its bytes.
 
     Fields are in the order of a log row, so a row maps straight onto one.

@@ -37,7 +37,7 @@ from flowtrail.core.states import AwareDatetime, State, StateType
 __all__ = ["EmpiricalPolicy", "RunView", "bookkeeping_of", "evolve", "flow_run_facts", "fold"]
 
 
-class EmpiricalPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class EmpiricalPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A run's retry settings and pause bookkeeping (Prefect's ``empirical_policy``)."""
 
     retries: int | None = None
@@ -51,7 +51,7 @@ class EmpiricalPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
 _NO_POLICY = EmpiricalPolicy()
 
 
-class RunView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class RunView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Everything known about one flow or task run, derived from its stream.
 
     ``version`` is the number of events folded (the stream's version). Task-only fields

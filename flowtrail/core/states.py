@@ -87,7 +87,8 @@ def aware(value: datetime, field: str) -> datetime:
     return value.astimezone(UTC)
 
 
-class StateDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+# gc=False: immutable data cannot form reference cycles, and a replay holds millions of these.
+class StateDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Details attached to a state, with Prefect's field names."""
 
     flow_run_id: UUID | None = None
@@ -120,7 +121,7 @@ class StateDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 _NO_DETAILS = StateDetails()
 
 
-class State(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class State(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One state of a run. Frozen: every change is a new value.
 
     ``data`` is JSON (see `flowtrail.core.jsondata`); results that cannot be recorded
