@@ -1,0 +1,145 @@
+"""Queries over the run views, as scripts of `Fetch` effects.
+
+The semantics follow Prefect's API: filters are "any of" for state types, flow names
+and parent task runs, "all of" for tags; sorts are Prefect's ``FlowRunSort`` values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from uuid import UUID
+
+from flowtrail.core.effects import Fetch, Row, Script
+from flowtrail.core.errors import InvalidInputError
+from flowtrail.core.fold import RunView
+from flowtrail.core.states import StateType
+from flowtrail.projections.runs import decode_view
+
+__all__ = ["FlowRunSort", "flow_run_view", "read_flow_runs", "subflow_run", "task_run_view", "task_runs_of"]
+
+#: The most rows one query returns, whatever ``limit`` says.
+MAX_LIMIT = 10_000
+
+
+class FlowRunSort(enum.StrEnum):
+    """Prefect's FlowRunSort. NULLs sort last whichever the direction."""
+
+    ID_DESC = "ID_DESC"
+    START_TIME_ASC = "START_TIME_ASC"
+    START_TIME_DESC = "START_TIME_DESC"
+    EXPECTED_START_TIME_ASC = "EXPECTED_START_TIME_ASC"
+    EXPECTED_START_TIME_DESC = "EXPECTED_START_TIME_DESC"
+    NAME_ASC = "NAME_ASC"
+    NAME_DESC = "NAME_DESC"
+    NEXT_SCHEDULED_START_TIME_ASC = "NEXT_SCHEDULED_START_TIME_ASC"
+    END_TIME_DESC = "END_TIME_DESC"
+
+
+_ORDER = {
+    FlowRunSort.ID_DESC: "id DESC",
+    FlowRunSort.START_TIME_ASC: "start_time ASC NULLS LAST, id ASC",
+    FlowRunSort.START_TIME_DESC: "start_time DESC NULLS LAST, id DESC",
+    FlowRunSort.EXPECTED_START_TIME_ASC: "expected_start_time ASC NULLS LAST, id ASC",
+    FlowRunSort.EXPECTED_START_TIME_DESC: "expected_start_time DESC NULLS LAST, id DESC",
+    FlowRunSort.NAME_ASC: "name ASC, id ASC",
+    FlowRunSort.NAME_DESC: "name DESC, id DESC",
+    FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC: "next_scheduled_start_time ASC NULLS LAST, id ASC",
+    FlowRunSort.END_TIME_DESC: "end_time DESC NULLS LAST, id DESC",
+}
+
+
+def _one(rows: list[Row]) -> RunView | None:
+    return decode_view(bytes(rows[0][0])) if rows else None
+
+
+def flow_run_view(run_id: UUID) -> Script[RunView | None]:
+    return _one((yield Fetch("SELECT view FROM flow_runs WHERE id = ?", (str(run_id),))))
+
+
+def task_run_view(run_id: UUID) -> Script[RunView | None]:
+    return _one((yield Fetch("SELECT view FROM task_runs WHERE id = ?", (str(run_id),))))
+
+
+def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
+    """The most recent flow run whose parent task run is this one.
+
+    Prefect's ``load_subflow_run`` once sorted ascending (the earliest child) and later
+    descending; a retried parent that created a fresh child must find that child, so
+    the most recent (by expected start time, then by id) is the one returned.
+    """
+    return _one(
+        (
+            yield Fetch(
+                "SELECT view FROM flow_runs WHERE parent_task_run_id = ? "
+                "ORDER BY expected_start_time DESC NULLS LAST, id DESC LIMIT 1",
+                (str(parent_task_run_id),),
+            )
+        )
+    )
+
+
+def task_runs_of(flow_run_id: UUID) -> Script[list[RunView]]:
+    rows: list[Row] = yield Fetch(
+        "SELECT view FROM task_runs WHERE flow_run_id = ? ORDER BY created_at, id", (str(flow_run_id),)
+    )
+    return [decode_view(bytes(row[0])) for row in rows]
+
+
+def _values(name: str, given: Iterable[object] | None) -> list[object] | None:
+    if given is None:
+        return None
+    if isinstance(given, str | bytes):
+        raise InvalidInputError(f"{name} is a list of values, not a single string")
+    return list(given)
+
+
+def read_flow_runs(
+    *,
+    state_types: Iterable[StateType | str] | None = None,
+    state_names: Iterable[str] | None = None,
+    flow_names: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    parent_task_run_ids: Iterable[UUID] | None = None,
+    sort: FlowRunSort | str = FlowRunSort.ID_DESC,
+    limit: int | None = 200,
+    offset: int = 0,
+) -> Script[list[RunView]]:
+    """Flow runs matching every filter given, sorted, a page at a time."""
+    try:
+        order = _ORDER[FlowRunSort(sort)]
+    except ValueError:
+        raise InvalidInputError(f"unknown sort {sort!r}; one of {', '.join(FlowRunSort)}") from None
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise InvalidInputError(f"limit is a whole number from 0, not {limit!r}")
+    if type(offset) is not int or offset < 0:
+        raise InvalidInputError(f"offset is a whole number from 0, not {offset!r}")
+    where: list[str] = []
+    params: list[object] = []
+
+    def any_of(column: str, values: Sequence[object] | None) -> None:
+        if values is not None:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})" if values else "0 = 1")
+            params.extend(values)
+
+    types = _values("state_types", state_types)
+    if types is not None:
+        try:
+            types = [StateType(str(t)).value for t in types]
+        except ValueError as exc:
+            raise InvalidInputError(f"unknown state type in state_types: {exc}") from None
+    any_of("state_type", types)
+    any_of("state_name", _values("state_names", state_names))
+    any_of("flow_name", _values("flow_names", flow_names))
+    parents = _values("parent_task_run_ids", parent_task_run_ids)
+    any_of("parent_task_run_id", None if parents is None else [str(p) for p in parents])
+    for tag in _values("tags", tags) or []:
+        where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
+        params.append(tag)
+    sql = "SELECT view FROM flow_runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+    params += [min(MAX_LIMIT, MAX_LIMIT if limit is None else limit), offset]
+    rows: list[Row] = yield Fetch(sql, params)
+    return [decode_view(bytes(row[0])) for row in rows]

@@ -1,0 +1,149 @@
+"""Rebuilding the run views from the log, online, in bounded memory.
+
+A rebuild drops the views' tables, marks them stale, replays the log into them a chunk
+(one write transaction) at a time, and ends with one write transaction that replays
+what was appended meanwhile and marks the views current. Appends go on throughout:
+their inline updates are version-guarded (see `flowtrail.projections.runs`), so an
+update racing the rebuild either applies in turn or is skipped and replayed by it; the
+last transaction holds the write lock, so nothing slips between its catch-up and the
+mark. A crash leaves the views marked stale, and the next rebuild starts over.
+
+Views are cached (least recently used first out, at most ``cache_size``) so that each
+run's row is written about once however many events it has.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from flowtrail.core.chain import RecordedEvent
+from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Rollback, Row, Script
+from flowtrail.core.events import Event, FlowRunCreated, TaskRunCreated
+from flowtrail.core.fold import RunView, evolve
+from flowtrail.core.projection import Dialect
+from flowtrail.projections.runs import RunViews, load_views, write_views
+
+__all__ = ["RunViewsRebuild", "transaction"]
+
+_CREATED = (FlowRunCreated, TaskRunCreated)
+
+#: Turns a log row into a recorded event (the store's row mapping).
+RecordOf = Callable[[Row], RecordedEvent]
+
+
+def transaction(body: Script[object]) -> Script[object]:
+    """Run ``body`` inside one write transaction, rolled back if it fails."""
+    yield Begin()
+    try:
+        result = yield from body
+    except BaseException:
+        yield Rollback()
+        raise
+    yield Commit()
+    return result
+
+
+class RunViewsRebuild:
+    """One rebuild of the run views; drive it with `reset`, `feed` and `finish`."""
+
+    def __init__(
+        self, projection: RunViews | None = None, *, cache_size: int = 20_000, flush_every: int = 2_000
+    ) -> None:
+        self.projection = projection or RunViews()
+        self.cache_size = cache_size
+        self.flush_every = flush_every
+        self.applied = 0
+        self.position = 0
+        self._views: OrderedDict[str, RunView] = OrderedDict()
+        self._dirty: dict[str, RunView] = {}
+        self._created: list[RunView] = []
+
+    def reset(self, dialect: Dialect, mark_stale: Script[None]) -> Script[object]:
+        """Drop and recreate the tables, marked stale, in one transaction."""
+
+        def body() -> Script[None]:
+            for table in self.projection.tables:
+                yield Execute(f'DROP TABLE IF EXISTS "{table}"')
+            # Rows load faster into tables without indexes; finish() builds them at once.
+            for statement in self.projection.table_schema(dialect):
+                yield Execute(statement)
+            yield from mark_stale
+
+        return transaction(body())
+
+    def feed(self, records: Sequence[RecordedEvent]) -> Script[object]:
+        """Apply a chunk of the log (in position order), in one transaction."""
+        return transaction(self._apply(records))
+
+    def finish(
+        self, read_batch: str, record_of: RecordOf, mark_current: Script[None], batch: int = 5_000
+    ) -> Script[object]:
+        """Replay what was appended since the last chunk, write every view, mark current.
+
+        One transaction: it holds the write lock, so no append can slip in between.
+        """
+
+        def body() -> Script[None]:
+            while True:
+                rows: list[Row] = yield Fetch(read_batch, (self.position + 1, batch))
+                yield from self._apply([record_of(row) for row in rows])
+                if len(rows) < batch:
+                    break
+            yield from self._flush(everything=True)
+            for statement in self.projection.index_schema():
+                yield Execute(statement)
+            yield from mark_current
+
+        return transaction(body())
+
+    def flush_all(self) -> Script[None]:
+        """Write every view still unwritten and index the tables (when the caller fed
+        the whole log itself)."""
+        yield from self._flush(everything=True)
+        for statement in self.projection.index_schema():
+            yield Execute(statement)
+
+    def _apply(self, records: Sequence[RecordedEvent]) -> Script[None]:
+        if not records:
+            return
+        events: list[Event] = [record.decode() for record in records]
+        views, dirty = self._views, self._dirty
+        # A view evicted from the cache but not yet written is still in ``dirty``: its
+        # table row is behind, so it must never be reloaded from the table.
+        missing = [
+            r.stream_id
+            for r, e in zip(records, events, strict=True)
+            if r.stream_id not in views
+            and r.stream_id not in dirty
+            and not isinstance(e, FlowRunCreated | TaskRunCreated)
+        ]
+        if missing:
+            views.update((yield from load_views(list(dict.fromkeys(missing)))))
+        for record, event in zip(records, events, strict=True):
+            run_id = record.stream_id
+            view = views.pop(run_id, None) or dirty.get(run_id)
+            if view is None:
+                if not isinstance(event, FlowRunCreated | TaskRunCreated):
+                    continue
+            elif record.version != view.version + 1:
+                views[run_id] = view  # not its turn (already applied): keep the view as it is
+                continue
+            view = evolve(view, event)
+            views[run_id] = dirty[run_id] = view  # re-inserted: now the most recently used
+            if isinstance(event, FlowRunCreated):
+                self._created.append(view)
+            self.applied += 1
+        self.position = records[-1].position
+        while len(views) > self.cache_size:
+            views.popitem(last=False)  # its newest state is still in dirty until written
+        if len(dirty) >= self.flush_every:
+            yield from self._flush(everything=False)
+
+    def _flush(self, *, everything: bool) -> Script[None]:
+        if self._dirty or self._created:
+            yield from write_views(self._dirty.values(), self._created)
+        self._dirty = {}
+        self._created = []
+        if everything:
+            self._views.clear()

@@ -1,0 +1,225 @@
+"""The built-in run views: flow runs, task runs and their tags, one row per run.
+
+Each row holds the columns the queries filter and sort on, and the whole `RunView`
+(msgpack: it is a cache of the fold, not a record, so it need not be readable).
+
+Applying is *version-guarded*: an event changes a view only if it is the view's next
+version (or a creation, for a run not seen yet), so applying an event twice, or before
+its predecessor, changes nothing. A rebuild relies on it (`flowtrail.projections.rebuild`):
+when it reloads a row that a concurrent append moved ahead, it skips the events already
+in it. Inline, the guard is a second line of defence: an append racing a rebuild may
+land on a row the rebuild later overwrites, but the rebuild replays that event itself
+before it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+
+from flowtrail.core.chain import RecordedEvent, to_micros
+from flowtrail.core.effects import ExecuteMany, Fetch, Row, Script
+from flowtrail.core.events import Event, FlowRunCreated, RunKind, TaskRunCreated
+from flowtrail.core.fold import RunView, evolve
+from flowtrail.core.projection import Dialect
+
+__all__ = ["RunViews", "decode_view", "encode_view", "fold_into", "load_views", "write_views"]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(RunView)
+
+#: Bound variables per IN list.
+_CHUNK = 500
+
+
+def encode_view(view: RunView) -> bytes:
+    return _encoder.encode(view)
+
+
+def decode_view(data: bytes) -> RunView:
+    return _decoder.decode(data)
+
+
+def _micros(moment: object) -> int | None:
+    return None if moment is None else to_micros(moment)  # type: ignore[arg-type]
+
+
+_FLOW_UPSERT = (
+    "INSERT INTO flow_runs (id, name, flow_name, state_type, state_name, parent_task_run_id, "
+    "expected_start_time, next_scheduled_start_time, start_time, end_time, created_at, version, view) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "name = excluded.name, state_type = excluded.state_type, state_name = excluded.state_name, "
+    "expected_start_time = excluded.expected_start_time, "
+    "next_scheduled_start_time = excluded.next_scheduled_start_time, start_time = excluded.start_time, "
+    "end_time = excluded.end_time, version = excluded.version, view = excluded.view"
+)
+_TASK_UPSERT = (
+    "INSERT INTO task_runs (id, flow_run_id, task_key, dynamic_key, name, state_type, state_name, "
+    "expected_start_time, created_at, version, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, state_type = excluded.state_type, "
+    "state_name = excluded.state_name, expected_start_time = excluded.expected_start_time, "
+    "version = excluded.version, view = excluded.view"
+)
+_TAG_INSERT = "INSERT INTO run_tags (tag, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
+
+def _flow_row(view: RunView, data: bytes) -> tuple[object, ...]:
+    state = view.state
+    return (
+        str(view.id),
+        view.name,
+        view.flow_name,
+        None if state is None else state.type.value,
+        None if state is None else state.name,
+        None if view.parent_task_run_id is None else str(view.parent_task_run_id),
+        _micros(view.expected_start_time),
+        _micros(view.next_scheduled_start_time),
+        _micros(view.start_time),
+        _micros(view.end_time),
+        to_micros(view.created_at),
+        view.version,
+        data,
+    )
+
+
+def _task_row(view: RunView, data: bytes) -> tuple[object, ...]:
+    state = view.state
+    return (
+        str(view.id),
+        None if view.flow_run_id is None else str(view.flow_run_id),
+        view.task_key,
+        view.dynamic_key,
+        view.name,
+        None if state is None else state.type.value,
+        None if state is None else state.name,
+        _micros(view.expected_start_time),
+        to_micros(view.created_at),
+        view.version,
+        data,
+    )
+
+
+def load_views(ids: Sequence[str]) -> Script[dict[str, RunView]]:
+    """The stored views of these runs (flow or task), by id."""
+    found: dict[str, RunView] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows: list[Row] = yield Fetch(
+            f"SELECT id, view FROM flow_runs WHERE id IN ({marks}) "
+            f"UNION ALL SELECT id, view FROM task_runs WHERE id IN ({marks})",
+            [*chunk, *chunk],
+        )
+        for run_id, data in rows:
+            found[run_id] = decode_view(bytes(data))
+    return found
+
+
+def fold_into(
+    views: dict[str, RunView], records: Sequence[RecordedEvent], events: Sequence[Event]
+) -> tuple[list[str], list[RunView]]:
+    """Apply each event whose turn it is; returns the runs changed and the flow runs created."""
+    changed: dict[str, None] = {}
+    created: list[RunView] = []
+    for record, event in zip(records, events, strict=True):
+        view = views.get(record.stream_id)
+        if view is None:
+            if not isinstance(event, FlowRunCreated | TaskRunCreated):
+                continue  # its run's earlier events have not been applied yet
+        elif record.version != view.version + 1:
+            continue  # already applied, or out of turn
+        view = evolve(view, event)
+        views[record.stream_id] = view
+        changed[record.stream_id] = None
+        if isinstance(event, FlowRunCreated):
+            created.append(view)
+    return list(changed), created
+
+
+def write_views(views: Iterable[RunView], created: Iterable[RunView] = ()) -> Script[None]:
+    """Upsert the rows of these views (and the tags of newly created flow runs)."""
+    flows: list[tuple[object, ...]] = []
+    tasks: list[tuple[object, ...]] = []
+    for view in views:
+        data = encode_view(view)
+        if view.kind is RunKind.FLOW:
+            flows.append(_flow_row(view, data))
+        else:
+            tasks.append(_task_row(view, data))
+    if flows:
+        yield ExecuteMany(_FLOW_UPSERT, flows)
+    if tasks:
+        yield ExecuteMany(_TASK_UPSERT, tasks)
+    tags = [(tag, str(view.id)) for view in created for tag in view.tags]
+    if tags:
+        yield ExecuteMany(_TAG_INSERT, tags)
+
+
+class RunViews:
+    """The flow-run and task-run views, kept inline with the log."""
+
+    name = "runs"
+    version = 1
+    tables = ("flow_runs", "task_runs", "run_tags")
+
+    def schema(self, dialect: Dialect) -> Sequence[str]:
+        return [*self.table_schema(dialect), *self.index_schema()]
+
+    def table_schema(self, dialect: Dialect) -> Sequence[str]:
+        blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+        big = "INTEGER" if dialect == "sqlite" else "BIGINT"
+        return [
+            f"""CREATE TABLE IF NOT EXISTS flow_runs (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, flow_name TEXT NOT NULL,
+                state_type TEXT, state_name TEXT, parent_task_run_id TEXT,
+                expected_start_time {big}, next_scheduled_start_time {big},
+                start_time {big}, end_time {big}, created_at {big} NOT NULL,
+                version {big} NOT NULL, view {blob} NOT NULL)""",
+            f"""CREATE TABLE IF NOT EXISTS task_runs (
+                id TEXT PRIMARY KEY, flow_run_id TEXT, task_key TEXT NOT NULL, dynamic_key TEXT NOT NULL,
+                name TEXT NOT NULL, state_type TEXT, state_name TEXT, expected_start_time {big},
+                created_at {big} NOT NULL, version {big} NOT NULL, view {blob} NOT NULL)""",
+            "CREATE TABLE IF NOT EXISTS run_tags (tag TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (tag, run_id))",
+        ]
+
+    def index_schema(self) -> Sequence[str]:
+        """The indexes the queries use; a rebuild creates them after loading the rows."""
+        return [
+            "CREATE INDEX IF NOT EXISTS flow_runs_by_state ON flow_runs (state_type, expected_start_time)",
+            "CREATE INDEX IF NOT EXISTS flow_runs_by_flow ON flow_runs (flow_name, expected_start_time)",
+            "CREATE INDEX IF NOT EXISTS flow_runs_by_expected_start ON flow_runs (expected_start_time)",
+            "CREATE INDEX IF NOT EXISTS flow_runs_by_parent ON flow_runs (parent_task_run_id, expected_start_time) "
+            "WHERE parent_task_run_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS task_runs_by_flow_run ON task_runs (flow_run_id)",
+        ]
+
+    def apply(
+        self,
+        records: Sequence[RecordedEvent],
+        events: Sequence[Event],
+        known: Mapping[str, object] | None = None,
+    ) -> Script[None]:
+        """Fold the records into the stored views, in the caller's transaction.
+
+        A view in ``known`` stands in for the stored row when its version is the run's
+        version before these records: the appender vouches that it is the run's view at
+        that version (the orchestrator hands the committed view it decided on). One at
+        any other version is ignored and the row is read.
+        """
+        first: dict[str, int] = {}
+        creations: set[str] = set()
+        for record, event in zip(records, events, strict=True):
+            first.setdefault(record.stream_id, record.version)
+            if isinstance(event, FlowRunCreated | TaskRunCreated):
+                creations.add(record.stream_id)
+        views: dict[str, RunView] = {
+            stream_id: hint
+            for stream_id, hint in (known or {}).items()
+            if isinstance(hint, RunView) and first.get(stream_id) == hint.version + 1
+        }
+        wanted = [stream_id for stream_id in first if stream_id not in creations and stream_id not in views]
+        if wanted:
+            views.update((yield from load_views(wanted)))
+        changed, created = fold_into(views, records, events)
+        yield from write_views((views[run_id] for run_id in changed), created)
