@@ -1,0 +1,100 @@
+"""Checks on what callers pass the orchestrator, made once at the boundary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+from uuid import UUID
+
+from flowtrail.core.errors import InvalidDataError, InvalidIdError, InvalidInputError
+from flowtrail.core.events import RetryDelay
+from flowtrail.core.jsondata import check_json
+from flowtrail.core.states import State
+
+__all__ = [
+    "check_name",
+    "check_parameters",
+    "check_retries",
+    "check_retry_delay",
+    "check_state",
+    "check_tags",
+    "run_id_of",
+]
+
+_MAX_NAME = 512
+_MAX_DELAYS = 50
+
+
+def run_id_of(value: object, what: str = "run id") -> UUID:
+    """A run id from a UUID or its string form."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidIdError(f"{what} {value!r} is not a UUID")
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_NAME:
+        raise InvalidInputError(
+            f"{what} is a non-empty string of at most {_MAX_NAME} characters, not {value!r}"
+        )
+    if not value.isprintable():
+        raise InvalidInputError(f"{what} {value!r} holds control characters")
+    return value
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise InvalidDataError(
+            f"parameters are a mapping of names to JSON values, not {type(parameters).__name__}"
+        )
+    result = dict(parameters)
+    check_json(result, path="parameters")
+    return result
+
+
+def check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        raise InvalidInputError("tags are a list of strings, not one string")
+    return tuple(dict.fromkeys(check_name(tag, "a tag") for tag in tags))
+
+
+def check_retries(retries: object) -> int | None:
+    if retries is None:
+        return None
+    if type(retries) is not int or retries < 0:
+        raise InvalidInputError(f"retries is a whole number from 0, not {retries!r}")
+    return retries
+
+
+def _delay(value: object) -> int | float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"a retry delay is a finite number of seconds from 0, not {value!r}")
+    return value
+
+
+def check_retry_delay(delay: object, *, many: bool) -> RetryDelay | None:
+    if delay is None:
+        return None
+    if isinstance(delay, list | tuple):
+        if not many:
+            raise InvalidInputError("a flow run's retry delay is one number of seconds")
+        if len(delay) > _MAX_DELAYS:
+            raise InvalidInputError(f"at most {_MAX_DELAYS} retry delays")
+        return tuple(_delay(d) for d in delay)
+    return _delay(delay)
+
+
+def check_state(state: object) -> State:
+    if not isinstance(state, State):
+        raise InvalidInputError(f"a proposed state is a flowtrail State, not {type(state).__name__}")
+    return state

@@ -1,0 +1,451 @@
+"""The orchestrator's operations, each written once as a script.
+
+A script reads views (`Fetch`) and appends (`Append`); `Orchestrator` runs it through
+the async store (appends share group commits), `SyncOrchestrator` through the sync one.
+
+Proposing is: read the run's view, gather the outside facts the policy needs (the
+enclosing flow run, for a task), decide (pure), and append the decision at the view's
+version, with the facts' stream expected at the version read. If anything moved in
+between, the append is refused as a conflict and the proposal is decided again on the
+new view, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from msgspec import UNSET
+
+from flowtrail.core.chain import RecordedEvent, from_micros
+from flowtrail.core.effects import Append, Fetch, Row, Script, StreamWrite
+from flowtrail.core.errors import (
+    ConcurrencyConflictError,
+    ContentionError,
+    InvalidInputError,
+    RunAlreadyExistsError,
+    RunNotFoundError,
+)
+from flowtrail.core.events import (
+    Event,
+    Facts,
+    FlowRunCreated,
+    Proposal,
+    RunKind,
+    RunRenamed,
+    RunSettingsUpdated,
+    StateProposed,
+    TaskRunCreated,
+)
+from flowtrail.core.fold import RunView, evolve, flow_run_facts
+from flowtrail.core.policies import decide, mirror_proposal
+from flowtrail.core.rules import stamp
+from flowtrail.core.states import State, StateType
+from flowtrail.engine.checks import (
+    check_name,
+    check_parameters,
+    check_retries,
+    check_retry_delay,
+    check_state,
+    check_tags,
+    run_id_of,
+)
+from flowtrail.engine.ids import new_run_id
+from flowtrail.engine.names import random_run_name
+from flowtrail.engine.results import HistoryEntry, OrchestrationDetails, OrchestrationResult
+from flowtrail.projections.runs import load_views
+from flowtrail.store.api import AppendResult
+from flowtrail.store.scripts import LogSql, record_of
+
+__all__ = ["Context", "ViewCache"]
+
+Clock = Callable[[], datetime]
+
+
+class ViewCache:
+    """The views this process wrote last, by run id: a hint that saves a read per
+    proposal. A stale entry only costs a conflict, after which the view is re-read."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._views: OrderedDict[UUID, RunView] = OrderedDict()
+
+    def get(self, run_id: UUID) -> RunView | None:
+        view = self._views.get(run_id)
+        if view is not None:
+            self._views.move_to_end(run_id)
+        return view
+
+    def put(self, view: RunView) -> None:
+        known = self._views.get(view.id)
+        if known is not None and known.version > view.version:
+            return  # a concurrent proposal of this process already cached a newer one
+        self._views[view.id] = view
+        self._views.move_to_end(view.id)
+        if len(self._views) > self._size:
+            self._views.popitem(last=False)
+
+    def drop(self, run_id: UUID) -> None:
+        self._views.pop(run_id, None)
+
+
+@dataclass
+class Context:
+    """What every operation needs: the log's statements, the clock, the cache."""
+
+    sql: LogSql
+    clock: Clock
+    cache: ViewCache = field(default_factory=ViewCache)
+    max_attempts: int = 25
+    proposer: str = "client"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def load(self, run_id: UUID, *, fresh: bool = False) -> Script[RunView]:
+        """The run's view: from the cache unless ``fresh``, else from the run views."""
+        if not fresh:
+            cached = self.cache.get(run_id)
+            if cached is not None:
+                return cached
+        found = yield from load_views([str(run_id)])
+        view = found.get(str(run_id))
+        if view is None:
+            raise RunNotFoundError(run_id)
+        self.cache.put(view)
+        return view
+
+    def load_kind(self, run_id: UUID, kind: RunKind) -> Script[RunView]:
+        view = yield from self.load(run_id, fresh=True)
+        if view.kind is not kind:
+            raise RunNotFoundError(run_id)
+        return view
+
+    def records_of(self, run_id: UUID, from_version: int = 1) -> Script[list[RecordedEvent]]:
+        rows: list[Row] = yield Fetch(self.sql.read_stream, (str(run_id), from_version))
+        return [record_of(row) for row in rows]
+
+    def record_at(self, position: int) -> Script[RecordedEvent]:
+        rows: list[Row] = yield Fetch(self.sql.read_batch, (position, 1))
+        return record_of(rows[0])
+
+    # -- proposing ---------------------------------------------------------------------------
+
+    def propose(
+        self, run_id: object, state: object, *, force: bool = False, idempotency_key: str | None = None
+    ) -> Script[OrchestrationResult]:
+        """Propose ``state`` for the run; see the module's docstring."""
+        target = run_id_of(run_id)
+        proposed = check_state(state)
+        if type(force) is not bool:
+            raise InvalidInputError(f"force is True or False, not {force!r}")
+        key = (
+            None
+            if idempotency_key is None
+            else f"propose:{target}:{check_name(idempotency_key, 'an idempotency key')}"
+        )
+        for attempt in range(self.max_attempts):
+            view = yield from self.load(target, fresh=attempt > 0)
+            now = self.clock()
+            proposal = Proposal(
+                state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
+            )
+            writes, expect, views, before = yield from self._decided(view, proposal, fresh=attempt > 0)
+            try:
+                result: AppendResult = yield Append(writes, key, expect, before)
+            except ConcurrencyConflictError:
+                continue
+            if result.replayed:
+                return (yield from self._replayed_proposal(result))
+            for changed in views:
+                self.cache.put(changed)
+            return _result_of(views[0], result.first_position)
+        raise ContentionError(target, self.max_attempts)
+
+    def _facts(
+        self, view: RunView, proposal: Proposal, *, fresh: bool
+    ) -> Script[tuple[Facts, dict[str, int]]]:
+        flow = None
+        expect: dict[str, int] = {}
+        if view.kind is RunKind.TASK and view.flow_run_id is not None and not proposal.force:
+            enclosing = yield from self.load(view.flow_run_id, fresh=fresh)
+            flow = flow_run_facts(enclosing)
+            # The decision read the flow run at this version: it must still be there at commit.
+            expect[str(enclosing.id)] = enclosing.version
+        state = proposal.state
+        fresh_key = None
+        if state.type is StateType.PAUSED and state.state_details.pause_key is None:
+            fresh_key = uuid.uuid4().hex
+        draw = None
+        if view.empirical_policy.retry_jitter_factor and state.type is StateType.FAILED:
+            draw = random.random()
+        return Facts(flow_run=flow, fresh_key=fresh_key, random_draw=draw), expect
+
+    def _decided(
+        self, view: RunView, proposal: Proposal, *, fresh: bool
+    ) -> Script[tuple[list[StreamWrite], dict[str, int], list[RunView], dict[str, object]]]:
+        """The writes for one decided proposal (and its subflow mirror), the views after,
+        and the views before (handed to the inline projection so it need not read them)."""
+        facts, expect = yield from self._facts(view, proposal, fresh=fresh)
+        decision = decide(view, proposal, facts)
+        event = StateProposed(run_id=view.id, proposal=proposal, facts=facts, decision=decision)
+        writes = [StreamWrite(str(view.id), [event], view.version)]
+        views = [evolve(view, event)]
+        before: dict[str, object] = {str(view.id): view}
+        mirror = mirror_proposal(view, decision, proposal)
+        if mirror is not None and view.parent_task_run_id is not None:
+            parent = yield from self.load(view.parent_task_run_id, fresh=fresh)
+            copied = StateProposed(
+                run_id=parent.id, proposal=mirror, facts=Facts(), decision=decide(parent, mirror, Facts())
+            )
+            writes.append(StreamWrite(str(parent.id), [copied], parent.version))
+            views.append(evolve(parent, copied))
+            before[str(parent.id)] = parent
+        return writes, expect, views, before
+
+    def _replayed_proposal(self, result: AppendResult) -> Script[OrchestrationResult]:
+        """The result of the proposal an idempotency key already recorded."""
+        record = yield from self.record_at(result.first_position)
+        event = record.decode()
+        assert isinstance(event, StateProposed)
+        view = yield from self.load(event.run_id, fresh=True)
+        decision = event.decision
+        state = decision.state if decision.state is not None else view.state
+        return OrchestrationResult(
+            status=decision.status,
+            state=state,
+            details=_details(decision),
+            run=view,
+            position=record.position,
+        )
+
+    # -- creating ---------------------------------------------------------------------------
+
+    def create_flow_run(
+        self,
+        flow_name: object,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        retries: object = None,
+        retry_delay: object = None,
+        parent_task_run_id: object = None,
+        deployment_id: object = None,
+        infrastructure_pid: object = None,
+        name: object = None,
+        state: object = None,
+        idempotency_key: str | None = None,
+        flow_version: str | None = None,
+        run_id: object = None,
+    ) -> Script[RunView]:
+        """Create a flow run (and set ``state`` on it, forced); idempotent on the key."""
+        now = self.clock()
+        created = FlowRunCreated(
+            run_id=new_run_id() if run_id is None else run_id_of(run_id),
+            flow_name=check_name(flow_name, "flow_name"),
+            name=random_run_name() if name is None else check_name(name, "name"),
+            created_at=now,
+            flow_version=None if flow_version is None else check_name(flow_version, "flow_version"),
+            parameters=check_parameters(parameters),
+            tags=check_tags(tags),
+            parent_task_run_id=None
+            if parent_task_run_id is None
+            else run_id_of(parent_task_run_id, "parent task run id"),
+            deployment_id=None if deployment_id is None else run_id_of(deployment_id, "deployment id"),
+            infrastructure_pid=None
+            if infrastructure_pid is None
+            else check_name(str(infrastructure_pid), "pid"),
+            retries=check_retries(retries),
+            retry_delay=check_retry_delay(retry_delay, many=False),
+            idempotency_key=idempotency_key,
+        )
+        if created.parent_task_run_id is not None:
+            yield from self.load_kind(created.parent_task_run_id, RunKind.TASK)
+        initial = None if state is None else check_state(state)
+        key = (
+            None
+            if idempotency_key is None
+            else f"flow-run:{check_name(idempotency_key, 'an idempotency key')}"
+        )
+        return (yield from self._create(created, initial, key))
+
+    def create_task_run(
+        self,
+        flow_run_id: object,
+        *,
+        task_key: object,
+        dynamic_key: object = "0",
+        name: object = None,
+        retries: object = None,
+        retry_delay: object = None,
+        retry_jitter_factor: float | None = None,
+        tags: Iterable[str] | None = None,
+        state: object = None,
+        idempotency_key: str | None = None,
+    ) -> Script[RunView]:
+        """Create a task run; one per (flow run, task key, dynamic key), however often asked."""
+        flow_run = None if flow_run_id is None else run_id_of(flow_run_id, "flow run id")
+        key_of_task = check_name(task_key, "task_key")
+        dynamic = check_name(str(dynamic_key), "dynamic_key")
+        if flow_run is not None:
+            yield from self.load_kind(flow_run, RunKind.FLOW)
+        jitter = retry_jitter_factor
+        if jitter is not None and (type(jitter) not in (int, float) or not 0 <= jitter < 1e6):
+            raise InvalidInputError(f"retry_jitter_factor is a number from 0, not {jitter!r}")
+        created = TaskRunCreated(
+            run_id=new_run_id(),
+            task_key=key_of_task,
+            dynamic_key=dynamic,
+            name=f"{key_of_task}-{dynamic}" if name is None else check_name(name, "name"),
+            created_at=self.clock(),
+            flow_run_id=flow_run,
+            tags=check_tags(tags),
+            retries=check_retries(retries),
+            retry_delay=check_retry_delay(retry_delay, many=True),
+            retry_jitter_factor=jitter,
+            idempotency_key=idempotency_key,
+        )
+        if flow_run is not None:
+            key: str | None = f"task-run:{flow_run}:{key_of_task}:{dynamic}"
+        else:
+            key = (
+                None
+                if idempotency_key is None
+                else f"task-run:{check_name(idempotency_key, 'an idempotency key')}"
+            )
+        initial = None if state is None else check_state(state)
+        return (yield from self._create(created, initial, key))
+
+    def _create(
+        self, created: FlowRunCreated | TaskRunCreated, state: State | None, key: str | None
+    ) -> Script[RunView]:
+        for attempt in range(self.max_attempts):
+            view = evolve(None, created)
+            writes = [StreamWrite(str(created.run_id), [created], 0)]
+            views = [view]
+            if state is not None:
+                now = self.clock()
+                proposal = Proposal(
+                    state=stamp(state, now), proposed_at=now, force=True, proposer=self.proposer
+                )
+                decided, _, after, _ = yield from self._decided(view, proposal, fresh=attempt > 0)
+                writes = [StreamWrite(str(created.run_id), [created, *decided[0].events], 0), *decided[1:]]
+                views = after
+            try:
+                result: AppendResult = yield Append(writes, key)
+            except ConcurrencyConflictError as conflict:
+                if conflict.stream_id == str(created.run_id):
+                    raise RunAlreadyExistsError(created.run_id) from conflict
+                continue  # the subflow's parent task run moved on: decide its mirror again
+            if result.replayed:
+                original = yield from self.record_at(result.first_position)
+                return (yield from self.load(original.decode().run_id, fresh=True))
+            for changed in views:
+                self.cache.put(changed)
+            return views[0]
+        raise ContentionError(created.run_id, self.max_attempts)
+
+    # -- changing settings --------------------------------------------------------------------
+
+    def _amend(
+        self, run_id: UUID, make: Callable[[datetime], Event], kind: RunKind | None
+    ) -> Script[RunView]:
+        for attempt in range(self.max_attempts):
+            view = yield from (self.load_kind(run_id, kind) if kind else self.load(run_id, fresh=attempt > 0))
+            event = make(self.clock())
+            try:
+                yield Append([StreamWrite(str(run_id), [event], view.version)], known={str(run_id): view})
+            except ConcurrencyConflictError:
+                continue
+            after = evolve(view, event)
+            self.cache.put(after)
+            return after
+        raise ContentionError(run_id, self.max_attempts)
+
+    def set_name(self, run_id: object, name: object) -> Script[RunView]:
+        target, new = run_id_of(run_id), check_name(name, "name")
+        return (
+            yield from self._amend(
+                target, lambda at: RunRenamed(run_id=target, name=new, renamed_at=at), None
+            )
+        )
+
+    def update_flow_run(
+        self,
+        run_id: object,
+        *,
+        retries: object = UNSET,
+        retry_delay: object = UNSET,
+        infrastructure_pid: object = UNSET,
+        flow_version: object = UNSET,
+    ) -> Script[RunView]:
+        target = run_id_of(run_id)
+        changes: dict[str, object] = {}
+        if retries is not UNSET:
+            changes["retries"] = check_retries(retries)
+        if retry_delay is not UNSET:
+            changes["retry_delay"] = check_retry_delay(retry_delay, many=False)
+        if infrastructure_pid is not UNSET:
+            changes["infrastructure_pid"] = (
+                None if infrastructure_pid is None else check_name(str(infrastructure_pid), "pid")
+            )
+        if flow_version is not UNSET:
+            changes["flow_version"] = (
+                None if flow_version is None else check_name(flow_version, "flow_version")
+            )
+
+        def make(at: datetime) -> Event:
+            return RunSettingsUpdated(run_id=target, updated_at=at, **changes)  # type: ignore[arg-type]
+
+        return (yield from self._amend(target, make, RunKind.FLOW))
+
+    # -- history -----------------------------------------------------------------------------
+
+    def read_states(self, run_id: object) -> Script[list[State]]:
+        target = run_id_of(run_id)
+        yield from self.load(target, fresh=True)
+        records = yield from self.records_of(target)
+        states = []
+        for record in records:
+            event = record.decode()
+            if isinstance(event, StateProposed) and event.decision.state is not None:
+                states.append(event.decision.state)
+        return states
+
+    def read_history(self, run_id: object) -> Script[list[HistoryEntry]]:
+        target = run_id_of(run_id)
+        yield from self.load(target, fresh=True)
+        records = yield from self.records_of(target)
+        return [
+            HistoryEntry(
+                position=r.position,
+                version=r.version,
+                recorded_at=from_micros(r.recorded_at),
+                event_type=r.event_type,
+                event=r.decode(),
+            )
+            for r in records
+        ]
+
+
+def _details(decision: Any) -> OrchestrationDetails:
+    return OrchestrationDetails(
+        policy=decision.policy,
+        policy_version=decision.policy_version,
+        rule=decision.rule,
+        reason=decision.reason,
+        delay_seconds=decision.delay_seconds,
+    )
+
+
+def _result_of(view: RunView, position: int) -> OrchestrationResult:
+    decision = view.last_decision
+    assert decision is not None
+    return OrchestrationResult(
+        status=decision.status, state=view.state, details=_details(decision), run=view, position=position
+    )

@@ -1,0 +1,552 @@
+"""`Orchestrator` (async) and `SyncOrchestrator`: the API other engines import.
+
+Both run the same scripts (`flowtrail.engine.operations`, `flowtrail.engine.audit`):
+every method is a line that hands a script to the store. Open one from a URL::
+
+    with SyncOrchestrator.open("sqlite:///runs.db") as orch: ...
+    async with Orchestrator.open("sqlite:///runs.db") as orch: ...
+
+Opening a log whose run views are stale (a crash during a rebuild, an older view
+format) rebuilds them first, unless ``rebuild_stale=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+from uuid import UUID
+
+from msgspec import UNSET
+
+from flowtrail.core.audit import AuditReport
+from flowtrail.core.errors import RunNotFoundError
+from flowtrail.core.fold import RunView
+from flowtrail.core.projection import Projection
+from flowtrail.core.states import State, StateType
+from flowtrail.engine.audit import verify_script
+from flowtrail.engine.bulk import collector_paused
+from flowtrail.engine.checks import run_id_of
+from flowtrail.engine.maintenance import Progress, catch_up_script, rebuild_script, snapshot_script
+from flowtrail.engine.operations import Clock, Context, ViewCache
+from flowtrail.engine.results import HistoryEntry, OrchestrationResult
+from flowtrail.engine.snapshot import RunSnapshot
+from flowtrail.projections.queries import (
+    FlowRunSort,
+    flow_run_view,
+    read_flow_runs,
+    subflow_run,
+    task_run_view,
+    task_runs_of,
+)
+from flowtrail.projections.runs import RunViews
+from flowtrail.store import open_store, open_sync_store
+from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
+
+__all__ = ["Orchestrator", "Progress", "SyncOrchestrator"]
+
+_CHUNK = 5_000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _found(view: RunView | None, run_id: object) -> RunView:
+    if view is None:
+        raise RunNotFoundError(run_id)
+    return view
+
+
+class _Base:
+    _views = RunViews()
+
+    def __init__(self, *, clock: Clock | None, max_attempts: int, proposer: str, sql: Any) -> None:
+        self._context = Context(
+            sql=sql, clock=clock or _utc_now, max_attempts=max_attempts, proposer=proposer
+        )
+
+    def _reset_cache(self) -> None:
+        self._context.cache = ViewCache()
+
+
+class SyncOrchestrator(_Base):
+    """flowtrail's API with plain calls; see `Orchestrator` for what each method does."""
+
+    def __init__(
+        self,
+        store: SyncSQLiteStore,
+        *,
+        clock: Clock | None = None,
+        max_attempts: int = 25,
+        proposer: str = "client",
+    ) -> None:
+        super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
+        self.store = store
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        rebuild_stale: bool = True,
+        proposer: str = "client",
+        **options: Any,
+    ) -> SyncOrchestrator:
+        """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
+        store = open_sync_store(url, projections=[cls._views], **options)
+        orchestrator = cls(store, clock=clock, proposer=proposer)
+        if rebuild_stale and store.stale_projections:
+            orchestrator.rebuild()
+        return orchestrator
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def create_flow_run(
+        self,
+        flow_name: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        retries: int | None = None,
+        retry_delay: float | None = None,
+        parent_task_run_id: UUID | str | None = None,
+        deployment_id: UUID | str | None = None,
+        infrastructure_pid: str | int | None = None,
+        name: str | None = None,
+        state: State | None = None,
+        idempotency_key: str | None = None,
+        flow_version: str | None = None,
+    ) -> RunView:
+        return self.store.perform(
+            self._context.create_flow_run(
+                flow_name,
+                parameters=parameters,
+                tags=tags,
+                retries=retries,
+                retry_delay=retry_delay,
+                parent_task_run_id=parent_task_run_id,
+                deployment_id=deployment_id,
+                infrastructure_pid=infrastructure_pid,
+                name=name,
+                state=state,
+                idempotency_key=idempotency_key,
+                flow_version=flow_version,
+            )
+        )
+
+    def create_task_run(
+        self,
+        flow_run_id: UUID | str | None,
+        *,
+        task_key: str,
+        dynamic_key: str = "0",
+        name: str | None = None,
+        retries: int | None = None,
+        retry_delay: float | list[float] | None = None,
+        retry_jitter_factor: float | None = None,
+        tags: Iterable[str] | None = None,
+        state: State | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunView:
+        return self.store.perform(
+            self._context.create_task_run(
+                flow_run_id,
+                task_key=task_key,
+                dynamic_key=dynamic_key,
+                name=name,
+                retries=retries,
+                retry_delay=retry_delay,
+                retry_jitter_factor=retry_jitter_factor,
+                tags=tags,
+                state=state,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def propose_state(
+        self, run_id: UUID | str, state: State, force: bool = False, *, idempotency_key: str | None = None
+    ) -> OrchestrationResult:
+        return self.store.perform(
+            self._context.propose(run_id, state, force=force, idempotency_key=idempotency_key)
+        )
+
+    def set_flow_run_name(self, run_id: UUID | str, name: str) -> RunView:
+        return self.store.perform(self._context.set_name(run_id, name))
+
+    def update_flow_run(
+        self,
+        run_id: UUID | str,
+        *,
+        retries: Any = UNSET,
+        retry_delay: Any = UNSET,
+        infrastructure_pid: Any = UNSET,
+        flow_version: Any = UNSET,
+    ) -> RunView:
+        return self.store.perform(
+            self._context.update_flow_run(
+                run_id,
+                retries=retries,
+                retry_delay=retry_delay,
+                infrastructure_pid=infrastructure_pid,
+                flow_version=flow_version,
+            )
+        )
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def read_flow_run(self, run_id: UUID | str) -> RunView:
+        return _found(self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
+
+    def read_task_run(self, run_id: UUID | str) -> RunView:
+        return _found(self.store.perform(task_run_view(run_id_of(run_id))), run_id)
+
+    def read_flow_runs(
+        self,
+        *,
+        state_types: Iterable[StateType | str] | None = None,
+        state_names: Iterable[str] | None = None,
+        flow_names: Iterable[str] | None = None,
+        tags: Iterable[str] | None = None,
+        parent_task_run_ids: Iterable[UUID] | None = None,
+        sort: FlowRunSort | str = FlowRunSort.ID_DESC,
+        limit: int | None = 200,
+        offset: int = 0,
+    ) -> list[RunView]:
+        return self.store.perform(
+            read_flow_runs(
+                state_types=state_types,
+                state_names=state_names,
+                flow_names=flow_names,
+                tags=tags,
+                parent_task_run_ids=parent_task_run_ids,
+                sort=sort,
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
+        return self.store.perform(task_runs_of(run_id_of(flow_run_id)))
+
+    def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
+        return self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
+
+    def read_states(self, run_id: UUID | str) -> list[State]:
+        return self.store.perform(self._context.read_states(run_id))
+
+    def read_history(self, run_id: UUID | str) -> list[HistoryEntry]:
+        return self.store.perform(self._context.read_history(run_id))
+
+    # -- audit and operations -----------------------------------------------------------------
+
+    def verify(
+        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes] | None = None
+    ) -> AuditReport:
+        with collector_paused():
+            return self.store.perform(verify_script(self._context, run_id, anchor=anchor))
+
+    def rebuild(
+        self, progress: Progress | None = None, *, batch: int = _CHUNK, cache_size: int = 10_000
+    ) -> int:
+        with collector_paused():
+            script = rebuild_script(
+                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size
+            )
+            applied = self.store.perform(script)
+        self._reset_cache()
+        return applied
+
+    def as_of(self, position: int) -> RunSnapshot:
+        with collector_paused():
+            return self.store.perform(snapshot_script(self.store.sql, position, batch=_CHUNK))
+
+    def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
+        return self.store.perform(catch_up_script(self.store, projection, batch=batch))
+
+    def last_position(self) -> int:
+        return self.store.last_position()
+
+
+class Orchestrator(_Base):
+    """flowtrail's API, async. Every method has a sync twin on `SyncOrchestrator`.
+
+    Runs: `create_flow_run`, `create_task_run` (idempotent on the flow run, task key
+    and dynamic key), `propose_state` (decide and record; every proposal is recorded,
+    rejected, waited and aborted ones too), `set_flow_run_name`, `update_flow_run`.
+    Views: `read_flow_run`, `read_task_run`, `read_flow_runs`, `read_task_runs`,
+    `find_subflow_run` (the most recent child), `read_states`, `read_history`.
+    Audit and operations: `verify`, `rebuild`, `as_of`, `catch_up`.
+    """
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        *,
+        clock: Clock | None = None,
+        max_attempts: int = 25,
+        proposer: str = "client",
+    ) -> None:
+        super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
+        self.store = store
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        rebuild_stale: bool = True,
+        proposer: str = "client",
+        **options: Any,
+    ) -> _Opening:
+        """Open the log at ``url``: ``async with Orchestrator.open(url) as orch`` or ``await``."""
+        return _Opening(cls, url, clock, rebuild_stale, proposer, options)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def create_flow_run(
+        self,
+        flow_name: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        retries: int | None = None,
+        retry_delay: float | None = None,
+        parent_task_run_id: UUID | str | None = None,
+        deployment_id: UUID | str | None = None,
+        infrastructure_pid: str | int | None = None,
+        name: str | None = None,
+        state: State | None = None,
+        idempotency_key: str | None = None,
+        flow_version: str | None = None,
+    ) -> RunView:
+        """Create a flow run; ``state`` is set with force. The same idempotency key
+        returns the run it first created and creates nothing."""
+        return await self.store.perform(
+            self._context.create_flow_run(
+                flow_name,
+                parameters=parameters,
+                tags=tags,
+                retries=retries,
+                retry_delay=retry_delay,
+                parent_task_run_id=parent_task_run_id,
+                deployment_id=deployment_id,
+                infrastructure_pid=infrastructure_pid,
+                name=name,
+                state=state,
+                idempotency_key=idempotency_key,
+                flow_version=flow_version,
+            )
+        )
+
+    async def create_task_run(
+        self,
+        flow_run_id: UUID | str | None,
+        *,
+        task_key: str,
+        dynamic_key: str = "0",
+        name: str | None = None,
+        retries: int | None = None,
+        retry_delay: float | list[float] | None = None,
+        retry_jitter_factor: float | None = None,
+        tags: Iterable[str] | None = None,
+        state: State | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunView:
+        """Create a task run in a flow run; asking again for the same (flow run, task
+        key, dynamic key) returns the task run first created."""
+        return await self.store.perform(
+            self._context.create_task_run(
+                flow_run_id,
+                task_key=task_key,
+                dynamic_key=dynamic_key,
+                name=name,
+                retries=retries,
+                retry_delay=retry_delay,
+                retry_jitter_factor=retry_jitter_factor,
+                tags=tags,
+                state=state,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    async def propose_state(
+        self, run_id: UUID | str, state: State, force: bool = False, *, idempotency_key: str | None = None
+    ) -> OrchestrationResult:
+        """Decide ``state`` for the run with Prefect's rules and record it, whatever the
+        answer. A WAIT answer is returned, never slept through."""
+        return await self.store.perform(
+            self._context.propose(run_id, state, force=force, idempotency_key=idempotency_key)
+        )
+
+    async def set_flow_run_name(self, run_id: UUID | str, name: str) -> RunView:
+        return await self.store.perform(self._context.set_name(run_id, name))
+
+    async def update_flow_run(
+        self,
+        run_id: UUID | str,
+        *,
+        retries: Any = UNSET,
+        retry_delay: Any = UNSET,
+        infrastructure_pid: Any = UNSET,
+        flow_version: Any = UNSET,
+    ) -> RunView:
+        """Change a flow run's settings; arguments left out are left as they are."""
+        return await self.store.perform(
+            self._context.update_flow_run(
+                run_id,
+                retries=retries,
+                retry_delay=retry_delay,
+                infrastructure_pid=infrastructure_pid,
+                flow_version=flow_version,
+            )
+        )
+
+    # -- views ---------------------------------------------------------------------------------
+
+    async def read_flow_run(self, run_id: UUID | str) -> RunView:
+        return _found(await self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
+
+    async def read_task_run(self, run_id: UUID | str) -> RunView:
+        return _found(await self.store.perform(task_run_view(run_id_of(run_id))), run_id)
+
+    async def read_flow_runs(
+        self,
+        *,
+        state_types: Iterable[StateType | str] | None = None,
+        state_names: Iterable[str] | None = None,
+        flow_names: Iterable[str] | None = None,
+        tags: Iterable[str] | None = None,
+        parent_task_run_ids: Iterable[UUID] | None = None,
+        sort: FlowRunSort | str = FlowRunSort.ID_DESC,
+        limit: int | None = 200,
+        offset: int = 0,
+    ) -> list[RunView]:
+        """Flow runs matching every filter given (any of the values of each; all tags)."""
+        return await self.store.perform(
+            read_flow_runs(
+                state_types=state_types,
+                state_names=state_names,
+                flow_names=flow_names,
+                tags=tags,
+                parent_task_run_ids=parent_task_run_ids,
+                sort=sort,
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    async def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
+        return await self.store.perform(task_runs_of(run_id_of(flow_run_id)))
+
+    async def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
+        """The most recent flow run started by this parent task run, or None."""
+        return await self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
+
+    async def read_states(self, run_id: UUID | str) -> list[State]:
+        """The run's states in the order they were written."""
+        return await self.store.perform(self._context.read_states(run_id))
+
+    async def read_history(self, run_id: UUID | str) -> list[HistoryEntry]:
+        """Every recorded event of the run, proposals and their decisions included."""
+        return await self.store.perform(self._context.read_history(run_id))
+
+    # -- audit and operations -----------------------------------------------------------------
+
+    async def verify(
+        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes] | None = None
+    ) -> AuditReport:
+        """Re-check the log (or one run and the runs its decisions read): chains,
+        positions, every decision re-decided, facts, subflow mirrors."""
+        with collector_paused():
+            return await self.store.perform(verify_script(self._context, run_id, anchor=anchor))
+
+    async def rebuild(
+        self, progress: Progress | None = None, *, batch: int = _CHUNK, cache_size: int = 10_000
+    ) -> int:
+        """Drop the run views and rebuild them from the log; returns the events applied.
+
+        Appends may go on meanwhile (this process's and others'). ``batch`` events are
+        replayed per write transaction; ``cache_size`` views are kept in memory.
+        """
+        with collector_paused():
+            script = rebuild_script(
+                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size
+            )
+            applied = await self.store.perform(script)
+        self._reset_cache()
+        return applied
+
+    async def as_of(self, position: int) -> RunSnapshot:
+        """The run views as they were when the log ended at ``position``."""
+        with collector_paused():
+            return await self.store.perform(snapshot_script(self.store.sql, position, batch=_CHUNK))
+
+    async def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
+        """Bring a catch-up projection up to the end of the log; returns events applied."""
+        return await self.store.perform(catch_up_script(self.store, projection, batch=batch))
+
+    async def last_position(self) -> int:
+        return await self.store.last_position()
+
+
+class _Opening:
+    """``Orchestrator.open(url)``: awaitable, and usable directly with ``async with``."""
+
+    def __init__(
+        self,
+        cls: type[Orchestrator],
+        url: str,
+        clock: Clock | None,
+        rebuild_stale: bool,
+        proposer: str,
+        options: dict[str, Any],
+    ) -> None:
+        self._args = (cls, url, clock, rebuild_stale, proposer, options)
+        self._opened: Orchestrator | None = None
+
+    async def _open(self) -> Orchestrator:
+        cls, url, clock, rebuild_stale, proposer, options = self._args
+        store = await open_store(url, projections=[cls._views], **options)
+        orchestrator = cls(store, clock=clock, proposer=proposer)
+        if rebuild_stale and store.stale_projections:
+            await orchestrator.rebuild()
+        return orchestrator
+
+    def __await__(self) -> Generator[Any, None, Orchestrator]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Orchestrator:
+        self._opened = await self._open()
+        return self._opened
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._opened is not None:
+            await self._opened.close()
