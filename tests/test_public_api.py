@@ -10,7 +10,15 @@ import pytest
 import flowtrail
 from flowtrail import states
 
-PUBLIC_MODULES = ["flowtrail", "flowtrail.core", "flowtrail.states", "flowtrail.store", "flowtrail.testing"]
+PUBLIC_MODULES = [
+    "flowtrail",
+    "flowtrail.core",
+    "flowtrail.engine",
+    "flowtrail.projections",
+    "flowtrail.states",
+    "flowtrail.store",
+    "flowtrail.testing",
+]
 
 # The constructors of DESIGN §8 and the keywords each takes, as in prefect.states.
 CONSTRUCTOR_KEYWORDS = {
@@ -42,9 +50,70 @@ def test_all_is_sorted_and_every_name_exists(module_name: str) -> None:
 
 
 def test_the_top_level_package_exports_the_contract() -> None:
-    assert {"SetStateStatus", "StateType", "State", "StateDetails", "states", "FlowtrailError"} <= set(
-        flowtrail.__all__
-    )
+    assert {
+        "Orchestrator",
+        "SyncOrchestrator",
+        "SetStateStatus",
+        "StateType",
+        "State",
+        "StateDetails",
+        "states",
+        "FlowtrailError",
+    } <= set(flowtrail.__all__)
+
+
+ORCHESTRATOR_METHODS = {
+    "create_flow_run",
+    "create_task_run",
+    "propose_state",
+    "read_flow_run",
+    "read_task_run",
+    "read_flow_runs",
+    "find_subflow_run",
+    "read_states",
+    "read_history",
+    "update_flow_run",
+    "set_flow_run_name",
+    "verify",
+    "rebuild",
+    "as_of",
+    "close",
+}
+
+
+def test_both_orchestrators_have_the_same_methods() -> None:
+    """DESIGN §8: the async Orchestrator and its SyncOrchestrator twin, same names."""
+    public = {n for n in dir(flowtrail.Orchestrator) if not n.startswith("_") and n != "open"}
+    twin = {n for n in dir(flowtrail.SyncOrchestrator) if not n.startswith("_") and n != "open"}
+    assert public == twin
+    assert public >= ORCHESTRATOR_METHODS
+
+
+def test_the_orchestrators_keyword_arguments_match_design() -> None:
+    for cls in (flowtrail.Orchestrator, flowtrail.SyncOrchestrator):
+        create = inspect.signature(cls.create_flow_run).parameters
+        assert {
+            "parameters",
+            "tags",
+            "retries",
+            "retry_delay",
+            "parent_task_run_id",
+            "deployment_id",
+            "infrastructure_pid",
+            "name",
+            "state",
+            "idempotency_key",
+        } <= set(create)
+        task = inspect.signature(cls.create_task_run).parameters
+        assert {"task_key", "dynamic_key", "retries", "retry_delay", "state"} <= set(task)
+        update = inspect.signature(cls.update_flow_run).parameters
+        assert {"retries", "retry_delay", "infrastructure_pid", "flow_version"} <= set(update)
+        assert list(inspect.signature(cls.propose_state).parameters)[:4] == [
+            "self",
+            "run_id",
+            "state",
+            "force",
+        ]
 
 
 @pytest.mark.parametrize(("name", "keywords"), CONSTRUCTOR_KEYWORDS.items())

@@ -34,3 +34,28 @@ def fold_a_log() -> bool:
     log.propose(run.id, states.Running(), at=at(1))
     view: RunView = evolve(None, log.events_of(run.id)[0])
     return verify(log.records).ok and view.name == "typed"
+
+
+def orchestrate(url: str) -> int:
+    from flowtrail import SetStateStatus, SyncOrchestrator
+
+    with SyncOrchestrator.open(url) as orch:
+        run = orch.create_flow_run("etl", parameters={"n": 1}, tags=["nightly"], retries=2, retry_delay=0)
+        task = orch.create_task_run(run.id, task_key="load", dynamic_key="0", retries=0, retry_delay=0)
+        result = orch.propose_state(run.id, states.Running(), force=False)
+        if result.status is SetStateStatus.WAIT:
+            return result.details.delay_seconds or 0
+        orch.propose_state(task.id, states.Running())
+        view = orch.read_flow_run(run.id)
+        child = orch.find_subflow_run(task.id)
+        report = orch.verify()
+        return view.run_count + (0 if child is None else 1) + report.events_checked
+
+
+async def orchestrate_async(url: str) -> list[State]:
+    from flowtrail import Orchestrator
+
+    async with Orchestrator.open(url) as orch:
+        run = await orch.create_flow_run("etl", state=states.Pending())
+        await orch.propose_state(run.id, states.Running())
+        return await orch.read_states(run.id)

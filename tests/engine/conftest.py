@@ -1,0 +1,102 @@
+"""Both orchestrators behind one facade, so each API test runs against sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowtrail import Orchestrator, SyncOrchestrator
+from flowtrail.testing import T0
+
+
+class Clock:
+    """A clock tests move by hand: every reading is a microsecond after the last."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(microseconds=1)
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Orch:
+    """An orchestrator under test with plain calls, whichever kind it is."""
+
+    def __init__(self, kind: str, url: str, clock: Clock | None = None, **options: Any) -> None:
+        self.kind = kind
+        self.url = url
+        self.clock = clock or Clock()
+        self.options = options
+        self.runner: asyncio.Runner | None = None
+        self.api: Any = None
+        self.open()
+
+    def open(self) -> None:
+        if self.kind == "sync":
+            self.api = SyncOrchestrator.open(self.url, clock=self.clock, **self.options)
+        else:
+            self.runner = asyncio.Runner()
+            opening = Orchestrator.open(self.url, clock=self.clock, **self.options)
+
+            async def opened() -> Orchestrator:
+                return await opening
+
+            self.api = self.runner.run(opened())
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.api, name)
+        if self.runner is None or not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            return self.runner.run(result) if asyncio.iscoroutine(result) else result  # type: ignore[union-attr]
+
+        return call
+
+    def gather(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Run calls concurrently (async) or in turn (sync); results or errors."""
+        if self.runner is None:
+            out = []
+            for name, args, kwargs in calls:
+                try:
+                    out.append(getattr(self.api, name)(*args, **kwargs))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+        async def together() -> list[Any]:
+            coros = [getattr(self.api, name)(*args, **kwargs) for name, args, kwargs in calls]
+            return list(await asyncio.gather(*coros, return_exceptions=True))
+
+        return self.runner.run(together())
+
+    def close(self) -> None:
+        if self.api is None:
+            return
+        result = self.api.close()
+        if self.runner is not None:
+            self.runner.run(result)
+            self.runner.close()
+            self.runner = None
+        self.api = None
+
+    def reopen(self) -> None:
+        self.close()
+        self.open()
+
+
+@pytest.fixture(params=["sync", "async"])
+def orch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Orch]:
+    opened = Orch(request.param, f"sqlite:///{tmp_path}/runs.db")
+    yield opened
+    opened.close()

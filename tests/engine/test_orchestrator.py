@@ -1,0 +1,389 @@
+"""The Orchestrator API of DESIGN §8, against the sync and the async orchestrator."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import uuid4
+
+import pytest
+
+from flowtrail import SetStateStatus, StateType, states
+from flowtrail.core import (
+    FlowRunCreated,
+    InvalidDataError,
+    InvalidIdError,
+    InvalidInputError,
+    RunNotFoundError,
+    StateProposed,
+)
+from tests.engine.conftest import Orch
+
+Status = SetStateStatus
+
+
+# --- creating runs -----------------------------------------------------------------------------
+
+
+def test_a_flow_run_is_created_with_its_settings(orch: Orch) -> None:
+    run = orch.create_flow_run(
+        "etl",
+        parameters={"n": 1},
+        tags=["nightly", "team"],
+        retries=2,
+        retry_delay=5,
+        name="etl-mon",
+        infrastructure_pid=4242,
+        flow_version="1.0",
+    )
+    view = orch.read_flow_run(run.id)
+    assert (
+        view.flow_name,
+        view.name,
+        view.parameters,
+        view.tags,
+        view.infrastructure_pid,
+        view.flow_version,
+    ) == (
+        "etl",
+        "etl-mon",
+        {"n": 1},
+        ("nightly", "team"),
+        "4242",
+        "1.0",
+    )
+    assert (view.empirical_policy.retries, view.empirical_policy.retry_delay) == (2, 5)
+    assert view.state is None
+    assert view.version == 1
+
+
+def test_a_flow_run_without_a_name_gets_a_random_two_word_name(orch: Orch) -> None:
+    name = orch.create_flow_run("etl").name
+    assert len(name.split("-")) == 2
+
+
+def test_a_flow_run_created_with_a_state_has_it_set_with_force(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Running())
+    assert run.state is not None
+    assert run.state.type is StateType.RUNNING
+    assert run.run_count == 1
+    assert run.last_decision is not None
+    assert run.last_decision.policy == "MinimalFlowPolicy"
+
+
+def test_the_same_idempotency_key_returns_the_first_run_and_creates_nothing(orch: Orch) -> None:
+    first = orch.create_flow_run("etl", idempotency_key="etl-2026-01-01")
+    again = orch.create_flow_run("etl", idempotency_key="etl-2026-01-01", parameters={"other": True})
+    assert again.id == first.id
+    assert len(orch.read_flow_runs()) == 1
+
+
+def test_concurrent_creations_with_one_key_create_one_run(orch: Orch) -> None:
+    results = orch.gather([("create_flow_run", ("etl",), {"idempotency_key": "once"}) for _ in range(6)])
+    assert len({r.id for r in results}) == 1
+    assert len(orch.read_flow_runs()) == 1
+
+
+def test_a_task_run_is_created_once_per_flow_run_task_key_and_dynamic_key(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    first = orch.create_task_run(flow.id, task_key="load", dynamic_key="0", retries=3, retry_delay=[1, 10])
+    again = orch.create_task_run(flow.id, task_key="load", dynamic_key="0")
+    other = orch.create_task_run(flow.id, task_key="load", dynamic_key="1")
+    assert again.id == first.id
+    assert other.id != first.id
+    view = orch.read_task_run(first.id)
+    assert (view.flow_run_id, view.task_key, view.dynamic_key, view.name) == (flow.id, "load", "0", "load-0")
+    assert view.empirical_policy.retry_delay == (1, 10)
+    assert [t.id for t in orch.read_task_runs(flow.id)] == [first.id, other.id]
+
+
+def test_a_task_run_of_an_unknown_flow_run_is_refused(orch: Orch) -> None:
+    with pytest.raises(RunNotFoundError):
+        orch.create_task_run(uuid4(), task_key="load")
+
+
+def test_a_subflow_of_an_unknown_parent_task_run_is_refused(orch: Orch) -> None:
+    with pytest.raises(RunNotFoundError):
+        orch.create_flow_run("child", parent_task_run_id=uuid4())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"flow_name": ""}, InvalidInputError),
+        ({"flow_name": "etl", "parameters": {"x": float("nan")}}, InvalidDataError),
+        ({"flow_name": "etl", "parameters": {"x": {1, 2}}}, InvalidDataError),
+        ({"flow_name": "etl", "tags": "nightly"}, InvalidInputError),
+        ({"flow_name": "etl", "retries": -1}, InvalidInputError),
+        ({"flow_name": "etl", "retry_delay": float("inf")}, InvalidInputError),
+        ({"flow_name": "etl", "retry_delay": [1, 2]}, InvalidInputError),
+        ({"flow_name": "etl", "parent_task_run_id": "not-a-uuid"}, InvalidIdError),
+        ({"flow_name": "etl", "state": "RUNNING"}, InvalidInputError),
+        ({"flow_name": "bad\x00name"}, InvalidInputError),
+    ],
+)
+def test_bad_creation_arguments_are_typed_errors_that_write_nothing(
+    orch: Orch, kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        orch.create_flow_run(**kwargs)
+    assert orch.last_position() == 0
+
+
+# --- proposing ---------------------------------------------------------------------------------
+
+
+def test_propose_state_answers_with_status_state_and_details(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", retries=1, state=states.Pending())
+    running = orch.propose_state(run.id, states.Running())
+    assert (running.status, running.state.type, running.run.run_count) == (
+        Status.ACCEPT,
+        StateType.RUNNING,
+        1,
+    )
+    retry = orch.propose_state(run.id, states.Failed(message="boom"))
+    assert (retry.status, retry.state.name, retry.details.reason, retry.details.rule) == (
+        Status.REJECT,
+        "AwaitingRetry",
+        "Retrying",
+        "RetryFailedFlows",
+    )
+
+
+def test_a_wait_is_returned_with_its_delay_and_never_slept_through(orch: Orch) -> None:
+    run = orch.create_flow_run(
+        "etl", state=states.Scheduled(scheduled_time=orch.clock.now + timedelta(minutes=5))
+    )
+    result = orch.propose_state(run.id, states.Running())
+    assert (result.status, result.details.delay_seconds) == (Status.WAIT, 300)
+    assert result.state.type is StateType.SCHEDULED
+
+
+def test_every_proposal_is_recorded_rejected_waited_and_aborted_ones_included(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    orch.propose_state(run.id, states.Pending())  # ABORT
+    orch.propose_state(run.id, states.Paused())  # REJECT
+    history = orch.read_history(run.id)
+    decided = [entry.event for entry in history if isinstance(entry.event, StateProposed)]
+    assert [e.decision.status for e in decided] == [Status.ACCEPT, Status.ABORT, Status.REJECT]
+    assert isinstance(history[0].event, FlowRunCreated)
+    assert [entry.version for entry in history] == [1, 2, 3, 4]
+
+
+def test_read_states_lists_the_states_written_in_order(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", retries=1, state=states.Pending())
+    for state in (states.Running(), states.Failed(), states.Running(), states.Completed()):
+        orch.propose_state(run.id, state)
+    assert [s.name for s in orch.read_states(run.id)] == [
+        "Pending",
+        "Running",
+        "AwaitingRetry",
+        "Running",
+        "Completed",
+    ]
+
+
+def test_a_repeated_proposal_idempotency_key_returns_the_first_answer(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    first = orch.propose_state(run.id, states.Running(), idempotency_key="start")
+    again = orch.propose_state(run.id, states.Running(), idempotency_key="start")
+    assert (again.status, again.state, again.position) == (first.status, first.state, first.position)
+    assert orch.read_flow_run(run.id).version == 3
+
+
+def test_proposing_for_an_unknown_run_is_a_typed_error(orch: Orch) -> None:
+    with pytest.raises(RunNotFoundError):
+        orch.propose_state(uuid4(), states.Running())
+
+
+def test_concurrent_proposals_each_decide_on_the_state_before_them(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    results = orch.gather([("propose_state", (run.id, states.Running()), {}) for _ in range(5)])
+    assert all(r.status is Status.ACCEPT for r in results)
+    assert sorted(r.run.version for r in results) == [3, 4, 5, 6, 7]
+    assert orch.read_flow_run(run.id).run_count == 5
+
+
+def test_a_task_cannot_start_while_its_flow_run_is_not_running(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl", state=states.Pending())
+    task = orch.create_task_run(flow.id, task_key="load")
+    result = orch.propose_state(task.id, states.Running())
+    assert (result.status, result.details.rule) == (Status.ABORT, "PreventRunningTasksFromStoppedFlows")
+    orch.propose_state(flow.id, states.Running())
+    assert orch.propose_state(task.id, states.Running()).status is Status.ACCEPT
+
+
+def test_a_task_decision_records_its_flow_runs_facts(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl", state=states.Running())
+    task = orch.create_task_run(flow.id, task_key="load")
+    orch.propose_state(task.id, states.Running())
+    event = orch.read_history(task.id)[-1].event
+    assert isinstance(event, StateProposed)
+    assert event.facts.flow_run is not None
+    assert (event.facts.flow_run.flow_run_id, event.facts.flow_run.version) == (flow.id, 2)
+
+
+def test_a_task_decided_on_a_flow_run_that_moved_on_is_decided_again(tmp_path: object) -> None:
+    """Two orchestrators on one file: the task's facts must still hold when it commits."""
+    url = f"sqlite:///{tmp_path}/two.db"
+    first, second = Orch("sync", url), Orch("sync", url)
+    try:
+        flow = first.create_flow_run("etl", state=states.Running())
+        task = first.create_task_run(flow.id, task_key="load")
+        first.propose_state(task.id, states.Pending())  # first now caches the flow as Running
+        second.propose_state(flow.id, states.Cancelling())
+        result = first.propose_state(task.id, states.Running())
+        assert result.status is Status.ABORT  # decided again on the cancelling flow
+        assert first.verify().ok
+    finally:
+        first.close()
+        second.close()
+
+
+# --- subflows ----------------------------------------------------------------------------------
+
+
+def test_a_subflow_state_is_mirrored_onto_its_parent_task_run_in_the_same_append(orch: Orch) -> None:
+    parent = orch.create_flow_run("parent", state=states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+    result = orch.propose_state(child.id, states.Running())
+    task = orch.read_task_run(tracker.id)
+    assert task.state is not None
+    assert (task.state.type, task.state.state_details.child_flow_run_id) == (StateType.RUNNING, child.id)
+    history = orch.read_history(tracker.id)
+    assert history[-1].position == result.position + 1
+
+
+def test_find_subflow_run_returns_the_most_recent_child(orch: Orch) -> None:
+    parent = orch.create_flow_run("parent", state=states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+    orch.clock.advance(60)
+    later = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+    found = orch.find_subflow_run(tracker.id)
+    assert found is not None
+    assert found.id == later.id
+    assert orch.find_subflow_run(uuid4()) is None
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def test_read_flow_runs_filters_by_state_flow_tag_and_parent(orch: Orch) -> None:
+    a = orch.create_flow_run("etl", tags=["nightly", "eu"], state=states.Running())
+    b = orch.create_flow_run("etl", tags=["nightly"], state=states.Pending())
+    c = orch.create_flow_run("report", tags=["eu"], state=states.Running())
+    tracker = orch.create_task_run(a.id, task_key="sub")
+    d = orch.create_flow_run("sub", parent_task_run_id=tracker.id)
+
+    def ids(**filters: object) -> set[object]:
+        return {v.id for v in orch.read_flow_runs(**filters)}
+
+    assert ids(state_types=[StateType.RUNNING]) == {a.id, c.id}
+    assert ids(flow_names=["etl"]) == {a.id, b.id}
+    assert ids(tags=["nightly", "eu"]) == {a.id}
+    assert ids(tags=["eu"]) == {a.id, c.id}
+    assert ids(parent_task_run_ids=[tracker.id]) == {d.id}
+    assert ids(flow_names=["etl"], state_types=["PENDING"]) == {b.id}
+    assert ids(state_types=[]) == set()
+
+
+def test_read_flow_runs_sorts_and_pages(orch: Orch) -> None:
+    made = []
+    for minutes in (30, 10, 20):
+        when = orch.clock.now + timedelta(minutes=minutes)
+        made.append(orch.create_flow_run("etl", state=states.Scheduled(scheduled_time=when)))
+    by_start = orch.read_flow_runs(sort="EXPECTED_START_TIME_ASC")
+    assert [v.id for v in by_start] == [made[1].id, made[2].id, made[0].id]
+    assert [v.id for v in orch.read_flow_runs(sort="ID_DESC", limit=2)] == [made[2].id, made[1].id]
+    assert [v.id for v in orch.read_flow_runs(sort="ID_DESC", limit=2, offset=2)] == [made[0].id]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"sort": "BY_MOOD"}, {"limit": -1}, {"offset": -3}, {"state_types": ["DONE"]}]
+)
+def test_bad_query_arguments_are_typed_errors(orch: Orch, bad: dict[str, object]) -> None:
+    with pytest.raises(InvalidInputError):
+        orch.read_flow_runs(**bad)
+
+
+def test_reading_an_unknown_run_is_a_typed_error(orch: Orch) -> None:
+    with pytest.raises(RunNotFoundError):
+        orch.read_flow_run(uuid4())
+    task_id = orch.create_task_run(orch.create_flow_run("etl").id, task_key="t").id
+    with pytest.raises(RunNotFoundError):
+        orch.read_flow_run(task_id)
+
+
+def test_a_flow_run_can_be_renamed_and_its_settings_updated(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", retries=1)
+    orch.set_flow_run_name(run.id, "etl-monday")
+    orch.update_flow_run(run.id, retries=5, infrastructure_pid="99")
+    view = orch.read_flow_run(run.id)
+    assert (view.name, view.empirical_policy.retries, view.infrastructure_pid, view.version) == (
+        "etl-monday",
+        5,
+        "99",
+        3,
+    )
+
+
+# --- audit and operations ------------------------------------------------------------------------
+
+
+def test_verify_passes_on_a_log_written_through_the_orchestrator(orch: Orch) -> None:
+    parent = orch.create_flow_run("parent", retries=1, state=states.Pending())
+    orch.propose_state(parent.id, states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+    orch.propose_state(child.id, states.Running())
+    orch.propose_state(child.id, states.Completed())
+    orch.propose_state(parent.id, states.Failed())
+    report = orch.verify()
+    assert report.ok, report.problems
+    assert report.events_checked == orch.last_position()
+    assert orch.verify(child.id).ok
+    assert orch.verify(tracker.id).ok
+
+
+def test_rebuild_gives_back_the_same_views(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", tags=["a"], state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    task = orch.create_task_run(run.id, task_key="t", state=states.Running())
+    before = (orch.read_flow_run(run.id), orch.read_task_run(task.id), orch.read_flow_runs(tags=["a"]))
+    progress: list[tuple[int, int]] = []
+    applied = orch.rebuild(progress=lambda done, total: progress.append((done, total)))
+    assert applied == orch.last_position()
+    assert (
+        orch.read_flow_run(run.id),
+        orch.read_task_run(task.id),
+        orch.read_flow_runs(tags=["a"]),
+    ) == before
+    assert progress[-1] == (applied, applied)
+
+
+def test_as_of_shows_the_views_as_they_were_at_a_position(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    at_pending = orch.last_position()
+    orch.propose_state(run.id, states.Running())
+    orch.create_flow_run("later")
+    with orch.as_of(at_pending) as snapshot:
+        assert snapshot.read_flow_run(run.id).state.type is StateType.PENDING
+        assert len(snapshot.read_flow_runs()) == 1
+    with orch.as_of(orch.last_position()) as snapshot:
+        assert snapshot.read_flow_run(run.id) == orch.read_flow_run(run.id)
+
+
+def test_a_run_created_after_the_position_is_not_in_the_past(orch: Orch) -> None:
+    orch.create_flow_run("etl")
+    position = orch.last_position()
+    later = orch.create_flow_run("etl")
+    with orch.as_of(position) as snapshot, pytest.raises(RunNotFoundError):
+        snapshot.read_flow_run(later.id)
+
+
+def test_views_survive_reopening(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Running())
+    before = orch.read_flow_run(run.id)
+    orch.reopen()
+    assert orch.read_flow_run(run.id) == before

@@ -1,0 +1,239 @@
+"""Tampering with a copy of a real database: every change is caught, at its position.
+
+The tamperer here has the file and sqlite3: they drop the append-only triggers, then
+flip bytes, delete, reorder, duplicate or truncate rows, or change a decision, and in
+the hardest cases recompute every hash afterwards. Only the loss of the log's tail
+needs an outside anchor to be noticed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from flowtrail import SetStateStatus, SyncOrchestrator, states
+from flowtrail.core import GENESIS, RecordedEvent, StateProposed, encode_event
+from flowtrail.store.scripts import record_of
+from flowtrail.store.sqlite_schema import SQL
+from tests.engine.conftest import Clock
+
+Tamper = Callable[[sqlite3.Connection], None]
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log with flows, tasks, a subflow, a retry and rejected proposals."""
+    path = tmp_path_factory.mktemp("tamper") / "original.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}", clock=Clock()) as orch:
+        parent = orch.create_flow_run("parent", retries=1, state=states.Pending())
+        orch.propose_state(parent.id, states.Running())
+        task = orch.create_task_run(parent.id, task_key="load", retries=1)
+        orch.propose_state(task.id, states.Running())
+        orch.propose_state(task.id, states.Failed())
+        orch.propose_state(task.id, states.Running())
+        orch.propose_state(task.id, states.Completed(data={"type": "json", "value": 1}))
+        tracker = orch.create_task_run(parent.id, task_key="child")
+        child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+        orch.propose_state(child.id, states.Running())
+        orch.propose_state(child.id, states.Completed())
+        orch.propose_state(parent.id, states.Failed(message="boom"))
+        orch.propose_state(parent.id, states.Running())
+        orch.propose_state(parent.id, states.Pending())
+        orch.propose_state(parent.id, states.Completed())
+        orch.propose_state(parent.id, states.Crashed())
+        assert orch.verify().ok
+        assert orch.last_position() == LOG_SIZE
+    return path
+
+
+def _records(path: Path) -> list[RecordedEvent]:
+    connection = sqlite3.connect(path)
+    try:
+        return [record_of(row) for row in connection.execute(SQL.read_batch, (1, 10**9))]
+    finally:
+        connection.close()
+
+
+#: Events in the original log (the fixture checks it): every one of them is tampered with.
+LOG_SIZE = 21
+POSITIONS = range(1, LOG_SIZE + 1)
+
+
+@pytest.fixture(scope="module")
+def events(original: Path) -> list[RecordedEvent]:
+    return _records(original)
+
+
+def _tampered(original: Path, tmp_path: Path, tamper: Tamper) -> Iterator[SyncOrchestrator]:
+    copy = tmp_path / "copy.db"
+    shutil.copy(original, copy)
+    connection = sqlite3.connect(copy, isolation_level=None)
+    connection.execute("DROP TRIGGER events_are_never_updated")
+    connection.execute("DROP TRIGGER events_are_never_deleted")
+    tamper(connection)
+    connection.close()
+    with SyncOrchestrator.open(f"sqlite:///{copy}") as orch:
+        yield orch
+
+
+def _first_bad(original: Path, tmp_path: Path, tamper: Tamper, **verify: object) -> tuple[int | None, str]:
+    for orch in _tampered(original, tmp_path, tamper):
+        report = orch.verify(**verify)  # type: ignore[arg-type]
+        assert not report.ok, "the tampering went unnoticed"
+        first = report.first_problem
+        assert first is not None
+        return first.position, first.kind
+    raise AssertionError
+
+
+def _reseal(connection: sqlite3.Connection) -> None:
+    """Recompute every hash in position order: what a tamperer who knows the scheme does."""
+    heads: dict[str, bytes] = {}
+    for row in list(connection.execute(SQL.read_batch, (1, 10**9))):
+        record = record_of(row)
+        seal = record.expected_hash(heads.get(record.stream_id, GENESIS))
+        heads[record.stream_id] = seal
+        connection.execute("UPDATE events SET hash = ? WHERE position = ?", (seal, record.position))
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_a_flipped_byte_is_caught_at_its_position(original: Path, tmp_path: Path, position: int) -> None:
+    def flip(connection: sqlite3.Connection) -> None:
+        (data,) = connection.execute("SELECT data FROM events WHERE position = ?", (position,)).fetchone()
+        changed = bytearray(data)
+        changed[len(changed) // 2] ^= 0x20
+        connection.execute("UPDATE events SET data = ? WHERE position = ?", (bytes(changed), position))
+
+    assert _first_bad(original, tmp_path, flip)[0] == position
+
+
+@pytest.mark.parametrize("position", POSITIONS[:-1])
+def test_a_deleted_row_is_caught_where_it_is_missing(original: Path, tmp_path: Path, position: int) -> None:
+    def delete(connection: sqlite3.Connection) -> None:
+        connection.execute("DELETE FROM events WHERE position = ?", (position,))
+
+    assert _first_bad(original, tmp_path, delete) == (position + 1, "position")
+
+
+@pytest.mark.parametrize("pair", [(2, 3), (5, 9), (10, 20), (1, LOG_SIZE)])
+def test_reordered_rows_are_caught(original: Path, tmp_path: Path, pair: tuple[int, int]) -> None:
+    low, high = pair
+
+    def swap(connection: sqlite3.Connection) -> None:
+        connection.execute("UPDATE events SET position = -1 WHERE position = ?", (low,))
+        connection.execute("UPDATE events SET position = ? WHERE position = ?", (low, high))
+        connection.execute("UPDATE events SET position = ? WHERE position = -1", (high,))
+
+    assert _first_bad(original, tmp_path, swap)[0] == low
+
+
+@pytest.mark.parametrize("position", [1, 7, 20])
+def test_a_duplicated_event_is_caught(
+    original: Path, tmp_path: Path, position: int, events: list[RecordedEvent]
+) -> None:
+    record = events[position - 1]
+    last = events[-1].position
+    version = max(r.version for r in events if r.stream_id == record.stream_id) + 1
+
+    def duplicate(connection: sqlite3.Connection) -> None:
+        connection.execute(
+            SQL.insert_event,
+            (
+                last + 1,
+                record.stream_id,
+                version,
+                record.event_type,
+                record.schema_version,
+                record.recorded_at,
+                record.data,
+                record.hash,
+            ),
+        )
+
+    assert _first_bad(original, tmp_path, duplicate)[0] == last + 1
+
+
+@pytest.mark.parametrize("position", [1, 7, 20])
+def test_a_duplicated_event_with_a_recomputed_chain_is_caught(
+    original: Path, tmp_path: Path, position: int, events: list[RecordedEvent]
+) -> None:
+    record = events[position - 1]
+    last = events[-1].position
+    version = max(r.version for r in events if r.stream_id == record.stream_id) + 1
+
+    def duplicate(connection: sqlite3.Connection) -> None:
+        connection.execute(
+            SQL.insert_event,
+            (
+                last + 1,
+                record.stream_id,
+                version,
+                record.event_type,
+                record.schema_version,
+                record.recorded_at,
+                record.data,
+                b"",
+            ),
+        )
+        _reseal(connection)
+
+    assert _first_bad(original, tmp_path, duplicate)[0] == last + 1
+
+
+def _decisions(events: list[RecordedEvent]) -> list[int]:
+    return [r.position for r in events if r.event_type == "state_proposed" and r.position in POSITIONS]
+
+
+def _changed_decision(position: int) -> Tamper:
+    def change(connection: sqlite3.Connection) -> None:
+        row = connection.execute(SQL.read_batch, (position, 1)).fetchone()
+        event = record_of(row).decode()
+        assert isinstance(event, StateProposed)
+        decision = event.decision
+        other = SetStateStatus.REJECT if decision.status is SetStateStatus.ACCEPT else SetStateStatus.ACCEPT
+        forged = msgspec.structs.replace(event, decision=msgspec.structs.replace(decision, status=other))
+        connection.execute("UPDATE events SET data = ? WHERE position = ?", (encode_event(forged), position))
+
+    return change
+
+
+def test_every_changed_decision_is_caught_at_its_position(
+    original: Path, tmp_path: Path, events: list[RecordedEvent]
+) -> None:
+    for position in _decisions(events):
+        (tmp_path / str(position)).mkdir()
+        assert _first_bad(original, tmp_path / str(position), _changed_decision(position))[0] == position
+
+
+def test_every_changed_decision_with_a_recomputed_chain_is_caught_by_re_deciding(
+    original: Path, tmp_path: Path, events: list[RecordedEvent]
+) -> None:
+    for position in _decisions(events):
+        change = _changed_decision(position)
+
+        def resealed(connection: sqlite3.Connection, change: Tamper = change) -> None:
+            change(connection)
+            _reseal(connection)
+
+        (tmp_path / str(position)).mkdir()
+        assert _first_bad(original, tmp_path / str(position), resealed) == (position, "decision")
+
+
+def test_a_cut_off_tail_needs_an_anchor_to_be_noticed(
+    original: Path, tmp_path: Path, events: list[RecordedEvent]
+) -> None:
+    head = events[-1]
+
+    def truncate(connection: sqlite3.Connection) -> None:
+        connection.execute("DELETE FROM events WHERE position > ?", (head.position - 3,))
+
+    for orch in _tampered(original, tmp_path, truncate):
+        assert orch.verify().ok  # a shorter log is still a sound log...
+        report = orch.verify(anchor=(head.position, head.hash))  # ...unless an anchor says how long it was
+        assert report.first_problem is not None
+        assert report.first_problem.kind == "anchor"

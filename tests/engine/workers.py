@@ -1,0 +1,87 @@
+"""Worker processes for the orchestrator's crash, catch-up and online-rebuild tests.
+
+python -m tests.engine.workers propose DB sync|async SEED
+    Create runs and propose states forever; after each answer, print
+    "ack RUN VERSION STATUS". Killed by the test.
+python -m tests.engine.workers catch-up DB
+    Bring DecisionStats up to date in small steps, printing "step N"; killed by the test.
+python -m tests.engine.workers churn DB COUNT
+    Create COUNT runs and take each through Pending, Running, Completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+
+from flowtrail import Orchestrator, SyncOrchestrator, states
+from flowtrail.engine.results import OrchestrationResult
+from flowtrail.projections import DecisionStats
+
+_SCRIPT = [states.Pending, states.Running, states.Failed, states.Running, states.Completed, states.Pending]
+
+
+def _ack(result: OrchestrationResult) -> None:
+    sys.stdout.write(f"ack {result.run.id} {result.run.version} {result.status.value}\n")
+    sys.stdout.flush()
+
+
+def propose_sync(path: str, seed: int) -> None:
+    rng = random.Random(seed)
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        while True:
+            run = orch.create_flow_run("crash", retries=rng.choice([None, 1]))
+            for make in _SCRIPT[: rng.randint(1, len(_SCRIPT))]:
+                _ack(orch.propose_state(run.id, make()))
+
+
+async def propose_async(path: str, seed: int) -> None:
+    async with Orchestrator.open(f"sqlite:///{path}") as orch:
+
+        async def worker(index: int) -> None:
+            rng = random.Random(seed * 100 + index)
+            while True:
+                run = await orch.create_flow_run("crash", retries=rng.choice([None, 1]))
+                tracker = await orch.create_task_run(run.id, task_key="child")
+                child = await orch.create_flow_run("child", parent_task_run_id=tracker.id)
+                for target in (run, child):
+                    for make in _SCRIPT[: rng.randint(1, len(_SCRIPT))]:
+                        _ack(await orch.propose_state(target.id, make()))
+
+        await asyncio.gather(*(worker(i) for i in range(8)))
+
+
+def catch_up(path: str) -> None:
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        while True:
+            done = orch.catch_up(DecisionStats(), batch=7)
+            print(f"step {done}", flush=True)
+
+
+def churn(path: str, count: int) -> None:
+    with SyncOrchestrator.open(f"sqlite:///{path}", rebuild_stale=False) as orch:
+        for _ in range(count):
+            run = orch.create_flow_run("churn", state=states.Pending())
+            orch.propose_state(run.id, states.Running())
+            orch.propose_state(run.id, states.Completed())
+    print("done", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    command, path, *rest = argv
+    if command == "propose":
+        if rest[0] == "sync":
+            propose_sync(path, int(rest[1]))
+        else:
+            asyncio.run(propose_async(path, int(rest[1])))
+    elif command == "catch-up":
+        catch_up(path)
+    elif command == "churn":
+        churn(path, int(rest[0]))
+    else:
+        raise SystemExit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
