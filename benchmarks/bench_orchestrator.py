@@ -1,0 +1,282 @@
+"""The Orchestrator API's cost, measured against the raw SQLite floor in the same run.
+
+    .venv/bin/python benchmarks/bench_orchestrator.py [--runs 1000000]
+
+1. Sync propose_state, durability full, vs a raw sqlite3 INSERT + COMMIT (target <= 2x).
+2. Async propose_state from 64 concurrent runs (target >= 20,000 proposals/s).
+3. read_flow_run and find_subflow_run among N flow runs, sync (target <= 20 us each).
+4. rebuild() of the same log (~2M events): events/s and peak RSS, in a fresh process
+   (target >= 250,000 events/s, <= 150 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit
+
+from flowtrail import Orchestrator, SyncOrchestrator
+from flowtrail.core import (
+    Facts,
+    FlowRunCreated,
+    Proposal,
+    StateProposed,
+    TaskRunCreated,
+    decide,
+    evolve,
+)
+from flowtrail.core import states as pure
+from flowtrail.core.policies import mirror_proposal
+from flowtrail.engine.ids import new_run_id
+from flowtrail.projections import RunViews
+from flowtrail.store import StreamWrite, SyncSQLiteStore
+from flowtrail.store.sqlite_schema import SQL
+from flowtrail.testing import at
+
+DATA = Path(__file__).parent / ".data"
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+# --- 1. sync propose vs raw INSERT + COMMIT ---------------------------------------------------------
+
+
+def bench_sync_propose(rounds: int = 7, per_round: int = 150) -> dict[str, object]:
+    directory = Path(tempfile.mkdtemp(prefix="flowtrail-bench-"))
+    ours, floor = [], []
+    with SyncOrchestrator.open(f"sqlite:///{directory}/orch.db") as orch:
+        raw = sqlite3.connect(directory / "orch.db", isolation_level=None)
+        raw.execute("PRAGMA synchronous = FULL")
+        for _ in range(rounds):
+            runs = [orch.create_flow_run("bench", name="b", state=pure.Pending()) for _ in range(per_round)]
+            start = time.perf_counter()
+            for run in runs:
+                orch.propose_state(run.id, pure.Running())
+                orch.propose_state(run.id, pure.Completed())
+            ours.append((time.perf_counter() - start) / (2 * per_round) * 1e6)
+            last = orch.last_position()
+            rows = [
+                (last + i + 1, str(new_run_id()), 1, "flow_run_created", 1, 0, b"x" * 700, b"h" * 32)
+                for i in range(2 * per_round)
+            ]
+            start = time.perf_counter()
+            for row in rows:
+                raw.execute("BEGIN IMMEDIATE")
+                raw.execute(SQL.insert_event, row)
+                raw.execute("COMMIT")
+            floor.append((time.perf_counter() - start) / len(rows) * 1e6)
+            raw.execute("BEGIN IMMEDIATE")  # take the raw rows out again: they are not a log
+            raw.execute("DROP TRIGGER IF EXISTS events_are_never_deleted")
+            raw.execute("DELETE FROM events WHERE position > ?", (last,))
+            raw.execute(
+                "CREATE TRIGGER events_are_never_deleted BEFORE DELETE ON events "
+                "BEGIN SELECT RAISE(ABORT, 'flowtrail events are never deleted'); END"
+            )
+            raw.execute("COMMIT")
+        raw.close()
+    ratio = statistics.median(ours) / statistics.median(floor)
+    return {"propose_us": summary(ours), "raw_insert_commit_us": summary(floor), "ratio": round(ratio, 3)}
+
+
+# --- 2. async proposals from 64 concurrent runs ----------------------------------------------------
+
+
+async def _async_proposals(path: Path, runs: int, seconds: float) -> tuple[float, float]:
+    async with Orchestrator.open(f"sqlite:///{path}") as orch:
+        done = 0
+        stop = time.perf_counter() + seconds
+
+        async def one_run() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                run = await orch.create_flow_run("bench", name="b", state=pure.Pending())
+                await orch.propose_state(run.id, pure.Running())
+                await orch.propose_state(run.id, pure.Completed())
+                done += 3  # the creation records a (forced) proposal too
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_run() for _ in range(runs)))
+        elapsed = time.perf_counter() - start
+        group = orch.store.appends_committed / max(orch.store.commit_groups, 1)
+    return done / elapsed, group
+
+
+def bench_async_propose(rounds: int = 3) -> dict[str, object]:
+    directory = Path(tempfile.mkdtemp(prefix="flowtrail-bench-"))
+    rates, groups = [], []
+    for _ in range(rounds):
+        rate, group = asyncio.run(_async_proposals(directory / "async.db", 64, 3.0))
+        rates.append(rate)
+        groups.append(group)
+    return {"proposals_per_s": summary(rates), "mean_group_size": round(statistics.median(groups), 1)}
+
+
+# --- 3 and 4. a log of many runs: lookups and rebuild --------------------------------------------------
+
+
+def build_runs(runs: int) -> Path:
+    """Flow runs created Pending; every tenth a subflow of a task of the run before it."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"runs-{runs}.db"
+    if path.exists():
+        return path
+    print(f"building a log of {runs:,} flow runs in {path} (once)...", flush=True)
+    store = SyncSQLiteStore(path, durability="normal", projections=[RunViews()])
+    previous = None
+    batch: list[StreamWrite] = []
+    for index in range(runs):
+        when = at(index / 1000)
+        parent_task = None
+        if previous is not None and index % 10 == 0:
+            parent_task = evolve(
+                None,
+                TaskRunCreated(
+                    run_id=new_run_id(),
+                    flow_run_id=previous,
+                    task_key="child",
+                    dynamic_key="0",
+                    name="child-0",
+                    created_at=when,
+                ),
+            )
+            batch.append(StreamWrite(str(parent_task.id), [_created_event(parent_task)], 0))
+        created = FlowRunCreated(
+            run_id=new_run_id(),
+            flow_name=f"flow-{index % 50}",
+            name=f"run-{index}",
+            created_at=when,
+            parent_task_run_id=None if parent_task is None else parent_task.id,
+            tags=(f"t{index % 7}",),
+        )
+        view = evolve(None, created)
+        proposal = Proposal(state=pure.Pending(timestamp=when), proposed_at=when, force=True)
+        decision = decide(view, proposal, Facts())
+        proposed = StateProposed(run_id=view.id, proposal=proposal, facts=Facts(), decision=decision)
+        batch.append(StreamWrite(str(view.id), [created, proposed], 0))
+        if parent_task is not None:
+            mirror = mirror_proposal(view, decision, proposal)
+            assert mirror is not None
+            copied = StateProposed(
+                run_id=parent_task.id,
+                proposal=mirror,
+                facts=Facts(),
+                decision=decide(parent_task, mirror, Facts()),
+            )
+            batch[-2] = StreamWrite(str(parent_task.id), [_created_event(parent_task), copied], 0)
+        previous = view.id
+        if len(batch) >= 1000:
+            store.append_many(batch)
+            batch = []
+    if batch:
+        store.append_many(batch)
+    store.close()
+    return path
+
+
+def _created_event(view: object) -> TaskRunCreated:
+    v = view  # a freshly created task view
+    return TaskRunCreated(
+        run_id=v.id,
+        flow_run_id=v.flow_run_id,
+        task_key=v.task_key,
+        dynamic_key=v.dynamic_key,  # type: ignore[attr-defined]
+        name=v.name,
+        created_at=v.created_at,  # type: ignore[attr-defined]
+    )
+
+
+def bench_lookups(path: Path, rounds: int = 5, lookups: int = 3000) -> dict[str, object]:
+    raw = sqlite3.connect(path)
+    flows = [row[0] for row in raw.execute("SELECT id FROM flow_runs WHERE rowid % 53 = 0")]
+    parents = [
+        row[0]
+        for row in raw.execute(
+            "SELECT parent_task_run_id FROM flow_runs WHERE parent_task_run_id IS NOT NULL"
+        )
+    ]
+    count = raw.execute("SELECT count(*) FROM flow_runs").fetchone()[0]
+    raw.close()
+    reads, finds = [], []
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for _ in range(rounds):
+            sample = random.sample(flows, lookups)
+            start = time.perf_counter()
+            for run_id in sample:
+                orch.read_flow_run(run_id)
+            reads.append((time.perf_counter() - start) / lookups * 1e6)
+            sample = random.sample(parents, lookups)
+            start = time.perf_counter()
+            for parent in sample:
+                orch.find_subflow_run(parent)
+            finds.append((time.perf_counter() - start) / lookups * 1e6)
+    return {"flow_runs": count, "read_flow_run_us": summary(reads), "find_subflow_run_us": summary(finds)}
+
+
+_REBUILD_CHILD = """
+import json, sys, time
+from flowtrail import SyncOrchestrator
+with SyncOrchestrator.open("sqlite:///" + sys.argv[1], durability="normal") as orch:
+    start = time.perf_counter()
+    applied = orch.rebuild()
+    elapsed = time.perf_counter() - start
+peak = 0
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        peak = int(line.split()[1]) / 1024
+print(json.dumps({"events": applied, "seconds": elapsed, "events_per_s": applied / elapsed, "peak_rss_mb": peak}))
+"""
+
+
+def bench_rebuild(path: Path) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", _REBUILD_CHILD, str(path)], capture_output=True, text=True, check=True
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    args = parser.parse_args()
+    sync = bench_sync_propose()
+    print(
+        f"sync propose_state (full): {sync['propose_us']['median']:.0f} us vs raw INSERT+COMMIT "  # type: ignore[index]
+        f"{sync['raw_insert_commit_us']['median']:.0f} us -> {sync['ratio']}x (target <= 2x)"  # type: ignore[index]
+    )
+    concurrent = bench_async_propose()
+    print(
+        f"async propose_state, 64 concurrent runs: {concurrent['proposals_per_s']['median']:,.0f} proposals/s "  # type: ignore[index]
+        f"(mean group {concurrent['mean_group_size']}) (target >= 20,000/s)"
+    )
+    path = build_runs(args.runs)
+    lookups = bench_lookups(path)
+    print(
+        f"among {lookups['flow_runs']:,} flow runs: read_flow_run {lookups['read_flow_run_us']['median']:.1f} us, "  # type: ignore[index]
+        f"find_subflow_run {lookups['find_subflow_run_us']['median']:.1f} us (target <= 20 us each)"  # type: ignore[index]
+    )
+    rebuild = bench_rebuild(path)
+    print(
+        f"rebuild of {rebuild['events']:,} events: {rebuild['events_per_s']:,.0f} events/s, "
+        f"peak RSS {rebuild['peak_rss_mb']:.0f} MB (target >= 250,000/s, <= 150 MB)"
+    )
+    emit(
+        "orchestrator",
+        {"sync_propose": sync, "async_propose": concurrent, "lookups": lookups, "rebuild": rebuild},
+    )
+
+
+if __name__ == "__main__":
+    main()
