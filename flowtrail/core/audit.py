@@ -9,7 +9,8 @@ Given recorded events in position order, the auditor checks, for each one:
   minimal policy), and deciding it again from the run as it was, with the recorded
   facts, gives exactly the recorded decision;
 - the facts it recorded about its enclosing flow run were the flow run's at that point;
-- a subflow state that was written is followed by its copy on the parent task run.
+- a subflow state that was written is copied onto its parent task run, as that run's
+  next event and in the same append.
 
 It reports problems in position order, the first bad position first, each with a
 sentence saying what disagrees. Memory grows with the number of runs, not events.
@@ -17,6 +18,7 @@ sentence saying what disagrees. Memory grows with the number of runs, not events
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 import msgspec
@@ -91,8 +93,10 @@ class Auditor:
         self._problems: list[Problem] = []
         self._truncated = False
         self._checked = 0
-        # The copy a written subflow state must be followed by: (parent task stream, proposal).
-        self._mirror: tuple[str, Proposal, int] | None = None
+        # Copies owed to parent task runs, by parent task stream: each written subflow
+        # state must be the next event of its parent task run, recorded in the same
+        # append (same recording time): (the copy's proposal, source position, recorded_at).
+        self._mirrors: dict[str, deque[tuple[Proposal, int, int]]] = {}
 
     def _problem(self, kind: str, message: str, event: RecordedEvent | None) -> None:
         if len(self._problems) >= self._max:
@@ -184,20 +188,21 @@ class Auditor:
         stream.hash = recorded.hash
 
     def _check_mirror(self, recorded: RecordedEvent, event: Event) -> None:
-        expected = self._mirror
-        if expected is None:
+        owed = self._mirrors.get(recorded.stream_id)
+        if not owed:
             return
-        self._mirror = None
-        stream_id, proposal, source = expected
+        proposal, source, recorded_at = owed.popleft()
+        if not owed:
+            del self._mirrors[recorded.stream_id]
         if (
-            recorded.stream_id != stream_id
-            or not isinstance(event, StateProposed)
+            not isinstance(event, StateProposed)
             or event.proposal != proposal
+            or recorded.recorded_at != recorded_at
         ):
             self._problem(
                 "mirror",
                 f"the subflow state written at position {source} is not copied onto its parent task run "
-                f"at position {recorded.position}",
+                f"at position {recorded.position}, the run's next event",
                 recorded,
             )
 
@@ -230,7 +235,8 @@ class Auditor:
             )
         mirror = mirror_proposal(before, recorded_decision, event.proposal)
         if mirror is not None and before.parent_task_run_id is not None:
-            self._mirror = (str(before.parent_task_run_id), mirror, recorded.position)
+            owed = self._mirrors.setdefault(str(before.parent_task_run_id), deque())
+            owed.append((mirror, recorded.position, recorded.recorded_at))
 
     def _check_facts(self, recorded: RecordedEvent, event: StateProposed, task: RunView) -> None:
         facts = event.facts.flow_run
@@ -257,15 +263,14 @@ class Auditor:
         """The report on everything checked so far."""
         if self._anchor is not None:
             self._check_anchor(*self._anchor)
-        if self._mirror is not None:
-            _, _, source = self._mirror
-            self._problem(
-                "mirror",
-                f"the subflow state written at position {source} is not copied onto its parent task run "
-                "(the log ends there)",
-                None,
-            )
-            self._mirror = None
+        for owed in self._mirrors.values():
+            for _, source, _ in owed:
+                self._problem(
+                    "mirror",
+                    f"the subflow state written at position {source} is never copied onto its parent task run",
+                    None,
+                )
+        self._mirrors.clear()
         return AuditReport(
             events_checked=self._checked,
             streams_checked=len(self._streams),

@@ -22,11 +22,18 @@ caller needs to act on them (run id, stream, position, event type)::
     │   ├── CorruptLogError               the file or the rows are not a sound log
     │   ├── SchemaVersionError            the database was written by a newer flowtrail
     │   └── UnsupportedFilesystemError    a network file system SQLite cannot lock safely
-    └── OrchestrationError                a run-level request that cannot be served
-        ├── RunNotFoundError              no run with that id
-        ├── RunAlreadyExistsError         a run id used twice without an idempotency key
-        ├── ContentionError               a proposal kept losing to concurrent writers
-        └── PolicyNotFoundError           a decision names a policy this version lacks
+    ├── OrchestrationError                a run-level request that cannot be served
+    │   ├── RunNotFoundError              no run with that id
+    │   ├── RunAlreadyExistsError         a run id used twice without an idempotency key
+    │   ├── ContentionError               a proposal kept losing to concurrent writers
+    │   ├── PolicyNotFoundError           a decision names a policy this version lacks
+    │   └── AbortedError                  the policy aborted a proposal a flow run needed
+    └── FlowRunError                      how a flow call ended, when not with a value
+        ├── ParameterValidationError      the parameters do not fit the signature (also a ValueError)
+        ├── FlowFailedError               the run ended Failed and its exception is not at hand
+        ├── FlowTimeoutError              the run exceeded its timeout (also a TimeoutError)
+        ├── CancelledRunError             the run ended Cancelled
+        └── ResultNotAvailableError       the run completed elsewhere and its result was not recorded
 
 Every class can be caught through its parents; `InvalidInputError` is also a
 `ValueError` so that code written for plain Python errors keeps working.
@@ -35,10 +42,15 @@ Every class can be caught through its parents; `InvalidInputError` is also a
 from __future__ import annotations
 
 __all__ = [
+    "AbortedError",
+    "CancelledRunError",
     "CodecError",
     "ConcurrencyConflictError",
     "ContentionError",
     "CorruptLogError",
+    "FlowFailedError",
+    "FlowRunError",
+    "FlowTimeoutError",
     "FlowtrailError",
     "InvalidDataError",
     "InvalidIdError",
@@ -48,8 +60,10 @@ __all__ = [
     "InvalidVersionError",
     "MalformedEventError",
     "OrchestrationError",
+    "ParameterValidationError",
     "PayloadTooLargeError",
     "PolicyNotFoundError",
+    "ResultNotAvailableError",
     "RunAlreadyExistsError",
     "RunNotFoundError",
     "SchemaVersionError",
@@ -212,3 +226,39 @@ class PolicyNotFoundError(OrchestrationError):
         super().__init__(f"no policy {name!r} version {version} is registered")
         self.name = name
         self.version = version
+
+
+class AbortedError(OrchestrationError):
+    """The policy aborted a proposal a flow run needed (e.g. a second submission)."""
+
+    def __init__(self, run_id: object, reason: str | None) -> None:
+        super().__init__(f"run {run_id}: {reason or 'the proposal was aborted'}")
+        self.run_id = run_id
+        self.reason = reason
+
+
+# --- how a flow call ended ---------------------------------------------------------------
+
+
+class FlowRunError(FlowtrailError):
+    """A flow call that ended without a value (its final state says how)."""
+
+
+class ParameterValidationError(FlowRunError, InvalidInputError):
+    """The parameters given to a flow do not fit its signature; the function never ran."""
+
+
+class FlowFailedError(FlowRunError):
+    """The flow run ended Failed, and the exception that failed it is not at hand."""
+
+
+class FlowTimeoutError(FlowRunError, TimeoutError):
+    """The flow run exceeded its ``timeout_seconds``."""
+
+
+class CancelledRunError(FlowRunError):
+    """The flow run ended Cancelled."""
+
+
+class ResultNotAvailableError(FlowRunError):
+    """The run completed without a recorded result (it was not JSON, or too large)."""

@@ -160,8 +160,9 @@ def test_false_facts_about_the_enclosing_flow_are_caught() -> None:
 
 
 def test_a_subflow_state_without_its_mirror_is_caught() -> None:
+    """The parent task run's last copy removed (so no version gap gives it away)."""
     records = sample_log().records
-    index = next(
+    index = max(
         i
         for i, r in enumerate(records)
         if isinstance(e := r.decode(), StateProposed) and e.proposal.proposer == "subflow-mirror"
@@ -172,8 +173,20 @@ def test_a_subflow_state_without_its_mirror_is_caught() -> None:
         for r in records
     ]
     report = verify(reseal(renumbered))
+    assert [p.kind for p in report.problems] == ["mirror"]
+
+
+def test_a_mirror_recorded_in_another_append_is_caught() -> None:
+    records = sample_log().records
+    index = next(
+        i
+        for i, r in enumerate(records)
+        if isinstance(e := r.decode(), StateProposed) and e.proposal.proposer == "subflow-mirror"
+    )
+    records[index] = msgspec.structs.replace(records[index], recorded_at=records[index].recorded_at + 1)
+    report = verify(reseal(records))
     assert report.first_problem is not None
-    assert report.first_problem.kind == "mirror"
+    assert (report.first_problem.kind, report.first_problem.position) == ("mirror", records[index].position)
 
 
 def test_an_event_moved_to_another_stream_is_caught() -> None:
