@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,7 @@ from flowtrail.core.events import (
     RunKind,
     RunRenamed,
     RunSettingsUpdated,
+    SetStateStatus,
     StateProposed,
     TaskRunCreated,
 )
@@ -242,8 +243,14 @@ class Context:
         idempotency_key: str | None = None,
         flow_version: str | None = None,
         run_id: object = None,
+        then: Iterable[State] | None = None,
     ) -> Script[RunView]:
-        """Create a flow run (and set ``state`` on it, forced); idempotent on the key."""
+        """Create a flow run (and set ``state`` on it, forced); idempotent on the key.
+
+        ``then``: states to propose right after, decided in turn and appended with the
+        creation, stopping at the first answer that is not ACCEPT (the engine creates a
+        run and starts it in one append this way).
+        """
         now = self.clock()
         created = FlowRunCreated(
             run_id=new_run_id() if run_id is None else run_id_of(run_id),
@@ -267,12 +274,15 @@ class Context:
         if created.parent_task_run_id is not None:
             yield from self.load_kind(created.parent_task_run_id, RunKind.TASK)
         initial = None if state is None else check_state(state)
+        following = [check_state(s) for s in then or ()]
+        if following and initial is None:
+            raise InvalidInputError("then= needs an initial state")
         key = (
             None
             if idempotency_key is None
             else f"flow-run:{check_name(idempotency_key, 'an idempotency key')}"
         )
-        return (yield from self._create(created, initial, key))
+        return (yield from self._create(created, initial, key, following))
 
     def create_task_run(
         self,
@@ -322,32 +332,62 @@ class Context:
         return (yield from self._create(created, initial, key))
 
     def _create(
-        self, created: FlowRunCreated | TaskRunCreated, state: State | None, key: str | None
+        self,
+        created: FlowRunCreated | TaskRunCreated,
+        state: State | None,
+        key: str | None,
+        then: Sequence[State] = (),
     ) -> Script[RunView]:
+        """Append the creation, ``state`` (forced) and the ``then`` states (proposed in
+        turn, up to the first answer that is not ACCEPT) in one append."""
+        proposals = ([(state, True)] if state is not None else []) + [(s, False) for s in then]
         for attempt in range(self.max_attempts):
             view = evolve(None, created)
-            writes = [StreamWrite(str(created.run_id), [created], 0)]
-            views = [view]
-            if state is not None:
+            events: dict[str, list[Event]] = {str(view.id): [created]}
+            expected: dict[str, int] = {str(view.id): 0}
+            parent: RunView | None = None
+            for proposed, force in proposals:
                 now = self.clock()
                 proposal = Proposal(
-                    state=stamp(state, now), proposed_at=now, force=True, proposer=self.proposer
+                    state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
                 )
-                decided, _, after, _ = yield from self._decided(view, proposal, fresh=attempt > 0)
-                writes = [StreamWrite(str(created.run_id), [created, *decided[0].events], 0), *decided[1:]]
-                views = after
+                facts, _ = yield from self._facts(view, proposal, fresh=attempt > 0)
+                decision = decide(view, proposal, facts)
+                event = StateProposed(run_id=view.id, proposal=proposal, facts=facts, decision=decision)
+                mirror = mirror_proposal(view, decision, proposal)
+                events[str(view.id)].append(event)
+                view = evolve(view, event)
+                if mirror is not None and view.parent_task_run_id is not None:
+                    if parent is None:
+                        parent = yield from self.load(view.parent_task_run_id, fresh=attempt > 0)
+                        events[str(parent.id)], expected[str(parent.id)] = [], parent.version
+                    copied = StateProposed(
+                        run_id=parent.id,
+                        proposal=mirror,
+                        facts=Facts(),
+                        decision=decide(parent, mirror, Facts()),
+                    )
+                    events[str(parent.id)].append(copied)
+                    parent = evolve(parent, copied)
+                if not force and decision.status is not SetStateStatus.ACCEPT:
+                    break
+            writes = [
+                StreamWrite(stream, stream_events, expected[stream])
+                for stream, stream_events in events.items()
+            ]
             try:
                 result: AppendResult = yield Append(writes, key)
             except ConcurrencyConflictError as conflict:
                 if conflict.stream_id == str(created.run_id):
                     raise RunAlreadyExistsError(created.run_id) from conflict
-                continue  # the subflow's parent task run moved on: decide its mirror again
+                continue  # the subflow's parent task run moved on: decide its copies again
             if result.replayed:
                 original = yield from self.record_at(result.first_position)
                 return (yield from self.load(original.decode().run_id, fresh=True))
-            for changed in views:
-                self.cache.put(changed)
-            return views[0]
+            self.cache.put(view)
+            if parent is not None:
+                self.cache.put(parent)
+            return view
         raise ContentionError(created.run_id, self.max_attempts)
 
     # -- changing settings --------------------------------------------------------------------

@@ -13,6 +13,7 @@ format) rebuilds them first, unless ``rebuild_stale=False``.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -28,6 +29,7 @@ from flowtrail.core.states import State, StateType
 from flowtrail.engine.audit import verify_script
 from flowtrail.engine.bulk import collector_paused
 from flowtrail.engine.checks import run_id_of
+from flowtrail.engine.context import entered
 from flowtrail.engine.maintenance import Progress, catch_up_script, rebuild_script, snapshot_script
 from flowtrail.engine.operations import Clock, Context, ViewCache
 from flowtrail.engine.results import HistoryEntry, OrchestrationResult
@@ -61,11 +63,14 @@ def _found(view: RunView | None, run_id: object) -> RunView:
 
 class _Base:
     _views = RunViews()
+    #: The URL the orchestrator was opened from (None when built around a store directly).
+    url: str | None = None
 
     def __init__(self, *, clock: Clock | None, max_attempts: int, proposer: str, sql: Any) -> None:
         self._context = Context(
             sql=sql, clock=clock or _utc_now, max_attempts=max_attempts, proposer=proposer
         )
+        self._entered: list[AbstractContextManager[None]] = []
 
     def _reset_cache(self) -> None:
         self._context.cache = ViewCache()
@@ -98,6 +103,7 @@ class SyncOrchestrator(_Base):
         """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
+        orchestrator.url = url
         if rebuild_stale and store.stale_projections:
             orchestrator.rebuild()
         return orchestrator
@@ -106,12 +112,21 @@ class SyncOrchestrator(_Base):
         self.store.close()
 
     def __enter__(self) -> Self:
+        """Flows called in the block write through this orchestrator."""
+        if self.url is not None:
+            block = entered(self.url, sync=self)
+            block.__enter__()
+            self._entered.append(block)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        try:
+            if self._entered:
+                self._entered.pop().__exit__(kind, error, tb)
+        finally:
+            self.close()
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -130,6 +145,7 @@ class SyncOrchestrator(_Base):
         state: State | None = None,
         idempotency_key: str | None = None,
         flow_version: str | None = None,
+        then: Iterable[State] | None = None,
     ) -> RunView:
         return self.store.perform(
             self._context.create_flow_run(
@@ -145,6 +161,7 @@ class SyncOrchestrator(_Base):
                 state=state,
                 idempotency_key=idempotency_key,
                 flow_version=flow_version,
+                then=then,
             )
         )
 
@@ -320,12 +337,21 @@ class Orchestrator(_Base):
         await self.store.close()
 
     async def __aenter__(self) -> Self:
+        """Flows called in the block write through this orchestrator."""
+        if self.url is not None:
+            block = entered(self.url, asynchronous=self)
+            block.__enter__()
+            self._entered.append(block)
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.close()
+        try:
+            if self._entered:
+                self._entered.pop().__exit__(kind, error, tb)
+        finally:
+            await self.close()
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -344,6 +370,7 @@ class Orchestrator(_Base):
         state: State | None = None,
         idempotency_key: str | None = None,
         flow_version: str | None = None,
+        then: Iterable[State] | None = None,
     ) -> RunView:
         """Create a flow run; ``state`` is set with force. The same idempotency key
         returns the run it first created and creates nothing."""
@@ -361,6 +388,7 @@ class Orchestrator(_Base):
                 state=state,
                 idempotency_key=idempotency_key,
                 flow_version=flow_version,
+                then=then,
             )
         )
 
@@ -534,6 +562,7 @@ class _Opening:
         cls, url, clock, rebuild_stale, proposer, options = self._args
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
+        orchestrator.url = url
         if rebuild_stale and store.stale_projections:
             await orchestrator.rebuild()
         return orchestrator
@@ -543,10 +572,10 @@ class _Opening:
 
     async def __aenter__(self) -> Orchestrator:
         self._opened = await self._open()
-        return self._opened
+        return await self._opened.__aenter__()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._opened is not None:
-            await self._opened.close()
+            await self._opened.__aexit__(kind, error, tb)

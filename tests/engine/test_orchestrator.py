@@ -387,3 +387,37 @@ def test_views_survive_reopening(orch: Orch) -> None:
     before = orch.read_flow_run(run.id)
     orch.reopen()
     assert orch.read_flow_run(run.id) == before
+
+
+# --- creating and starting in one append -----------------------------------------------------------
+
+
+def test_then_proposes_states_in_the_same_append_as_the_creation(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending(), then=[states.Running()])
+    assert (run.state.type, run.run_count, run.version) == (StateType.RUNNING, 1, 3)
+    positions = {entry.position for entry in orch.read_history(run.id)}
+    assert positions == {1, 2, 3}
+    assert orch.verify().ok
+
+
+def test_then_stops_at_the_first_answer_that_is_not_accept(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending(), then=[states.Pending(), states.Running()])
+    assert run.state.type is StateType.PENDING
+    assert run.last_decision.status is Status.ABORT
+    assert run.version == 3
+
+
+def test_a_subflow_created_and_started_in_one_append_copies_each_state_to_its_parent_task(orch: Orch) -> None:
+    parent = orch.create_flow_run("parent", state=states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    child = orch.create_flow_run(
+        "child", parent_task_run_id=tracker.id, state=states.Pending(), then=[states.Running()]
+    )
+    assert [s.name for s in orch.read_states(tracker.id)] == ["Pending", "Running"]
+    assert child.state.type is StateType.RUNNING
+    assert orch.verify().ok
+
+
+def test_then_without_an_initial_state_is_a_typed_error(orch: Orch) -> None:
+    with pytest.raises(InvalidInputError):
+        orch.create_flow_run("etl", then=[states.Running()])
