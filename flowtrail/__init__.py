@@ -17,12 +17,15 @@ from flowtrail.core.errors import FlowtrailError
 from flowtrail.core.events import SetStateStatus
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import State, StateDetails, StateType
+from flowtrail.engine.context import tags
+from flowtrail.engine.flows import Flow, flow
 from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
 from flowtrail.engine.results import OrchestrationResult
 from flowtrail.projections.queries import FlowRunSort
 
 __all__ = [
     "AuditReport",
+    "Flow",
     "FlowRunSort",
     "FlowtrailError",
     "OrchestrationResult",
@@ -33,5 +36,7 @@ __all__ = [
     "StateDetails",
     "StateType",
     "SyncOrchestrator",
+    "flow",
     "states",
+    "tags",
 ]

@@ -1,0 +1,380 @@
+"""Carrying out the flow-run engine's effects: the sync driver and the async driver.
+
+A sync flow is driven by plain calls on a `SyncOrchestrator` and runs its function in
+the calling thread; an async flow is awaited on an `Orchestrator`. No event loop is
+ever started behind a sync flow (async hooks of a sync flow excepted, which are run to
+completion on one of their own).
+
+While the outermost flow of a process runs on the main thread, SIGTERM raises
+`TerminationSignal` in it, which cancels the run (Cancelling, then Cancelled, with the
+cancellation hooks) and ends the process; the handler is installed only where SIGTERM
+still has its default action, and restored after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import builtins
+import inspect
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from types import FrameType
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from flowtrail.core.errors import InvalidUrlError
+from flowtrail.engine.checks import run_id_of
+from flowtrail.engine.context import FlowRunContext, current_flow_run, default_url, enclosing, running
+from flowtrail.engine.flow_engine import (
+    Call,
+    EngineScript,
+    FlowRunScript,
+    Hooks,
+    Invoke,
+    Outcome,
+    Sleep,
+    TerminationSignal,
+)
+from flowtrail.engine.flows import Flow
+from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
+from flowtrail.engine.timeouts import FlowTimeout, sync_timeout
+
+__all__ = ["call_async", "call_sync", "run_flow_run", "run_flow_run_async"]
+
+_log = structlog.get_logger("flowtrail.flow_runs")
+
+
+# --- which orchestrator -------------------------------------------------------------------
+
+
+class _Defaults:
+    """Sync orchestrators opened for flows called outside any ``open(url)`` block, kept
+    open for the process's later calls and closed when it exits."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.opened: dict[str, SyncOrchestrator] = {}
+
+    def get(self, url: str) -> SyncOrchestrator:
+        with self.lock:
+            orchestrator = self.opened.get(url)
+            if orchestrator is None:
+                if not self.opened:
+                    atexit.register(self.close)
+                orchestrator = self.opened[url] = SyncOrchestrator.open(url, proposer="engine")
+                orchestrator.url = url
+            return orchestrator
+
+    def close(self) -> None:
+        with self.lock:
+            for orchestrator in self.opened.values():
+                orchestrator.close()
+            self.opened.clear()
+
+
+_defaults = _Defaults()
+
+
+def _twin_url(url: str) -> str:
+    if url.rstrip("/").endswith(":memory:"):
+        raise InvalidUrlError(
+            "an in-memory log is private to the orchestrator that opened it: call sync flows in a "
+            "SyncOrchestrator block and async flows in an Orchestrator block, or use a file"
+        )
+    return url
+
+
+@contextmanager
+def _sync_orchestrator(parent: FlowRunContext | None) -> Iterator[tuple[SyncOrchestrator, str]]:
+    if parent is not None and isinstance(parent.orchestrator, SyncOrchestrator):
+        yield parent.orchestrator, parent.url
+        return
+    around = enclosing()
+    if parent is None and around is not None and around.sync is not None:
+        yield around.sync, around.url
+        return
+    url = parent.url if parent is not None else around.url if around is not None else None
+    if url is None:
+        url = default_url()
+        yield _defaults.get(url), url
+        return
+    with SyncOrchestrator.open(_twin_url(url), proposer="engine") as twin:
+        yield twin, url
+
+
+@asynccontextmanager
+async def _async_orchestrator(parent: FlowRunContext | None) -> AsyncIterator[tuple[Orchestrator, str]]:
+    if parent is not None and isinstance(parent.orchestrator, Orchestrator):
+        yield parent.orchestrator, parent.url
+        return
+    around = enclosing()
+    if parent is None and around is not None and around.asynchronous is not None:
+        yield around.asynchronous, around.url
+        return
+    url = parent.url if parent is not None else around.url if around is not None else default_url()
+    if parent is not None or around is not None:
+        url = _twin_url(url)
+    orchestrator = await Orchestrator.open(url, proposer="engine")
+    orchestrator.url = url
+    try:
+        yield orchestrator, url
+    finally:
+        await orchestrator.close()
+
+
+# --- SIGTERM, prints ----------------------------------------------------------------------------
+
+
+def _raise_termination(signum: int, frame: FrameType | None) -> None:
+    raise TerminationSignal(signum)
+
+
+@contextmanager
+def _termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
+    """Turn SIGTERM into a cancellation while the outermost flow runs (main thread only)."""
+    install = (
+        parent is None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+    if not install:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_termination)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_printing: ContextVar[bool] = ContextVar("flowtrail_log_prints", default=False)
+
+
+class _Prints:
+    """``print`` routed to the run's log while a flow with ``log_prints`` runs here."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.original = builtins.print
+
+    def print(
+        self,
+        *values: object,
+        sep: str | None = " ",
+        end: str | None = "\n",
+        file: Any = None,
+        flush: bool = False,
+    ) -> None:
+        if _printing.get() and file in (None, sys.stdout):
+            structlog.get_logger("flowtrail.prints").info(
+                (sep if sep is not None else " ").join(map(str, values))
+            )
+        else:
+            self.original(*values, sep=sep, end=end, file=file, flush=flush)
+
+    @contextmanager
+    def captured(self, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            token = _printing.set(False)
+            try:
+                yield
+            finally:
+                _printing.reset(token)
+            return
+        with self.lock:
+            if self.users == 0:
+                self.original = builtins.print
+                builtins.print = self.print
+            self.users += 1
+        token = _printing.set(True)
+        try:
+            yield
+        finally:
+            _printing.reset(token)
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    builtins.print = self.original
+
+
+_prints = _Prints()
+
+
+def _call_scope(effect: Invoke, orchestrator: Any, url: str) -> Any:
+    context = FlowRunContext(run=effect.run, url=url, orchestrator=orchestrator)
+    return context, structlog.contextvars.bound_contextvars(
+        flow_run_id=str(effect.run.id), flow_name=effect.flow.name, flow_run_name=effect.run.name
+    )
+
+
+# --- sync -----------------------------------------------------------------------------------------
+
+
+def _hooks_sync(effect: Hooks) -> None:
+    for hook in effect.hooks:
+        try:
+            result = hook(effect.flow, effect.run, effect.state)
+            if inspect.isawaitable(result):
+                asyncio.run(_awaited(result))
+        except Exception:
+            _log.exception(
+                "a hook failed; the run goes on",
+                hook=getattr(hook, "__name__", repr(hook)),
+                state=effect.state.name,
+            )
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _invoke_sync(effect: Invoke, orchestrator: SyncOrchestrator, url: str) -> Any:
+    flow = effect.flow
+    args, kwargs = flow.call_arguments(effect.parameters)
+    context, bound = _call_scope(effect, orchestrator, url)
+    with (
+        running(context),
+        bound,
+        _prints.captured(flow.log_prints),
+        sync_timeout(flow.timeout_seconds, effect.token),
+    ):
+        return flow.fn(*args, **kwargs)
+
+
+def drive_sync(script: EngineScript[Outcome], orchestrator: SyncOrchestrator, url: str) -> Outcome:
+    """Run the engine script with plain calls."""
+    reply: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            effect = script.send(reply) if failure is None else script.throw(failure)
+        except StopIteration as stop:
+            outcome: Outcome = stop.value
+            return outcome
+        reply, failure = None, None
+        try:
+            match effect:
+                case Call(method, args, kwargs):
+                    reply = getattr(orchestrator, method)(*args, **kwargs)
+                case Sleep(seconds):
+                    time.sleep(seconds)
+                case Invoke():
+                    reply = _invoke_sync(effect, orchestrator, url)
+                case Hooks():
+                    _hooks_sync(effect)
+        except BaseException as exc:  # the script decides what a crash records
+            failure = exc
+
+
+def call_sync(
+    flow: Flow[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], return_state: bool
+) -> Any:
+    parameters = flow.bind(args, kwargs)
+    parent = current_flow_run()
+    with _termination_cancels(parent), _sync_orchestrator(parent) as (orchestrator, url):
+        outcome = drive_sync(FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url)
+    return outcome.result(return_state)
+
+
+def run_flow_run(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool = False) -> Any:
+    """Run ``flow`` as an existing flow run (one created ahead, e.g. by a scheduler).
+
+    The run's recorded parameters are the call's; its retry settings are filled from
+    the flow where the run has none.
+    """
+    with _termination_cancels(None), _sync_orchestrator(None) as (orchestrator, url):
+        run = orchestrator.read_flow_run(run_id_of(run_id))
+        script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()
+        outcome = drive_sync(script, orchestrator, url)
+    return outcome.result(return_state)
+
+
+# --- async ----------------------------------------------------------------------------------------
+
+
+async def _hooks_async(effect: Hooks) -> None:
+    for hook in effect.hooks:
+        try:
+            result = hook(effect.flow, effect.run, effect.state)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            _log.exception(
+                "a hook failed; the run goes on",
+                hook=getattr(hook, "__name__", repr(hook)),
+                state=effect.state.name,
+            )
+
+
+async def _invoke_async(effect: Invoke, orchestrator: Orchestrator, url: str) -> Any:
+    flow = effect.flow
+    args, kwargs = flow.call_arguments(effect.parameters)
+    context, bound = _call_scope(effect, orchestrator, url)
+    with running(context), bound, _prints.captured(flow.log_prints):
+        if flow.timeout_seconds is None:
+            return await flow.fn(*args, **kwargs)
+        limit = asyncio.timeout(flow.timeout_seconds)
+        try:
+            async with limit:
+                return await flow.fn(*args, **kwargs)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise FlowTimeout(effect.token, flow.timeout_seconds) from exc
+            raise
+
+
+async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator, url: str) -> Outcome:
+    """Run the engine script, awaiting each effect."""
+    reply: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            effect = script.send(reply) if failure is None else script.throw(failure)
+        except StopIteration as stop:
+            outcome: Outcome = stop.value
+            return outcome
+        reply, failure = None, None
+        try:
+            match effect:
+                case Call(method, args, kwargs):
+                    reply = await getattr(orchestrator, method)(*args, **kwargs)
+                case Sleep(seconds):
+                    await asyncio.sleep(seconds)
+                case Invoke():
+                    reply = await _invoke_async(effect, orchestrator, url)
+                case Hooks():
+                    await _hooks_async(effect)
+        except BaseException as exc:  # the script decides what a crash records
+            failure = exc
+
+
+async def call_async(
+    flow: Flow[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], return_state: bool
+) -> Any:
+    parameters = flow.bind(args, kwargs)
+    parent = current_flow_run()
+    with _termination_cancels(parent):
+        async with _async_orchestrator(parent) as (orchestrator, url):
+            outcome = await drive_async(
+                FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url
+            )
+    return outcome.result(return_state)
+
+
+async def run_flow_run_async(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool = False) -> Any:
+    """`run_flow_run` for async flows."""
+    with _termination_cancels(None):
+        async with _async_orchestrator(None) as (orchestrator, url):
+            run = await orchestrator.read_flow_run(run_id_of(run_id))
+            script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()
+            outcome = await drive_async(script, orchestrator, url)
+    return outcome.result(return_state)

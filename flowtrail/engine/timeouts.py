@@ -1,0 +1,122 @@
+"""Timeouts that interrupt a sync flow's function, wherever it is.
+
+On the main thread of a POSIX process, an interval timer raises `FlowTimeout` from a
+SIGALRM handler, which also breaks blocking calls such as ``time.sleep``. Nested
+timeouts share the one timer: it is always set for the nearest deadline, and the
+exception names the deadline that passed, so an outer flow's timeout is not mistaken
+by an inner flow for its own. Elsewhere (another thread, no SIGALRM), a watcher thread
+raises the exception in the flow's thread between two bytecodes, which cannot break
+a blocking call but does stop Python code; this is what Prefect does too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+__all__ = ["FlowTimeout", "sync_timeout"]
+
+
+class FlowTimeout(Exception):
+    """A flow's time is up; ``token`` says whose deadline passed."""
+
+    def __init__(self, token: object, seconds: float) -> None:
+        super().__init__(f"exceeded the timeout of {seconds:g} second(s)")
+        self.token = token
+        self.seconds = seconds
+
+
+class _Alarms:
+    """The deadlines set on the main thread's interval timer, nearest first."""
+
+    def __init__(self) -> None:
+        self.deadlines: list[tuple[float, object, float]] = []
+        self.previous: Any = None
+
+    def arm(self) -> None:
+        if self.deadlines:
+            left = max(self.deadlines[0][0] - time.monotonic(), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left)
+        else:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def fire(self, signum: int, frame: FrameType | None) -> None:
+        if not self.deadlines:
+            return
+        deadline, token, seconds = self.deadlines[0]
+        if deadline - time.monotonic() > 1e-3:
+            self.arm()  # woken early (another deadline was removed meanwhile)
+            return
+        self.deadlines.pop(0)
+        self.arm()
+        raise FlowTimeout(token, seconds)
+
+
+_alarms = _Alarms()
+
+
+def _can_use_alarm() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def sync_timeout(seconds: float | None, token: object) -> Iterator[None]:
+    """Raise `FlowTimeout` (with ``token``) in this thread if the block lasts ``seconds``."""
+    if seconds is None:
+        yield
+        return
+    if _can_use_alarm():
+        yield from _alarm_timeout(seconds, token)
+    else:
+        yield from _watcher_timeout(seconds, token)
+
+
+def _alarm_timeout(seconds: float, token: object) -> Iterator[None]:
+    entry = (time.monotonic() + seconds, token, seconds)
+    if not _alarms.deadlines:
+        _alarms.previous = signal.signal(signal.SIGALRM, _alarms.fire)
+    _alarms.deadlines.append(entry)
+    _alarms.deadlines.sort(key=lambda item: item[0])
+    _alarms.arm()
+    try:
+        yield
+    finally:
+        if entry in _alarms.deadlines:
+            _alarms.deadlines.remove(entry)
+        _alarms.arm()
+        if not _alarms.deadlines:
+            signal.signal(signal.SIGALRM, _alarms.previous or signal.SIG_DFL)
+
+
+def _watcher_timeout(seconds: float, token: object) -> Iterator[None]:
+    target = threading.get_ident()
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(seconds):
+            exception = type(
+                f"FlowTimeout_{id(token)}", (FlowTimeout,), {"__init__": _bound_init(token, seconds)}
+            )
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(exception))
+
+    watcher = threading.Thread(target=watch, name="flowtrail-timeout", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _bound_init(token: object, seconds: float) -> Any:
+    # PyThreadState_SetAsyncExc raises the class with no arguments: bind them here.
+    def __init__(self: FlowTimeout) -> None:
+        FlowTimeout.__init__(self, token, seconds)
+
+    return __init__
