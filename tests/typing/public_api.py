@@ -59,3 +59,20 @@ async def orchestrate_async(url: str) -> list[State]:
         run = await orch.create_flow_run("etl", state=states.Pending())
         await orch.propose_state(run.id, states.Running())
         return await orch.read_states(run.id)
+
+
+def use_flows() -> int:
+    from flowtrail import flow, tags
+
+    @flow
+    def bare(day: str) -> int:
+        return len(day)
+
+    @flow(retries=1, retry_delay_seconds=0, timeout_seconds=5, flow_run_name="etl-{day}", log_prints=True)
+    def configured(day: str) -> int:
+        return len(day)
+
+    with tags("nightly"):
+        value: int = bare("mon") + configured(day="tue")
+    final = configured(day="wed", return_state=True)
+    return value if final.is_completed() else 0

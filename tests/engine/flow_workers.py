@@ -1,0 +1,87 @@
+"""Flows run in their own processes by the engine's process tests.
+
+python -m tests.engine.flow_workers sleeper URL MARKER
+    A flow that sleeps; its cancellation hook writes MARKER.
+python -m tests.engine.flow_workers timeout URL
+    A flow that outlives its 0.5 s timeout.
+python -m tests.engine.flow_workers parent URL [RUN_ID]
+    A parent whose subflow sleeps until the file named by CHILD_GATE exists;
+    with RUN_ID, the parent run is adopted (a restart) instead of created.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flowtrail import SyncOrchestrator, flow
+from flowtrail.core import FlowTimeoutError
+from flowtrail.engine import run_flow_run
+
+
+def _mark(path: str) -> Any:
+    def hook(f: Any, run: Any, state: Any) -> None:
+        Path(path).write_text(f"{state.type.value} {run.id}")
+
+    return hook
+
+
+def sleeper(url: str, marker: str) -> None:
+    @flow(name="sleeper", on_cancellation=[_mark(marker)])
+    def sleeper_flow() -> None:
+        print("running", flush=True)
+        time.sleep(60)
+
+    with SyncOrchestrator.open(url):
+        sleeper_flow()
+
+
+def timed_out(url: str) -> None:
+    @flow(name="timed-out", timeout_seconds=0.5)
+    def slow() -> None:
+        time.sleep(30)
+
+    with SyncOrchestrator.open(url):
+        try:
+            slow()
+        except FlowTimeoutError:
+            print("timed out", flush=True)
+
+
+@flow(name="child")
+def child() -> str:
+    gate = Path(os.environ["CHILD_GATE"])
+    print("child running", flush=True)
+    while not gate.exists():
+        time.sleep(0.05)
+    return "child done"
+
+
+@flow(name="parent")
+def parent() -> str:
+    return child()
+
+
+def parent_run(url: str, run_id: str | None) -> None:
+    with SyncOrchestrator.open(url):
+        result = parent() if run_id is None else run_flow_run(parent, run_id)
+    print(f"result {result}", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    command, url, *rest = argv
+    if command == "sleeper":
+        sleeper(url, rest[0])
+    elif command == "timeout":
+        timed_out(url)
+    elif command == "parent":
+        parent_run(url, rest[0] if rest else None)
+    else:
+        raise SystemExit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

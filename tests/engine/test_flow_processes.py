@@ -1,0 +1,113 @@
+"""Flows in real processes: killed, terminated, timed out, restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flowtrail import StateType, SyncOrchestrator, states
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.engine.flow_workers", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _wait_for_line(process: subprocess.Popen[str], expected: str) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.strip() == expected:
+            return
+    raise AssertionError(
+        f"the worker ended before printing {expected!r}: {process.stderr.read() if process.stderr else ''}"
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out + err
+
+
+def _only(orch: SyncOrchestrator, flow_name: str) -> Any:
+    (run,) = orch.read_flow_runs(flow_names=[flow_name])
+    return run
+
+
+def test_a_killed_flow_stays_running_until_a_crash_is_proposed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/kill.db"
+    worker = _start("sleeper", url, str(tmp_path / "marker"))
+    _wait_for_line(worker, "running")
+    worker.send_signal(signal.SIGKILL)
+    code, _ = _finish(worker)
+    assert code == -signal.SIGKILL
+    with SyncOrchestrator.open(url) as orch:
+        run = _only(orch, "sleeper")
+        assert run.state.type is StateType.RUNNING, "nobody was left to record anything"
+        crashed = orch.propose_state(
+            run.id, states.Crashed(message="The process running it was killed."), force=True
+        )
+        assert crashed.state.type is StateType.CRASHED
+        assert orch.verify().ok
+
+
+def test_sigterm_cancels_the_run_with_its_cancellation_hooks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/term.db"
+    marker = tmp_path / "marker"
+    worker = _start("sleeper", url, str(marker))
+    _wait_for_line(worker, "running")
+    worker.send_signal(signal.SIGTERM)
+    code, output = _finish(worker)
+    assert code == 128 + signal.SIGTERM, output
+    with SyncOrchestrator.open(url) as orch:
+        run = _only(orch, "sleeper")
+        assert [s.name for s in orch.read_states(run.id)] == ["Pending", "Running", "Cancelling", "Cancelled"]
+        assert run.state.message == "Flow run was cancelled."
+        assert marker.read_text() == f"CANCELLING {run.id}"
+
+
+def test_a_timeout_interrupts_a_sleeping_sync_flow_in_its_own_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/timeout.db"
+    started = time.monotonic()
+    code, output = _finish(_start("timeout", url))
+    assert code == 0, output
+    assert "timed out" in output
+    assert time.monotonic() - started < 10
+    with SyncOrchestrator.open(url) as orch:
+        assert _only(orch, "timed-out").state.name == "TimedOut"
+
+
+def test_a_restarted_parent_reattaches_to_its_running_child_instead_of_duplicating_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/restart.db"
+    gate = tmp_path / "gate"
+    first = _start("parent", url, env={"CHILD_GATE": str(gate)})
+    _wait_for_line(first, "child running")
+    first.send_signal(signal.SIGKILL)
+    _finish(first)
+    with SyncOrchestrator.open(url) as orch:
+        parent_run = _only(orch, "parent")
+        child_run = _only(orch, "child")
+        assert child_run.state.type is StateType.RUNNING
+    gate.touch()
+    code, output = _finish(_start("parent", url, str(parent_run.id), env={"CHILD_GATE": str(gate)}))
+    assert code == 0, output
+    assert "result child done" in output
+    with SyncOrchestrator.open(url) as orch:
+        children = orch.read_flow_runs(flow_names=["child"])
+        assert [c.id for c in children] == [child_run.id], "the child was re-attached, not duplicated"
+        assert children[0].state.type is StateType.COMPLETED
+        assert len(orch.read_task_runs(parent_run.id)) == 1
+        assert orch.read_flow_run(parent_run.id).state.type is StateType.COMPLETED
+        assert orch.verify().ok

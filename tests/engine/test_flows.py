@@ -1,0 +1,644 @@
+"""@flow and the flow-run engine: each behaviour with the state history Prefect records
+(PREFECT_SEMANTICS §6.3), for sync flows and, where it differs in mechanics, async ones."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from flowtrail import SetStateStatus, StateType, SyncOrchestrator, flow, states, tags
+from flowtrail.core import (
+    CancelledRunError,
+    FlowTimeoutError,
+    ParameterValidationError,
+    ResultNotAvailableError,
+    StateProposed,
+)
+from flowtrail.core import states as pure
+from flowtrail.engine import run_flow_run
+
+
+@pytest.fixture
+def orch(tmp_path: Path) -> Iterator[SyncOrchestrator]:
+    with SyncOrchestrator.open(f"sqlite:///{tmp_path}/flows.db") as opened:
+        yield opened
+
+
+def history(orch: SyncOrchestrator, run_id: Any) -> list[str]:
+    return [s.name for s in orch.read_states(run_id)]  # type: ignore[misc]
+
+
+def only_run(orch: SyncOrchestrator, flow_name: str) -> Any:
+    (run,) = orch.read_flow_runs(flow_names=[flow_name])
+    return run
+
+
+# --- running and returning ------------------------------------------------------------------
+
+
+def test_a_flow_call_records_pending_running_completed_and_returns_the_value(orch: SyncOrchestrator) -> None:
+    @flow
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(2, 3) == 5
+    run = only_run(orch, "add")
+    assert history(orch, run.id) == ["Pending", "Running", "Completed"]
+    assert run.state.data == {"type": "json", "value": 5}
+    assert run.parameters == {"a": 2, "b": 3}
+    assert (run.run_count, run.start_time is not None, run.end_time is not None) == (1, True, True)
+
+
+def test_return_state_gives_the_final_state(orch: SyncOrchestrator) -> None:
+    @flow
+    def answer() -> int:
+        return 42
+
+    state = answer(return_state=True)
+    assert (state.type, state.data) == (StateType.COMPLETED, {"type": "json", "value": 42})
+    assert state.state_details.flow_run_id == only_run(orch, "answer").id
+
+
+def test_a_value_that_is_not_json_stays_in_memory_and_is_marked_unrecorded(orch: SyncOrchestrator) -> None:
+    class Report:
+        pass
+
+    report = Report()
+
+    @flow
+    def build() -> Report:
+        return report
+
+    assert build() is report
+    data = only_run(orch, "build").state.data
+    assert data["type"] == "unpersisted"
+    assert data["python_type"].endswith("Report")
+
+
+def test_a_large_result_is_not_recorded(orch: SyncOrchestrator) -> None:
+    @flow
+    def big() -> str:
+        return "x" * 100_000
+
+    assert len(big()) == 100_000
+    assert only_run(orch, "big").state.data == {"type": "unpersisted", "python_type": "str"}
+
+
+def test_a_flow_name_defaults_to_the_function_name_with_hyphens(orch: SyncOrchestrator) -> None:
+    @flow
+    def load_daily_sales() -> None:
+        pass
+
+    load_daily_sales()
+    assert only_run(orch, "load-daily-sales").flow_name == "load-daily-sales"
+
+
+def test_returning_a_failed_state_fails_the_run(orch: SyncOrchestrator) -> None:
+    @flow
+    def judged() -> Any:
+        return states.Failed(message="bad data")
+
+    state = judged(return_state=True)
+    assert (state.type, state.message) == (StateType.FAILED, "bad data")
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def test_parameters_are_validated_and_converted_from_the_signature(orch: SyncOrchestrator) -> None:
+    seen: list[Any] = []
+
+    @flow
+    def typed(n: int, ratio: float = 0.5) -> None:
+        seen.append((n, ratio))
+
+    typed("7")  # type: ignore[arg-type]
+    assert seen == [(7, 0.5)]
+
+
+def test_invalid_parameters_fail_the_run_from_pending_without_calling_the_function(
+    orch: SyncOrchestrator,
+) -> None:
+    called: list[int] = []
+
+    @flow(retries=3)
+    def typed(n: int) -> None:
+        called.append(n)
+
+    with pytest.raises(ParameterValidationError):
+        typed("seven")  # type: ignore[arg-type]
+    run = only_run(orch, "typed")
+    assert called == []
+    assert history(orch, run.id) == ["Pending", "Failed"]
+    assert run.state.message.startswith("Validation of flow parameters failed with error:")
+    assert run.start_time == run.end_time
+
+
+def test_validation_can_be_turned_off(orch: SyncOrchestrator) -> None:
+    seen: list[Any] = []
+
+    @flow(validate_parameters=False)
+    def untyped(n: int) -> None:
+        seen.append(n)
+
+    untyped("7")  # type: ignore[arg-type]
+    assert seen == ["7"]
+
+
+def test_a_call_that_does_not_fit_the_signature_is_a_typed_error(orch: SyncOrchestrator) -> None:
+    @flow
+    def one(a: int) -> None:
+        pass
+
+    with pytest.raises(ParameterValidationError):
+        one(1, 2)  # type: ignore[call-arg]
+
+
+# --- failures and retries ------------------------------------------------------------------------
+
+
+def test_a_failing_flow_raises_its_exception_and_records_failed(orch: SyncOrchestrator) -> None:
+    @flow
+    def broken() -> None:
+        raise RuntimeError("flow boom")
+
+    with pytest.raises(RuntimeError, match="flow boom"):
+        broken()
+    run = only_run(orch, "broken")
+    assert history(orch, run.id) == ["Pending", "Running", "Failed"]
+    assert run.state.message == "Flow run encountered an exception: RuntimeError: flow boom"
+
+
+def test_a_failure_with_retries_left_runs_again_after_awaiting_retry(orch: SyncOrchestrator) -> None:
+    """Measured in Prefect: Pending, Running, AwaitingRetry (with the message), Running, Completed."""
+    attempts: list[int] = []
+
+    @flow(retries=1)
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("flow boom")
+        return "ok"
+
+    assert flaky() == "ok"
+    run = only_run(orch, "flaky")
+    assert history(orch, run.id) == ["Pending", "Running", "AwaitingRetry", "Running", "Completed"]
+    assert orch.read_states(run.id)[2].message == "Flow run encountered an exception: RuntimeError: flow boom"
+    assert run.run_count == 2
+
+
+def test_the_engine_sleeps_through_the_retry_delay(orch: SyncOrchestrator) -> None:
+    attempts: list[float] = []
+
+    @flow(retries=1, retry_delay_seconds=1)
+    def slow_retry() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RuntimeError("again")
+
+    slow_retry()
+    assert attempts[1] - attempts[0] >= 0.9
+    run = only_run(orch, "slow-retry")
+    waits = [
+        e.event
+        for e in orch.read_history(run.id)
+        if isinstance(e.event, StateProposed) and e.event.decision.status is SetStateStatus.WAIT
+    ]
+    assert waits, "the early Running proposals are recorded as WAIT decisions"
+
+
+def test_retries_run_out_and_the_last_failure_stands(orch: SyncOrchestrator) -> None:
+    @flow(retries=2)
+    def hopeless() -> None:
+        raise ValueError("never")
+
+    with pytest.raises(ValueError, match="never"):
+        hopeless()
+    run = only_run(orch, "hopeless")
+    assert history(orch, run.id) == [
+        "Pending",
+        "Running",
+        "AwaitingRetry",
+        "Running",
+        "AwaitingRetry",
+        "Running",
+        "Failed",
+    ]
+    assert run.run_count == 3
+
+
+# --- timeouts -------------------------------------------------------------------------------------
+
+
+def test_a_sync_flow_past_its_timeout_is_interrupted_and_timed_out(orch: SyncOrchestrator) -> None:
+    @flow(timeout_seconds=0.3)
+    def sleepy() -> None:
+        time.sleep(5)
+
+    started = time.monotonic()
+    with pytest.raises(FlowTimeoutError, match=r"exceeded timeout of 0.3 second\(s\)"):
+        sleepy()
+    assert time.monotonic() - started < 2
+    run = only_run(orch, "sleepy")
+    assert history(orch, run.id) == ["Pending", "Running", "TimedOut"]
+    assert run.state.type is StateType.FAILED
+
+
+def test_a_timed_out_flow_with_retries_left_is_retried(orch: SyncOrchestrator) -> None:
+    attempts: list[int] = []
+
+    @flow(timeout_seconds=0.3, retries=1)
+    def sometimes_slow() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(5)
+        return "fast"
+
+    assert sometimes_slow() == "fast"
+    assert history(orch, only_run(orch, "sometimes-slow").id) == [
+        "Pending",
+        "Running",
+        "AwaitingRetry",
+        "Running",
+        "Completed",
+    ]
+
+
+def test_an_async_flow_past_its_timeout_is_timed_out(tmp_path: Path) -> None:
+    from flowtrail import Orchestrator
+
+    @flow(timeout_seconds=0.2)
+    async def sleepy() -> None:
+        await asyncio.sleep(5)
+
+    async def scenario() -> list[str]:
+        async with Orchestrator.open(f"sqlite:///{tmp_path}/async.db") as orch:
+            with pytest.raises(FlowTimeoutError):
+                await sleepy()
+            (run,) = await orch.read_flow_runs()
+            return [s.name for s in await orch.read_states(run.id)]
+
+    assert asyncio.run(scenario()) == ["Pending", "Running", "TimedOut"]
+
+
+def test_an_enclosing_timeout_stops_a_subflow_and_times_out_the_parent(orch: SyncOrchestrator) -> None:
+    @flow
+    def child() -> None:
+        time.sleep(5)
+
+    @flow(timeout_seconds=0.3)
+    def parent() -> None:
+        child()
+
+    with pytest.raises(FlowTimeoutError):
+        parent()
+    assert history(orch, only_run(orch, "parent").id) == ["Pending", "Running", "TimedOut"]
+    assert only_run(orch, "child").state.type is StateType.FAILED
+
+
+# --- crashes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (KeyboardInterrupt(), "Execution was aborted by an interrupt signal."),
+        (SystemExit(3), "Execution was aborted by Python system exit call."),
+    ],
+)
+def test_a_base_exception_crashes_the_run_forced_and_is_raised_again(
+    orch: SyncOrchestrator, raised: BaseException, message: str
+) -> None:
+    crashed: list[str] = []
+
+    @flow(on_crashed=[lambda f, r, s: crashed.append(s.name)])
+    def interrupted() -> None:
+        raise raised
+
+    with pytest.raises(type(raised)):
+        interrupted()
+    run = only_run(orch, "interrupted")
+    assert history(orch, run.id) == ["Pending", "Running", "Crashed"]
+    assert run.state.message == message
+    assert run.last_decision.policy == "MinimalFlowPolicy"
+    assert crashed == ["Crashed"]
+
+
+# --- hooks ------------------------------------------------------------------------------------------
+
+
+def test_hooks_fire_for_the_states_prefect_chooses(orch: SyncOrchestrator) -> None:
+    fired: list[tuple[str, str]] = []
+
+    def hook(kind: str) -> Any:
+        return lambda f, run, state: fired.append((kind, state.name))
+
+    @flow(
+        retries=1,
+        on_running=[hook("running")],
+        on_failure=[hook("failure")],
+        on_completion=[hook("completion")],
+    )
+    def twice() -> None:
+        if sum(kind == "running" for kind, _ in fired) == 1:
+            raise RuntimeError("first")
+
+    twice()
+    assert fired == [("running", "Running"), ("running", "Running"), ("completion", "Completed")]
+
+    @flow(on_failure=[hook("failure")])
+    def fails() -> None:
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    assert fired[-1] == ("failure", "Failed")
+
+
+def test_a_failing_hook_is_logged_and_never_raised(orch: SyncOrchestrator) -> None:
+    def broken_hook(f: Any, run: Any, state: Any) -> None:
+        raise RuntimeError("hook boom")
+
+    @flow(on_completion=[broken_hook])
+    def fine() -> int:
+        return 1
+
+    with capture_logs() as logs:
+        assert fine() == 1
+    assert any(
+        entry["event"].startswith("a hook failed") and entry.get("hook") == "broken_hook" for entry in logs
+    )
+
+
+def test_async_hooks_are_awaited(orch: SyncOrchestrator) -> None:
+    fired: list[str] = []
+
+    async def hook(f: Any, run: Any, state: Any) -> None:
+        await asyncio.sleep(0)
+        fired.append(state.name)
+
+    @flow(on_completion=[hook])
+    def fine() -> None:
+        pass
+
+    fine()
+    assert fired == ["Completed"]
+
+
+# --- names, tags, logging -------------------------------------------------------------------------
+
+
+def test_a_flow_run_name_template_is_applied_before_running(orch: SyncOrchestrator) -> None:
+    @flow(flow_run_name="named-{a}")
+    def named(a: int) -> None:
+        pass
+
+    named(1)
+    run = only_run(orch, "named")
+    assert run.name == "named-1"
+    created = orch.read_history(run.id)[0].event
+    assert created.name == "named-1"  # the run has its name from its creation, before Running
+
+
+def test_an_adopted_run_is_renamed_before_running(orch: SyncOrchestrator) -> None:
+    @flow(flow_run_name="day-{day}")
+    def daily(day: str) -> None:
+        pass
+
+    run = orch.create_flow_run("daily", parameters={"day": "mon"}, state=pure.Pending())
+    run_flow_run(daily, run.id)
+    kinds = [e.event_type for e in orch.read_history(run.id)]
+    assert kinds[:3] == ["flow_run_created", "state_proposed", "run_renamed"]
+    assert orch.read_flow_run(run.id).name == "day-mon"
+
+
+def test_a_flow_run_name_can_come_from_a_callable(orch: SyncOrchestrator) -> None:
+    @flow(flow_run_name=lambda: "from-callable")
+    def named() -> None:
+        pass
+
+    named()
+    assert only_run(orch, "named").name == "from-callable"
+
+
+def test_tags_come_from_the_tags_context(orch: SyncOrchestrator) -> None:
+    @flow
+    def tagged() -> None:
+        pass
+
+    with tags("nightly"), tags("eu"):
+        tagged()
+    assert only_run(orch, "tagged").tags == ("nightly", "eu")
+
+
+def test_logs_in_a_flow_carry_the_run_id_flow_and_run_names(orch: SyncOrchestrator) -> None:
+    @flow(flow_run_name="logging-run")
+    def logging_flow() -> None:
+        structlog.get_logger("user").info("hello")
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        logging_flow()
+    (hello,) = [entry for entry in logs if entry["event"] == "hello"]
+    run = only_run(orch, "logging-flow")
+    assert (hello["flow_run_id"], hello["flow_name"], hello["flow_run_name"]) == (
+        str(run.id),
+        "logging-flow",
+        "logging-run",
+    )
+
+
+def test_log_prints_turns_print_into_log_lines(
+    orch: SyncOrchestrator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @flow(log_prints=True)
+    def chatty() -> None:
+        print("from the flow")
+
+    with capture_logs() as logs:
+        chatty()
+    assert any(entry["event"] == "from the flow" for entry in logs)
+    assert "from the flow" not in capsys.readouterr().out
+    print("after the flow")
+    assert "after the flow" in capsys.readouterr().out
+
+
+# --- subflows --------------------------------------------------------------------------------------
+
+
+def test_a_subflow_gets_a_parent_task_run_and_its_states_are_mirrored(orch: SyncOrchestrator) -> None:
+    @flow
+    def child(x: int) -> int:
+        return x * 2
+
+    @flow
+    def parent() -> list[int]:
+        return [child(1), child(2)]
+
+    assert parent() == [2, 4]
+    parent_run = only_run(orch, "parent")
+    tasks = orch.read_task_runs(parent_run.id)
+    assert [(t.dynamic_key, t.name) for t in tasks] == [("0", "child-0"), ("1", "child-1")]
+    for task in tasks:
+        child_run = orch.find_subflow_run(task.id)
+        assert child_run is not None
+        assert child_run.parent_task_run_id == task.id
+        assert history(orch, child_run.id) == ["Pending", "Running", "Completed"]
+        # The task run is created Pending, then takes a copy of every state of its child.
+        assert history(orch, task.id) == ["Pending", "Pending", "Running", "Completed"]
+        assert task.state.state_details.child_flow_run_id == child_run.id
+
+
+def test_a_retried_parent_reuses_its_finished_child(orch: SyncOrchestrator) -> None:
+    child_calls: list[int] = []
+    parent_calls: list[int] = []
+
+    @flow
+    def child() -> str:
+        child_calls.append(1)
+        return "made"
+
+    @flow(retries=1)
+    def parent() -> str:
+        parent_calls.append(1)
+        made = child()
+        if len(parent_calls) == 1:
+            raise RuntimeError("after the child")
+        return made
+
+    assert parent() == "made"
+    assert child_calls == [1], "the finished child is reused, not run again"
+    assert len(orch.read_flow_runs(flow_names=["child"])) == 1
+
+
+def test_a_retried_parent_whose_child_failed_runs_a_fresh_child(orch: SyncOrchestrator) -> None:
+    child_calls: list[int] = []
+
+    @flow
+    def child() -> str:
+        child_calls.append(1)
+        if len(child_calls) == 1:
+            raise RuntimeError("child failed")
+        return "second time"
+
+    @flow(retries=1)
+    def parent() -> str:
+        return child()
+
+    assert parent() == "second time"
+    assert len(orch.read_flow_runs(flow_names=["child"])) == 2
+
+
+def test_an_async_subflow_in_an_async_parent(tmp_path: Path) -> None:
+    from flowtrail import Orchestrator
+
+    @flow
+    async def child(x: int) -> int:
+        return x + 1
+
+    @flow
+    async def parent() -> int:
+        return await child(1) + await child(2)
+
+    async def scenario() -> tuple[int, int]:
+        async with Orchestrator.open(f"sqlite:///{tmp_path}/a.db") as orch:
+            value = await parent()
+            (run,) = await orch.read_flow_runs(flow_names=["parent"])
+            return value, len(await orch.read_task_runs(run.id))
+
+    assert asyncio.run(scenario()) == (5, 2)
+
+
+# --- where it writes ----------------------------------------------------------------------------
+
+
+def test_without_an_enclosing_block_flows_write_to_the_url_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/env.db"
+    monkeypatch.setenv("FLOWTRAIL_DATABASE_URL", url)
+
+    @flow
+    def env_flow() -> int:
+        return 1
+
+    env_flow()
+    with SyncOrchestrator.open(url) as orch:
+        assert len(orch.read_flow_runs(flow_names=["env-flow"])) == 1
+
+
+def test_without_any_setting_flows_write_under_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLOWTRAIL_DATABASE_URL", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    @flow
+    def home_flow() -> int:
+        return 1
+
+    home_flow()
+    with SyncOrchestrator.open(f"sqlite:///{tmp_path}/.flowtrail/flowtrail.db") as orch:
+        assert len(orch.read_flow_runs(flow_names=["home-flow"])) == 1
+
+
+def test_an_async_flow_in_a_sync_block_writes_to_the_same_log(orch: SyncOrchestrator) -> None:
+    @flow
+    async def async_flow() -> int:
+        return 7
+
+    assert asyncio.run(async_flow()) == 7
+    assert len(orch.read_flow_runs(flow_names=["async-flow"])) == 1
+
+
+# --- adopting a run created ahead -----------------------------------------------------------------
+
+
+def test_a_flow_can_run_as_an_existing_run_filling_its_retry_settings(orch: SyncOrchestrator) -> None:
+    @flow(retries=1)
+    def scheduled(day: str) -> str:
+        return day.upper()
+
+    run = orch.create_flow_run("scheduled", parameters={"day": "mon"}, state=pure.Pending())
+    assert run_flow_run(scheduled, run.id) == "MON"
+    after = orch.read_flow_run(run.id)
+    assert (after.empirical_policy.retries, after.state.type) == (1, StateType.COMPLETED)
+
+
+def test_a_run_scheduled_ahead_is_waited_for(orch: SyncOrchestrator) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    @flow
+    def later() -> None:
+        pass
+
+    when = datetime.now(UTC) + timedelta(seconds=1.2)
+    run = orch.create_flow_run(
+        "later", state=pure.Scheduled(scheduled_time=when, timestamp=datetime.now(UTC))
+    )
+    run_flow_run(later, run.id)
+    assert orch.read_flow_run(run.id).start_time >= when - timedelta(milliseconds=600)
+
+
+def test_a_run_being_cancelled_does_not_start(orch: SyncOrchestrator) -> None:
+    @flow
+    def cancelled() -> None:
+        raise AssertionError("must not run")
+
+    run = orch.create_flow_run("cancelled", state=pure.Cancelling())
+    with pytest.raises(CancelledRunError):
+        run_flow_run(cancelled, run.id)
+
+
+def test_a_reused_child_without_a_recorded_result_says_so(orch: SyncOrchestrator) -> None:
+    from flowtrail.engine.flow_engine import Outcome
+
+    run = orch.create_flow_run("x", state=pure.Completed(data={"type": "unpersisted", "python_type": "X"}))
+    with pytest.raises(ResultNotAvailableError):
+        Outcome(state=run.state, run=run).result(False)
