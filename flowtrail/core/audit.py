@@ -68,6 +68,19 @@ class _Stream:
         self.view: RunView | None = None
 
 
+def _well_typed(recorded: RecordedEvent) -> bool:
+    return (
+        type(recorded.position) is int
+        and type(recorded.stream_id) is str
+        and type(recorded.version) is int
+        and type(recorded.event_type) is str
+        and type(recorded.schema_version) is int
+        and type(recorded.recorded_at) is int
+        and type(recorded.data) is bytes
+        and type(recorded.hash) is bytes
+    )
+
+
 class Auditor:
     """Checks events one at a time (so a caller can report progress); see `verify`."""
 
@@ -114,6 +127,12 @@ class Auditor:
     def check(self, recorded: RecordedEvent) -> None:
         """Check the next event of the log."""
         self._checked += 1
+        if not _well_typed(recorded):
+            # A table rebuilt by hand can hold anything: name the row rather than fail on it.
+            self._problem(
+                "row", f"the row at position {recorded.position!r} holds a value of the wrong type", None
+            )
+            return
         self._check_position(recorded)
         if self._anchor is not None and recorded.position == self._anchor[0]:
             self._anchor_seen = recorded.hash

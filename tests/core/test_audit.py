@@ -282,3 +282,11 @@ def test_memory_log_facts_are_those_of_the_enclosing_flow() -> None:
     assert event.facts.flow_run == FlowRunFacts(
         flow_run_id=flow.id, version=2, state_type=StateType.RUNNING, state_name="Running", run_count=1
     )
+
+
+def test_a_row_holding_a_value_of_the_wrong_type_is_named_not_raised() -> None:
+    records = sample_log().records
+    records[2] = msgspec.structs.replace(records[2], version="3")  # type: ignore[arg-type]
+    report = verify(records)
+    assert report.problems[0].kind == "row"
+    assert "position 3" in report.problems[0].message
