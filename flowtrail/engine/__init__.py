@@ -1,6 +1,7 @@
 """The engine: the Orchestrator API (async and sync) over the log and its views."""
 
 from flowtrail.engine.context import current_flow_run, tags
+from flowtrail.engine.exports import read_export, verify_export
 from flowtrail.engine.flow_drivers import run_flow_run, run_flow_run_async
 from flowtrail.engine.flow_engine import TerminationSignal
 from flowtrail.engine.flows import Flow, flow
@@ -22,7 +23,9 @@ __all__ = [
     "current_flow_run",
     "flow",
     "new_run_id",
+    "read_export",
     "run_flow_run",
     "run_flow_run_async",
     "tags",
+    "verify_export",
 ]

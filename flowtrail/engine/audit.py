@@ -11,10 +11,11 @@ from flowtrail.core.events import RunKind
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.operations import Context
+from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
 from flowtrail.store.scripts import record_of
 
-__all__ = ["prepare_catch_up", "related_streams", "verify_script"]
+__all__ = ["export_records", "log_id", "prepare_catch_up", "related_streams", "verify_script"]
 
 _BATCH = 5_000
 
@@ -35,6 +36,41 @@ def related_streams(context: Context, run_id: UUID) -> Script[list[UUID]]:
         if view.parent_task_run_id is not None:
             todo.append(view.parent_task_run_id)
     return seen
+
+
+def descendant_streams(run_id: UUID) -> Script[list[UUID]]:
+    """A flow run's task runs, the subflow runs they started, theirs, and so on down."""
+    found: list[UUID] = []
+    todo = [run_id]
+    while todo:
+        for task in (yield from task_runs_of(todo.pop())):
+            found.append(task.id)
+            for child in (yield from read_flow_runs(parent_task_run_ids=[task.id], limit=None)):
+                if child.id not in found:
+                    found.append(child.id)
+                    todo.append(child.id)
+    return found
+
+
+def export_records(context: Context, run_id: UUID | str) -> Script[list[RecordedEvent]]:
+    """A run's events with those of every run above it (what its decisions read) and
+    below it (its task runs and subflows), in position order: a selection that verifies
+    on its own."""
+    target = run_id_of(run_id)
+    streams = yield from related_streams(context, target)
+    view = yield from context.load(target, fresh=True)
+    if view.kind is RunKind.FLOW:
+        streams += [stream for stream in (yield from descendant_streams(target)) if stream not in streams]
+    records: list[RecordedEvent] = []
+    for stream in streams:
+        records += yield from context.records_of(stream)
+    records.sort(key=lambda record: record.position)
+    return records
+
+
+def log_id(context: Context) -> Script[str | None]:
+    rows: list[Row] = yield Fetch(context.sql.log_id)
+    return str(rows[0][0]) if rows else None
 
 
 def verify_script(

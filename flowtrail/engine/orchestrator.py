@@ -16,7 +16,7 @@ from collections.abc import Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Any, Self
 from uuid import UUID
 
 from msgspec import UNSET
@@ -26,10 +26,11 @@ from flowtrail.core.errors import RunNotFoundError
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
-from flowtrail.engine.audit import verify_script
+from flowtrail.engine.audit import export_records, log_id, verify_script
 from flowtrail.engine.bulk import collector_paused
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.context import entered
+from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.maintenance import Progress, catch_up_script, rebuild_script, snapshot_script
 from flowtrail.engine.operations import Clock, Context, ViewCache
 from flowtrail.engine.results import HistoryEntry, OrchestrationResult
@@ -53,6 +54,10 @@ _CHUNK = 5_000
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _scope(run_id: UUID | str | None) -> str:
+    return "all" if run_id is None else f"run:{run_id_of(run_id)}"
 
 
 def _found(view: RunView | None, run_id: object) -> RunView:
@@ -291,6 +296,15 @@ class SyncOrchestrator(_Base):
         with collector_paused():
             return self.store.perform(snapshot_script(self.store.sql, position, batch=_CHUNK))
 
+    def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
+        with collector_paused():
+            writer = ExportWriter(out, log_id=self.store.perform(log_id(self._context)), scope=_scope(run_id))
+            if run_id is None:
+                writer.write_all(self.store.read_all(batch=_CHUNK))
+            else:
+                writer.write_all(self.store.perform(export_records(self._context, run_id)))
+            return writer.finish()
+
     def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
         return self.store.perform(catch_up_script(self.store, projection, batch=batch))
 
@@ -306,7 +320,7 @@ class Orchestrator(_Base):
     rejected, waited and aborted ones too), `set_flow_run_name`, `update_flow_run`.
     Views: `read_flow_run`, `read_task_run`, `read_flow_runs`, `read_task_runs`,
     `find_subflow_run` (the most recent child), `read_states`, `read_history`.
-    Audit and operations: `verify`, `rebuild`, `as_of`, `catch_up`.
+    Audit and operations: `verify`, `rebuild`, `as_of`, `export`, `catch_up`.
     """
 
     def __init__(
@@ -534,6 +548,20 @@ class Orchestrator(_Base):
         """The run views as they were when the log ended at ``position``."""
         with collector_paused():
             return await self.store.perform(snapshot_script(self.store.sql, position, batch=_CHUNK))
+
+    async def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
+        """Write the log, or one run with the runs above and below it, to ``out`` as an
+        export that `flowtrail.engine.exports.verify_export` checks with no database;
+        returns the events written."""
+        with collector_paused():
+            log = await self.store.perform(log_id(self._context))
+            writer = ExportWriter(out, log_id=log, scope=_scope(run_id))
+            if run_id is None:
+                async for record in self.store.read_all(batch=_CHUNK):
+                    writer.write(record)
+            else:
+                writer.write_all(await self.store.perform(export_records(self._context, run_id)))
+            return writer.finish()
 
     async def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
         """Bring a catch-up projection up to the end of the log; returns events applied."""

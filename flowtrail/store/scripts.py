@@ -16,7 +16,7 @@ from typing import Protocol
 
 from flowtrail.core.chain import GENESIS, RecordedEvent, chain_hash
 from flowtrail.core.effects import Begin, Commit, ExecuteMany, Fetch, Rollback, Row, Script
-from flowtrail.core.errors import ConcurrencyConflictError, FlowtrailError
+from flowtrail.core.errors import ConcurrencyConflictError, CorruptLogError, FlowtrailError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Projection
 from flowtrail.store.api import AppendResult, PreparedAppend
@@ -69,6 +69,11 @@ class LogSql(Protocol):
     @property
     def stream_version(self) -> str: ...
 
+    @property
+    def log_id(self) -> str:
+        """The log's identity, given when it was created (one row, one column)."""
+        ...
+
 
 def wall_clock_micros() -> int:
     """The recording time of a write: microseconds since the epoch."""
@@ -79,8 +84,18 @@ def record_of(row: Row) -> RecordedEvent:
     """A log row (position, stream, version, type, schema, recorded_at, data, hash)."""
     data, seal = row[6], row[7]
     if type(data) is not bytes or type(seal) is not bytes:  # some drivers hand out memoryviews
-        data, seal = bytes(data), bytes(seal)
+        data, seal = _as_bytes(data, row[0]), _as_bytes(seal, row[0])
     return RecordedEvent(row[0], row[1], row[2], row[3], row[4], row[5], data, seal)
+
+
+def _as_bytes(value: object, position: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):  # a file edited by hand may hold text: its bytes are what the hash seals
+        return value.encode("utf-8", "surrogateescape")
+    raise CorruptLogError(
+        f"the event at position {position} holds {type(value).__name__} where the log keeps bytes"
+    )
 
 
 def append_script(

@@ -119,6 +119,7 @@ class SqliteLogSql:
     read_stream = f"SELECT {_columns} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
     read_batch = f"SELECT {_columns} FROM events WHERE position >= ? ORDER BY position LIMIT ?"
     stream_version = "SELECT max(version) FROM events WHERE stream_id = ?"
+    log_id = "SELECT value FROM flowtrail_meta WHERE key = 'log_id'"
 
     @staticmethod
     @functools.cache

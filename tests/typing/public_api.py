@@ -52,6 +52,16 @@ def orchestrate(url: str) -> int:
         return view.run_count + (0 if child is None else 1) + report.events_checked
 
 
+def export_and_check(url: str, path: str) -> bool:
+    from flowtrail import SyncOrchestrator
+    from flowtrail.engine import verify_export
+
+    with SyncOrchestrator.open(url) as orch, open(path, "w", encoding="utf-8") as out:
+        orch.export(out)
+    with open(path, encoding="utf-8") as lines:
+        return verify_export(lines).ok
+
+
 async def orchestrate_async(url: str) -> list[State]:
     from flowtrail import Orchestrator
 

@@ -1,0 +1,110 @@
+"""Exports: self-describing JSON lines that verify with no database, and catch edits."""
+
+from __future__ import annotations
+
+import io
+import json
+from uuid import UUID
+
+import pytest
+
+from flowtrail import states
+from flowtrail.core.errors import CorruptLogError
+from flowtrail.engine import read_export, verify_export
+from tests.engine.conftest import Orch
+
+
+def small_log(orch: Orch) -> dict[str, UUID]:
+    parent = orch.create_flow_run("parent", retries=1, state=states.Pending())
+    orch.propose_state(parent.id, states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+    orch.propose_state(child.id, states.Running())
+    orch.propose_state(child.id, states.Completed())
+    orch.propose_state(parent.id, states.Completed())
+    other = orch.create_flow_run("unrelated", state=states.Pending())
+    return {"parent": parent.id, "tracker": tracker.id, "child": child.id, "other": other.id}
+
+
+def exported(orch: Orch, run_id: UUID | None = None) -> list[str]:
+    out = io.StringIO()
+    orch.export(out, run_id)
+    return out.getvalue().splitlines()
+
+
+def test_an_export_of_the_whole_log_verifies(orch: Orch) -> None:
+    small_log(orch)
+    report = verify_export(exported(orch))
+    assert report.ok
+    assert report.events_checked == orch.last_position()
+
+
+def test_the_export_returns_how_many_events_it_wrote(orch: Orch) -> None:
+    small_log(orch)
+    assert orch.export(io.StringIO()) == orch.last_position()
+
+
+def test_an_export_of_a_run_holds_its_task_runs_and_subflows_but_not_unrelated_runs(orch: Orch) -> None:
+    runs = small_log(orch)
+    header, events, _ = read_export(exported(orch, runs["parent"]))
+    streams = {record.stream_id for record in events}
+    assert header["scope"] == f"run:{runs['parent']}"
+    assert streams == {str(runs["parent"]), str(runs["tracker"]), str(runs["child"])}
+
+
+def test_an_export_of_a_subflow_holds_the_runs_above_it_and_verifies(orch: Orch) -> None:
+    runs = small_log(orch)
+    lines = exported(orch, runs["child"])
+    _, events, _ = read_export(lines)
+    assert {record.stream_id for record in events} == {str(runs[k]) for k in ("parent", "tracker", "child")}
+    assert verify_export(lines).ok
+
+
+def test_a_line_after_the_end_line_is_refused(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    with pytest.raises(CorruptLogError, match="after its end line"):
+        verify_export([*lines, lines[1]])
+
+
+def test_a_copied_event_before_the_end_line_is_caught(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    report = verify_export([*lines[:-1], lines[-2], lines[-1]])
+    assert not report.ok
+    assert {problem.kind for problem in report.problems} >= {"anchor", "position"}
+
+
+def test_an_edited_end_line_is_caught(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    end = json.loads(lines[-1])
+    end["end"]["events"] -= 1
+    report = verify_export([*lines[:-1], json.dumps(end)])
+    assert [problem.kind for problem in report.problems] == ["anchor"]
+
+
+def test_an_export_of_a_later_format_version_is_refused(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    header = json.loads(lines[0]) | {"version": 2}
+    with pytest.raises(CorruptLogError, match="format version 2"):
+        verify_export([json.dumps(header), *lines[1:]])
+
+
+def test_an_empty_file_is_not_an_export() -> None:
+    with pytest.raises(CorruptLogError, match="empty"):
+        verify_export([])
+
+
+def test_sync_and_async_exports_of_one_log_are_identical(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/runs.db"
+    writer = Orch("sync", url)
+    small_log(writer)
+    sync_lines = exported(writer)
+    writer.close()
+    reader = Orch("async", url)
+    try:
+        assert exported(reader) == sync_lines
+    finally:
+        reader.close()
