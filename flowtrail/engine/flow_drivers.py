@@ -28,8 +28,6 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
-import structlog
-
 from flowtrail.core.errors import InvalidUrlError
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.context import FlowRunContext, current_flow_run, default_url, enclosing, running
@@ -44,12 +42,11 @@ from flowtrail.engine.flow_engine import (
     TerminationSignal,
 )
 from flowtrail.engine.flows import Flow
+from flowtrail.engine.logs import bound_contextvars, get_logger
 from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
 from flowtrail.engine.timeouts import FlowTimeout, sync_timeout
 
 __all__ = ["call_async", "call_sync", "run_flow_run", "run_flow_run_async"]
-
-_log = structlog.get_logger("flowtrail.flow_runs")
 
 
 # --- which orchestrator -------------------------------------------------------------------
@@ -175,9 +172,7 @@ class _Prints:
         flush: bool = False,
     ) -> None:
         if _printing.get() and file in (None, sys.stdout):
-            structlog.get_logger("flowtrail.prints").info(
-                (sep if sep is not None else " ").join(map(str, values))
-            )
+            get_logger("flowtrail.prints").info((sep if sep is not None else " ").join(map(str, values)))
         else:
             self.original(*values, sep=sep, end=end, file=file, flush=flush)
 
@@ -211,7 +206,7 @@ _prints = _Prints()
 
 def _call_scope(effect: Invoke, orchestrator: Any, url: str) -> Any:
     context = FlowRunContext(run=effect.run, url=url, orchestrator=orchestrator)
-    return context, structlog.contextvars.bound_contextvars(
+    return context, bound_contextvars(
         flow_run_id=str(effect.run.id), flow_name=effect.flow.name, flow_run_name=effect.run.name
     )
 
@@ -226,7 +221,7 @@ def _hooks_sync(effect: Hooks) -> None:
             if inspect.isawaitable(result):
                 asyncio.run(_awaited(result))
         except Exception:
-            _log.exception(
+            get_logger("flowtrail.flow_runs").exception(
                 "a hook failed; the run goes on",
                 hook=getattr(hook, "__name__", repr(hook)),
                 state=effect.state.name,
@@ -308,7 +303,7 @@ async def _hooks_async(effect: Hooks) -> None:
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            _log.exception(
+            get_logger("flowtrail.flow_runs").exception(
                 "a hook failed; the run goes on",
                 hook=getattr(hook, "__name__", repr(hook)),
                 state=effect.state.name,

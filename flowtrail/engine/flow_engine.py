@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
-import structlog
 
 from flowtrail.core import states as pure
 from flowtrail.core.errors import (
@@ -39,6 +38,7 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.states import State, StateDetails
 from flowtrail.engine.context import FlowRunContext, current_tags
 from flowtrail.engine.flows import Flow, Hook, exception_data, jsonable_parameters, result_data
+from flowtrail.engine.logs import get_logger
 from flowtrail.engine.results import OrchestrationResult
 from flowtrail.engine.timeouts import FlowTimeout
 
@@ -186,7 +186,7 @@ class FlowRunScript:
     state: State | None = None
     value: Any = _MISSING
     error: BaseException | None = None
-    log: Any = field(default_factory=lambda: structlog.get_logger("flowtrail.flow_runs"))
+    log: Any = field(default_factory=lambda: get_logger("flowtrail.flow_runs"))
 
     def execute(self) -> EngineScript[Outcome]:
         """The whole flow call; see the module's docstring."""
