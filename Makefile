@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# A pipeline run into ./flowtrail-demo.db (started over each time), then audited and rebuilt.
 demo: $(STAMP)
-	@echo "The demo arrives with the engine. What exists today: the pure core (states, events,"
-	@echo "fold, Prefect's policies, verify). Run 'make test' to see it checked."
+	$(BIN)/flowtrail demo --replace
 
 test: lint typecheck layers unit
 

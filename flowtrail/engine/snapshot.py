@@ -80,6 +80,7 @@ class RunSnapshot:
         self,
         *,
         state_types: Iterable[StateType | str] | None = None,
+        state_names: Iterable[str] | None = None,
         flow_names: Iterable[str] | None = None,
         tags: Iterable[str] | None = None,
         parent_task_run_ids: Iterable[UUID] | None = None,
@@ -90,6 +91,7 @@ class RunSnapshot:
         return self._store.perform(
             read_flow_runs(
                 state_types=state_types,
+                state_names=state_names,
                 flow_names=flow_names,
                 tags=tags,
                 parent_task_run_ids=parent_task_run_ids,

@@ -1,0 +1,366 @@
+"""The ``flowtrail`` command: look at runs, audit the log, rebuild views, export, demo.
+
+Every command reads ``--database URL`` (or ``FLOWTRAIL_DATABASE_URL``, else the
+embedded default the engine writes to). Errors a user can cause print one sentence
+and exit 2; ``verify`` exits 1 when it finds a problem. Output is a table on a terminal
+(colours only there) and ``--json`` where a program reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any, NoReturn, TypeVar
+
+import click
+import msgspec
+import structlog
+
+from flowtrail.core.audit import AuditReport
+from flowtrail.core.errors import FlowtrailError, RunNotFoundError
+from flowtrail.core.fold import RunView
+from flowtrail.core.states import StateType
+from flowtrail.engine.context import default_url
+from flowtrail.engine.demo import show_demo
+from flowtrail.engine.exports import verify_export
+from flowtrail.engine.orchestrator import SyncOrchestrator
+from flowtrail.engine.render import (
+    console,
+    history_table,
+    rebuild_with_progress,
+    report_lines,
+    runs_table,
+    took,
+)
+from flowtrail.engine.snapshot import RunSnapshot
+from flowtrail.projections.queries import MAX_LIMIT, FlowRunSort
+from flowtrail.store.urls import parse_url
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit status of an error the user can fix (click's usage errors use it too).
+USER_ERROR = 2
+
+
+class UserError(click.ClickException):
+    """A sentence for the user, no traceback."""
+
+    exit_code = USER_ERROR
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"flowtrail: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """Turns flowtrail's own errors, and the OS's, into one sentence."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowtrailError as exc:
+            raise UserError(_sentence(exc)) from exc
+        except OSError as exc:
+            raise UserError(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}") from exc
+
+
+def _sentence(exc: FlowtrailError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[0].upper() + text[1:] if text[0].islower() else text
+
+
+@dataclass
+class Settings:
+    database: str | None
+    verbose: bool
+
+    @property
+    def url(self) -> str:
+        return self.database if self.database is not None else default_url()
+
+
+def _quiet_logs(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.CRITICAL
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--database",
+    metavar="URL",
+    envvar="FLOWTRAIL_DATABASE_URL",
+    show_envvar=True,
+    help="The log: sqlite:///path.db or postgresql://... [default: ~/.flowtrail/flowtrail.db]",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show the engine's log lines on stderr.")
+@click.version_option(package_name="flowtrail")
+@click.pass_context
+def cli(ctx: click.Context, database: str | None, verbose: bool) -> None:
+    """flowtrail: Prefect's flow-run orchestration over an append-only, hash-chained log.
+
+    Look at runs (runs, history, subflow, as-of), audit the log (verify, export),
+    recover its read views (rebuild), or see it all at work (demo).
+    """
+    _quiet_logs(verbose)
+    if database is not None and not database.strip():
+        given = ctx.get_parameter_source("database") is click.core.ParameterSource.ENVIRONMENT
+        raise UserError(f"{'FLOWTRAIL_DATABASE_URL' if given else '--database'} is set but empty")
+    ctx.obj = Settings(database=database, verbose=verbose)
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[SyncOrchestrator]:
+    """The orchestrator on an existing log (a missing SQLite file is an error, not a new log)."""
+    url = settings.url
+    target = parse_url(url)
+    if target.backend == "sqlite" and target.target != ":memory:" and not Path(target.target).exists():
+        raise UserError(
+            f"There is no flowtrail database at {target.target}: run a flow or `flowtrail demo` "
+            "first, or name one with --database"
+        )
+    with SyncOrchestrator.open(url) as orchestrator:
+        yield orchestrator
+
+
+def _emit_json(value: object) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
+
+
+def _view(orchestrator: SyncOrchestrator | RunSnapshot, run_id: str) -> RunView:
+    try:
+        return orchestrator.read_flow_run(run_id)
+    except RunNotFoundError:
+        return orchestrator.read_task_run(run_id)
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+def run_filters(command: F) -> F:
+    """The options of `runs` and `as-of POSITION runs`."""
+    options = [
+        click.option(
+            "--state",
+            "state_types",
+            multiple=True,
+            type=click.Choice([t.value for t in StateType], case_sensitive=False),
+            help="A state type.",
+        ),
+        click.option(
+            "--state-name", "state_names", multiple=True, help="A state name (TimedOut, AwaitingRetry)."
+        ),
+        click.option("--flow", "flow_names", multiple=True, help="A flow name."),
+        click.option("--tag", "tags", multiple=True, help="A tag (runs carrying every one given)."),
+        click.option("--parent-task-run", "parent_task_run_ids", multiple=True, help="A parent task run id."),
+        click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True),
+        click.option(
+            "--sort",
+            type=click.Choice([sort.value for sort in FlowRunSort], case_sensitive=False),
+            default=FlowRunSort.ID_DESC.value,
+            show_default=True,
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the runs' views as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _show_runs(source: SyncOrchestrator | RunSnapshot, title: str, **filters: Any) -> None:
+    as_json = filters.pop("as_json")
+    # Options given as several values are "any of" (tags: "all of"); kinds of option combine with "and".
+    query: dict[str, Any] = {
+        name: (value or None) if isinstance(value, tuple) else value for name, value in filters.items()
+    }
+    runs = source.read_flow_runs(**query)
+    if as_json:
+        _emit_json(runs)
+        return
+    out = console()
+    if not runs:
+        out.print("No flow runs match.")
+        return
+    out.print(runs_table(runs, title=title))
+
+
+@cli.command()
+@run_filters
+@click.pass_obj
+def runs(settings: Settings, /, **filters: Any) -> None:
+    """Flow runs, newest first, with their current states."""
+    with opened(settings) as orchestrator:
+        _show_runs(orchestrator, "Flow runs", **filters)
+
+
+@cli.group("as-of")
+@click.argument("position", type=click.IntRange(min=0))
+def as_of(position: int) -> None:
+    """The read views as they were when the log ended at POSITION."""
+
+
+@as_of.command("runs")
+@run_filters
+@click.pass_context
+def as_of_runs(ctx: click.Context, /, **filters: Any) -> None:
+    """Flow runs as they stood at the position."""
+    position: int = ctx.parent.params["position"] if ctx.parent else 0
+    with opened(ctx.obj) as orchestrator:
+        last = orchestrator.last_position()
+        if position > last:
+            raise UserError(f"Position {position} is past the end of the log, which ends at {last}")
+        with orchestrator.as_of(position) as snapshot:
+            _show_runs(snapshot, f"Flow runs as of position {position} (of {last})", **filters)
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print every event as JSON.")
+@click.pass_obj
+def history(settings: Settings, run_id: str, as_json: bool) -> None:
+    """A run's audit timeline: every proposal, the decision on it, the rule and the reason."""
+    with opened(settings) as orchestrator:
+        view = _view(orchestrator, run_id)
+        entries = orchestrator.read_history(view.id)
+    if as_json:
+        _emit_json(entries)
+        return
+    what = f"flow run of {view.flow_name}" if view.flow_name else f"task run {view.task_key}"
+    state = view.state.name if view.state else "no state"
+    console().print(history_table(entries, title=f"{view.name}: {what}, now {state}"))
+
+
+@cli.command()
+@click.argument("parent_task_run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's view as JSON.")
+@click.pass_obj
+def subflow(settings: Settings, parent_task_run_id: str, as_json: bool) -> None:
+    """The flow run a parent task run started (the most recent one)."""
+    with opened(settings) as orchestrator:
+        task = orchestrator.read_task_run(parent_task_run_id)
+        found = orchestrator.find_subflow_run(task.id)
+    if found is None:
+        raise UserError(f"Task run {task.id} ({task.name}) started no flow run")
+    if as_json:
+        _emit_json(found)
+    else:
+        console().print(runs_table([found], title=f"The subflow run of task run {task.name}"))
+
+
+# -- audit and recovery ------------------------------------------------------------------------
+
+
+def _report(report: AuditReport, as_json: bool) -> NoReturn:
+    if as_json:
+        _emit_json({"ok": report.ok, **msgspec.structs.asdict(report)})
+    else:
+        out = console()
+        for line in report_lines(report):
+            out.print(line)
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.option("--run", "run_id", metavar="RUN_ID", help="Verify one run and the runs around it.")
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Verify an export (no database needed); - reads standard input.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def verify(settings: Settings, run_id: str | None, export_file: str | None, as_json: bool) -> None:
+    """Re-check the log: hash chains, positions, and every decision re-decided.
+
+    Exits 0 when the log is sound and 1 when it is not, naming the first problem.
+    """
+    if export_file is not None:
+        if run_id is not None:
+            raise UserError("--run and --file do not go together: an export is verified whole")
+        with click.open_file(export_file, encoding="utf-8", errors="strict") as lines:
+            try:
+                report = verify_export(lines)
+            except UnicodeDecodeError:
+                name = "standard input" if export_file == "-" else export_file
+                raise UserError(f"{name} is not a flowtrail export: it is not UTF-8 text") from None
+        _report(report, as_json)
+    with opened(settings) as orchestrator:
+        report = orchestrator.verify(run_id)
+    _report(report, as_json)
+
+
+@cli.command()
+@click.pass_obj
+def rebuild(settings: Settings) -> None:
+    """Drop the read views and rebuild them from the log, with a progress bar."""
+    out = console()
+    with opened(settings) as orchestrator:
+        applied, seconds = rebuild_with_progress(orchestrator, out)
+    rate = applied / seconds if seconds > 0 else 0.0
+    out.print(
+        f"Rebuilt the run views from {applied} events in {took(timedelta(seconds=seconds))} ({rate:,.0f} events/s)."
+    )
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Export the whole log.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default="-",
+    help="Write here instead of standard output.",
+)
+@click.pass_obj
+def export(settings: Settings, run_id: str | None, everything: bool, output: str) -> None:
+    """Write the log (--all), or one run with the runs above and below it, as JSON lines
+    that `flowtrail verify --file` checks with no database."""
+    if everything == (run_id is not None):
+        raise UserError("Name one run to export, or pass --all for the whole log")
+    with (
+        opened(settings) as orchestrator,
+        click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out,
+    ):
+        count = orchestrator.export(out, run_id)
+    if output != "-":
+        click.echo(f"Exported {count} events to {output}.", err=True)
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("flowtrail-demo.db"),
+    show_default=True,
+    help="Where the demo's SQLite log goes.",
+)
+@click.option("--replace", is_flag=True, help="Start over if the demo's database is already there.")
+def demo(path: Path, replace: bool) -> None:
+    """Run a small pipeline on a fresh log and audit it: retries, a timeout, a failure
+    hook, late proposals the policy refuses; then verify and rebuild."""
+    show_demo(path.expanduser().resolve(), replace=replace)
+
+
+def main() -> None:
+    """The ``flowtrail`` entry point."""
+    try:
+        cli(prog_name="flowtrail")
+    except BrokenPipeError:  # `flowtrail export --all | head`: the reader has gone
+        sys.stderr.close()
+        sys.exit(1)

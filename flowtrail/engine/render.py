@@ -1,0 +1,191 @@
+"""How the CLI shows runs, histories and audit reports in a terminal (rich).
+
+Only `flowtrail.engine.cli` imports this module, so ``import flowtrail`` never loads rich.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import assert_never
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from flowtrail.core.audit import AuditReport
+from flowtrail.core.events import (
+    FlowRunCreated,
+    RunRenamed,
+    RunSettingsUpdated,
+    SetStateStatus,
+    StateProposed,
+    TaskRunCreated,
+)
+from flowtrail.core.fold import RunView
+from flowtrail.core.states import State, StateType
+from flowtrail.engine.orchestrator import SyncOrchestrator
+from flowtrail.engine.results import HistoryEntry
+
+__all__ = ["console", "history_table", "rebuild_with_progress", "report_lines", "runs_table"]
+
+#: Colours by state type (used only on a terminal).
+_STATE_STYLE = {
+    StateType.COMPLETED: "green",
+    StateType.FAILED: "red",
+    StateType.CRASHED: "bold red",
+    StateType.CANCELLED: "dim",
+    StateType.CANCELLING: "yellow",
+    StateType.RUNNING: "cyan",
+    StateType.PENDING: "yellow",
+    StateType.SCHEDULED: "blue",
+    StateType.PAUSED: "magenta",
+}
+_STATUS_STYLE = {
+    SetStateStatus.ACCEPT: "green",
+    SetStateStatus.REJECT: "bold yellow",
+    SetStateStatus.WAIT: "blue",
+    SetStateStatus.ABORT: "bold red",
+}
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console: colours and the real width on a terminal; plain, wide lines elsewhere
+    (so piped output keeps one row per line)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(file=stream, stderr=stderr)
+    width = int(os.environ.get("COLUMNS", "0") or 0) or 200
+    return Console(file=stream, width=width, no_color=True, highlight=False, soft_wrap=True)
+
+
+def when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def clock(moment: datetime) -> str:
+    return moment.strftime("%H:%M:%S.%f")[:-3]
+
+
+def took(duration: timedelta) -> str:
+    seconds = duration.total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def state_text(state: State | None) -> Text:
+    if state is None:
+        return Text("-", style="dim")
+    return Text(state.name or state.type.value.title(), style=_STATE_STYLE.get(state.type, ""))
+
+
+def runs_table(runs: Sequence[RunView], *, title: str | None = None) -> Table:
+    """Flow runs, one row each."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in ("id", "name", "flow", "state", "runs", "started (UTC)", "took", "parent task run"):
+        table.add_column(column, no_wrap=column in {"id", "parent task run"})
+    for run in runs:
+        table.add_row(
+            str(run.id),
+            run.name,
+            run.flow_name or "",
+            state_text(run.state),
+            str(run.run_count),
+            when(run.start_time),
+            took(run.total_run_time) if run.start_time else "",
+            str(run.parent_task_run_id or ""),
+        )
+    return table
+
+
+def _decision_cells(event: StateProposed, current: State | None) -> tuple[Text, Text, State | None]:
+    decision = event.decision
+    status = Text(decision.status.value, style=_STATUS_STYLE[decision.status])
+    if decision.status is SetStateStatus.WAIT and decision.delay_seconds is not None:
+        status.append(f" {decision.delay_seconds}s")
+    reached = decision.state if decision.state is not None else current
+    outcome = state_text(reached)
+    if decision.state is None:
+        outcome = Text("unchanged: ", style="dim") + outcome
+    return status, outcome, reached
+
+
+def history_table(entries: Iterable[HistoryEntry], *, title: str | None = None) -> Table:
+    """A run's audit timeline: every event, every proposal with the decision on it."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in ("pos", "recorded (UTC)", "proposed", "decision", "state after", "rule", "reason"):
+        table.add_column(column, no_wrap=column in {"pos", "recorded (UTC)"})
+    current: State | None = None
+    for entry in entries:
+        cells: tuple[Text | str, ...]
+        event = entry.event
+        match event:
+            case StateProposed():
+                status, outcome, current = _decision_cells(event, current)
+                proposed = state_text(event.proposal.state)
+                if event.proposal.force:
+                    proposed.append(" (forced)", style="dim")
+                cells = (proposed, status, outcome, event.decision.rule or "", event.decision.reason or "")
+            case FlowRunCreated() | TaskRunCreated():
+                what = "flow run" if isinstance(event, FlowRunCreated) else "task run"
+                cells = (Text(f"{what} created", style="dim"), "", "", "", f"named {event.name!r}")
+            case RunRenamed():
+                cells = (Text("renamed", style="dim"), "", "", "", f"to {event.name!r}")
+            case RunSettingsUpdated():
+                cells = (Text("settings updated", style="dim"), "", "", "", "")
+            case _:
+                assert_never(event)
+        table.add_row(str(entry.position), clock(entry.recorded_at), *cells)
+    return table
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def report_lines(report: AuditReport, *, shown: int = 10) -> list[Text]:
+    """An audit report in words: one line when the log is sound, else its problems."""
+    checked = f"{_count(report.events_checked, 'event')} in {_count(report.streams_checked, 'run')}"
+    if report.ok:
+        return [
+            Text.assemble(
+                ("verified ", "bold green"),
+                f"{checked}: every hash chain is intact and every recorded decision is the one "
+                "its policy makes again",
+            )
+        ]
+    lines = [
+        Text.assemble(
+            ("verification failed ", "bold red"),
+            f"after {checked}: {'at least ' if report.truncated else ''}{_count(len(report.problems), 'problem')}. "
+            f"The first: {report.problems[0].message}",
+        )
+    ]
+    lines += [Text(f"  - {problem.message}") for problem in report.problems[1:shown]]
+    if len(report.problems) > shown:
+        lines.append(Text(f"  ... and {len(report.problems) - shown} more", style="dim"))
+    return lines
+
+
+def rebuild_with_progress(orchestrator: SyncOrchestrator, out: Console) -> tuple[int, float]:
+    """Rebuild, with a progress bar when ``out`` is a terminal; returns (events, seconds)."""
+    columns = (
+        TextColumn("rebuilding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=out, disable=not out.is_terminal) as bar:
+        task = bar.add_task("rebuild", total=orchestrator.last_position() or 1)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=max(total, 1))
+
+        applied = orchestrator.rebuild(advance)
+        bar.update(task, completed=bar.tasks[0].total)
+    return applied, time.perf_counter() - started

@@ -1,0 +1,393 @@
+"""The ``flowtrail`` command, run as a user runs it: the installed entry point, in a
+subprocess, on real SQLite files (one made by ``flowtrail demo``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowtrail import SyncOrchestrator
+
+ENTRY_POINT = shutil.which("flowtrail", path=str(Path(sys.executable).parent))
+
+
+class Ran:
+    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
+        self.code = done.returncode
+        self.out = done.stdout
+        self.err = done.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def flowtrail(*args: str, database: Path | str | None = None, stdin: str | None = None, **env: str) -> Ran:
+    assert ENTRY_POINT is not None, "the flowtrail entry point is not installed next to this Python"
+    environment = {k: v for k, v in os.environ.items() if k != "FLOWTRAIL_DATABASE_URL"} | env
+    prefix = [] if database is None else ["--database", f"sqlite:///{database}"]
+    done = subprocess.run(
+        [ENTRY_POINT, *prefix, *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+    return Ran(done)
+
+
+def assert_user_error(ran: Ran, *words: str) -> None:
+    """Exit 2, one sentence on stderr naming the problem, nothing on stdout, no traceback."""
+    assert ran.code == 2, (ran.code, ran.out, ran.err)
+    assert "Traceback" not in ran.err
+    assert ran.out == ""
+    lines = ran.err.strip().splitlines()
+    assert len(lines) == 1, ran.err
+    assert lines[0].startswith("flowtrail: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ran]:
+    path = tmp_path_factory.mktemp("demo") / "demo.db"
+    ran = flowtrail("demo", "--path", str(path), HOME=str(path.parent))
+    assert ran.code == 0, ran.err
+    return path, ran
+
+
+@pytest.fixture
+def db(demo: tuple[Path, Ran], tmp_path: Path) -> Path:
+    """A copy of the demo's log that a test may change."""
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(demo[0], copy)
+    return copy
+
+
+def runs_json(database: Path, *args: str) -> list[dict[str, Any]]:
+    ran = flowtrail("runs", "--json", *args, database=database)
+    assert ran.code == 0, ran.err
+    result: list[dict[str, Any]] = ran.json()
+    return result
+
+
+def run_of(database: Path, flow: str) -> dict[str, Any]:
+    (found,) = runs_json(database, "--flow", flow)
+    return found
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+def test_the_demo_shows_a_verified_audit_trail(demo: tuple[Path, Ran]) -> None:
+    out = demo[1].out
+    assert "verified 47 events in 9 runs" in out
+    for seen in ("RetryFailedFlows", "AwaitingRetry", "WAIT 1s", "TimedOut", "REJECT", "ABORT"):
+        assert seen in out, seen
+    assert "Run is already COMPLETED." in out
+
+
+def test_the_demo_fires_the_failure_hook(demo: tuple[Path, Ran]) -> None:
+    assert "paged on-call" in demo[1].out
+
+
+def test_the_demo_shows_the_rebuilt_views_identical(demo: tuple[Path, Ran]) -> None:
+    assert "all 9 run views are identical" in demo[1].out
+
+
+def test_the_demo_leaves_its_log_where_it_says(demo: tuple[Path, Ran]) -> None:
+    path, ran = demo
+    assert f"The log stays at {path}" in ran.out
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        assert orch.verify().ok
+
+
+def test_the_demo_output_has_no_colour_codes_when_piped(demo: tuple[Path, Ran]) -> None:
+    assert "\x1b[" not in demo[1].out
+
+
+def test_the_demo_will_not_overwrite_its_log_without_replace(demo: tuple[Path, Ran]) -> None:
+    assert_user_error(flowtrail("demo", "--path", str(demo[0])), "--replace")
+
+
+def test_the_demo_will_not_replace_a_file_that_is_not_a_flowtrail_log(tmp_path: Path) -> None:
+    precious = tmp_path / "thesis.db"
+    precious.write_text("years of work")
+    assert_user_error(flowtrail("demo", "--path", str(precious), "--replace"), "not a flowtrail database")
+    assert precious.read_text() == "years of work"
+
+
+# -- runs, history, subflow ---------------------------------------------------------------------
+
+
+def test_runs_lists_every_flow_run_newest_first(db: Path) -> None:
+    names = [run["flow_name"] for run in runs_json(db)]
+    assert names == ["load", "publish", "build-report", "extract", "nightly-etl"]
+
+
+def test_runs_filters_by_state_type(db: Path) -> None:
+    assert [run["flow_name"] for run in runs_json(db, "--state", "failed")] == ["publish", "build-report"]
+
+
+def test_runs_filters_by_state_name(db: Path) -> None:
+    assert [run["flow_name"] for run in runs_json(db, "--state-name", "TimedOut")] == ["build-report"]
+
+
+def test_runs_filters_by_parent_task_run(db: Path) -> None:
+    extract = run_of(db, "extract")
+    found = runs_json(db, "--parent-task-run", extract["parent_task_run_id"])
+    assert [run["id"] for run in found] == [extract["id"]]
+
+
+def test_runs_honours_the_limit(db: Path) -> None:
+    assert len(runs_json(db, "--limit", "2")) == 2
+
+
+def test_runs_with_no_match_says_so(db: Path) -> None:
+    ran = flowtrail("runs", "--tag", "nothing-has-this", database=db)
+    assert (ran.code, ran.out.strip()) == (0, "No flow runs match.")
+
+
+def test_runs_table_names_each_run_and_its_state(db: Path) -> None:
+    ran = flowtrail("runs", database=db)
+    assert ran.code == 0
+    assert "nightly-etl-2026-11-23" in ran.out
+    assert "TimedOut" in ran.out
+
+
+def test_the_database_comes_from_the_environment(db: Path) -> None:
+    ran = flowtrail("runs", "--json", FLOWTRAIL_DATABASE_URL=f"sqlite:///{db}")
+    assert len(ran.json()) == 5
+
+
+def test_history_shows_every_decision_with_its_rule(db: Path) -> None:
+    extract = run_of(db, "extract")
+    ran = flowtrail("history", extract["id"], database=db)
+    assert ran.code == 0
+    assert "RetryFailedFlows" in ran.out
+    assert "WaitForScheduledTime" in ran.out
+
+
+def test_history_json_holds_each_event_with_its_position(db: Path) -> None:
+    parent = run_of(db, "nightly-etl")
+    entries = flowtrail("history", parent["id"], "--json", database=db).json()
+    statuses = [e["event"]["decision"]["status"] for e in entries if e["event_type"] == "state_proposed"]
+    assert statuses == ["ACCEPT", "ACCEPT", "ACCEPT", "REJECT", "ABORT"]
+    positions = [e["position"] for e in entries]
+    assert positions == sorted(positions)
+
+
+def test_history_of_a_task_run_shows_its_states(db: Path) -> None:
+    extract = run_of(db, "extract")
+    ran = flowtrail("history", extract["parent_task_run_id"], "--json", database=db)
+    assert ran.code == 0
+    assert ran.json()[0]["event_type"] == "task_run_created"
+
+
+def test_subflow_finds_the_run_a_task_run_started(db: Path) -> None:
+    extract = run_of(db, "extract")
+    ran = flowtrail("subflow", extract["parent_task_run_id"], "--json", database=db)
+    assert ran.json()["id"] == extract["id"]
+
+
+def test_subflow_of_a_flow_run_id_is_an_error(db: Path) -> None:
+    extract = run_of(db, "extract")
+    assert_user_error(flowtrail("subflow", extract["id"], database=db), "No run with id")
+
+
+# -- verify, rebuild, export, as-of -----------------------------------------------------------------
+
+
+def test_verify_passes_on_a_sound_log(db: Path) -> None:
+    ran = flowtrail("verify", database=db)
+    assert (ran.code, ran.out.split(":")[0]) == (0, "verified 47 events in 9 runs")
+
+
+def test_verify_one_run_checks_it_and_the_runs_above_it(db: Path) -> None:
+    extract = run_of(db, "extract")
+    report = flowtrail("verify", "--run", extract["id"], "--json", database=db).json()
+    assert report["ok"]
+    assert report["streams_checked"] == 3  # the subflow, its parent task run, the parent flow run
+
+
+def _tamper(path: Path, sql: str) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TRIGGER events_are_never_updated")
+    connection.execute(sql)
+    connection.commit()
+    connection.close()
+
+
+def test_verify_fails_on_an_altered_event_and_names_its_position(db: Path) -> None:
+    _tamper(db, "UPDATE events SET data = replace(data, 'Retrying', 'Fine') WHERE position = 11")
+    ran = flowtrail("verify", database=db)
+    assert ran.code == 1
+    assert "The first: the hash at position 11" in ran.out
+
+
+def test_verify_json_reports_the_problems(db: Path) -> None:
+    _tamper(db, "UPDATE events SET data = replace(data, 'Retrying', 'Fine') WHERE position = 11")
+    report = flowtrail("verify", "--json", database=db).json()
+    assert not report["ok"]
+    assert report["problems"][0]["position"] == 11
+
+
+def test_rebuild_reports_events_per_second_and_keeps_the_views(db: Path) -> None:
+    before = runs_json(db)
+    ran = flowtrail("rebuild", database=db)
+    assert ran.code == 0
+    assert ran.out.startswith("Rebuilt the run views from 47 events in ")
+    assert "events/s)" in ran.out
+    assert runs_json(db) == before
+
+
+def test_an_export_of_the_whole_log_verifies_without_the_database(db: Path, tmp_path: Path) -> None:
+    exported = tmp_path / "all.jsonl"
+    assert flowtrail("export", "--all", "-o", str(exported), database=db).code == 0
+    db.unlink()
+    ran = flowtrail("verify", "--file", str(exported))
+    assert (ran.code, ran.out.split(":")[0]) == (0, "verified 47 events in 9 runs")
+
+
+def test_an_export_describes_itself(db: Path) -> None:
+    ran = flowtrail("export", "--all", database=db)
+    header = json.loads(ran.out.splitlines()[0])
+    assert header["format"] == "flowtrail-export"
+    assert "CoreFlowPolicy@1" in header["policies"]
+    assert json.loads(ran.out.splitlines()[-1])["end"]["events"] == 47
+
+
+def test_an_export_of_one_run_holds_the_runs_above_and_below_it(db: Path) -> None:
+    parent = run_of(db, "nightly-etl")
+    exported = flowtrail("export", parent["id"], database=db).out
+    ran = flowtrail("verify", "--file", "-", stdin=exported)
+    assert (ran.code, ran.out.split(":")[0]) == (0, "verified 47 events in 9 runs")
+
+
+def test_a_tampered_export_fails_verification(db: Path) -> None:
+    exported = flowtrail("export", "--all", database=db).out.replace("Retrying", "Fine", 1)
+    ran = flowtrail("verify", "--file", "-", stdin=exported)
+    assert ran.code == 1
+    assert "the hash at position 11" in ran.out
+
+
+def test_an_export_missing_its_last_lines_fails_verification(db: Path) -> None:
+    lines = flowtrail("export", "--all", database=db).out.splitlines()
+    ran = flowtrail("verify", "--file", "-", stdin="\n".join(lines[:-5]) + "\n")
+    assert ran.code == 1
+    assert "cut short" in ran.out
+
+
+def test_an_export_with_an_event_removed_fails_verification(db: Path) -> None:
+    lines = flowtrail("export", "--all", database=db).out.splitlines()
+    del lines[30]
+    ran = flowtrail("verify", "--file", "-", stdin="\n".join(lines) + "\n")
+    assert ran.code == 1
+    assert "position 30 is missing" in ran.out
+
+
+def test_as_of_shows_the_runs_as_they_were(db: Path) -> None:
+    parent = run_of(db, "nightly-etl")
+    entries = flowtrail("history", parent["id"], "--json", database=db).json()
+    running_at = entries[2]["position"]  # created, Pending, Running
+    then = flowtrail("as-of", str(running_at), "runs", "--json", database=db).json()
+    assert [(run["flow_name"], run["state"]["name"]) for run in then] == [("nightly-etl", "Running")]
+
+
+def test_as_of_the_last_position_matches_the_live_views(db: Path) -> None:
+    then = flowtrail("as-of", "47", "runs", "--json", database=db).json()
+    assert then == runs_json(db)
+
+
+# -- errors a user can cause ------------------------------------------------------------------------
+
+
+def test_an_unknown_run_id_is_one_sentence(db: Path) -> None:
+    assert_user_error(
+        flowtrail("history", "01a20c95-0000-7000-8000-000000000000", database=db), "No run with id"
+    )
+
+
+def test_a_run_id_that_is_not_a_uuid_is_one_sentence(db: Path) -> None:
+    assert_user_error(flowtrail("history", "'; DROP TABLE events; --", database=db), "not a UUID")
+
+
+def test_a_bad_url_is_one_sentence() -> None:
+    assert_user_error(flowtrail("--database", "mysql://somewhere/db", "runs"), "mysql")
+
+
+def test_an_empty_url_in_the_environment_is_one_sentence() -> None:
+    assert_user_error(flowtrail("runs", FLOWTRAIL_DATABASE_URL=" "), "FLOWTRAIL_DATABASE_URL")
+
+
+def test_a_missing_database_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.db"
+    assert_user_error(flowtrail("runs", database=missing), "There is no flowtrail database at")
+    assert not missing.exists()
+
+
+def test_a_file_that_is_not_sqlite_is_one_sentence(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(4096))
+    assert_user_error(flowtrail("verify", database=garbage), "not a SQLite database")
+
+
+def test_a_sqlite_file_of_another_program_is_one_sentence(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER)")
+    connection.close()
+    assert_user_error(flowtrail("runs", database=other), "not a flowtrail database")
+
+
+def test_a_database_from_a_newer_flowtrail_is_one_sentence(db: Path) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE flowtrail_meta SET value = '99' WHERE key = 'schema_version'")
+    connection.close()
+    assert_user_error(flowtrail("runs", database=db), "schema version 99", "newer flowtrail")
+
+
+def test_a_position_past_the_end_is_one_sentence(db: Path) -> None:
+    assert_user_error(flowtrail("as-of", "48", "runs", database=db), "past the end of the log")
+
+
+def test_export_needs_a_run_or_all(db: Path) -> None:
+    assert_user_error(flowtrail("export", database=db), "--all")
+
+
+def test_a_missing_export_file_is_one_sentence(tmp_path: Path) -> None:
+    assert_user_error(flowtrail("verify", "--file", str(tmp_path / "gone.jsonl")), "gone.jsonl")
+
+
+def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
+    assert_user_error(flowtrail("verify", "--file", "-", stdin='{"hello": 1}\n'), "not a flowtrail export")
+
+
+def test_an_export_that_is_not_text_is_one_sentence(tmp_path: Path) -> None:
+    binary = tmp_path / "export.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert_user_error(flowtrail("verify", "--file", str(binary)), "not UTF-8")
+
+
+def test_an_export_line_that_is_not_an_event_is_one_sentence(db: Path) -> None:
+    lines = flowtrail("export", "--all", database=db).out.splitlines()
+    lines[3] = '{"position": "three"}'
+    assert_user_error(flowtrail("verify", "--file", "-", stdin="\n".join(lines)), "Line 4")
+
+
+# -- the library stays light --------------------------------------------------------------------------
+
+
+def test_importing_flowtrail_loads_no_cli_or_terminal_library() -> None:
+    code = "import sys, flowtrail; print(sorted({m.split('.')[0] for m in sys.modules} & {'click', 'rich', 'structlog'}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
