@@ -58,7 +58,7 @@ def console(*, stderr: bool = False) -> Console:
     (so piped output keeps one row per line)."""
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(file=stream, stderr=stderr)
+        return Console(file=stream, stderr=stderr, highlight=False)
     width = int(os.environ.get("COLUMNS", "0") or 0) or 200
     return Console(file=stream, width=width, no_color=True, highlight=False, soft_wrap=True)
 
