@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flowtrail import Orchestrator, SyncOrchestrator
+from flowtrail import Orchestrator, SyncOrchestrator, states
 from flowtrail.testing import T0
 
 
@@ -93,6 +93,18 @@ class Orch:
     def reopen(self) -> None:
         self.close()
         self.open()
+
+
+def parent_with_subflow(orch: Orch) -> tuple[Any, Any, Any]:
+    """A running parent flow run (one retry) whose task run started a completed subflow:
+    (parent, the parent task run, the subflow)."""
+    parent = orch.create_flow_run("parent", retries=1, state=states.Pending())
+    orch.propose_state(parent.id, states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+    orch.propose_state(child.id, states.Running())
+    orch.propose_state(child.id, states.Completed())
+    return parent, tracker, child
 
 
 @pytest.fixture(params=["sync", "async"])

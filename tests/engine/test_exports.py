@@ -11,16 +11,11 @@ import pytest
 from flowtrail import states
 from flowtrail.core.errors import CorruptLogError
 from flowtrail.engine import read_export, verify_export
-from tests.engine.conftest import Orch
+from tests.engine.conftest import Orch, parent_with_subflow
 
 
 def small_log(orch: Orch) -> dict[str, UUID]:
-    parent = orch.create_flow_run("parent", retries=1, state=states.Pending())
-    orch.propose_state(parent.id, states.Running())
-    tracker = orch.create_task_run(parent.id, task_key="child")
-    child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
-    orch.propose_state(child.id, states.Running())
-    orch.propose_state(child.id, states.Completed())
+    parent, tracker, child = parent_with_subflow(orch)
     orch.propose_state(parent.id, states.Completed())
     other = orch.create_flow_run("unrelated", state=states.Pending())
     return {"parent": parent.id, "tracker": tracker.id, "child": child.id, "other": other.id}

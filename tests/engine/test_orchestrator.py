@@ -16,7 +16,7 @@ from flowtrail.core import (
     RunNotFoundError,
     StateProposed,
 )
-from tests.engine.conftest import Orch
+from tests.engine.conftest import Orch, parent_with_subflow
 
 Status = SetStateStatus
 
@@ -332,12 +332,7 @@ def test_a_flow_run_can_be_renamed_and_its_settings_updated(orch: Orch) -> None:
 
 
 def test_verify_passes_on_a_log_written_through_the_orchestrator(orch: Orch) -> None:
-    parent = orch.create_flow_run("parent", retries=1, state=states.Pending())
-    orch.propose_state(parent.id, states.Running())
-    tracker = orch.create_task_run(parent.id, task_key="child")
-    child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
-    orch.propose_state(child.id, states.Running())
-    orch.propose_state(child.id, states.Completed())
+    parent, tracker, child = parent_with_subflow(orch)
     orch.propose_state(parent.id, states.Failed())
     report = orch.verify()
     assert report.ok, report.problems
