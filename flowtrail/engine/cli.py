@@ -189,7 +189,7 @@ def _show_runs(source: SyncOrchestrator | RunSnapshot, title: str, **filters: An
     if not runs:
         out.print("No flow runs match.")
         return
-    out.print(runs_table(runs, title=title))
+    out.print(runs_table(runs, title=title, width=out.width))
 
 
 @cli.command()
@@ -238,7 +238,8 @@ def history(settings: Settings, run_id: str, as_json: bool) -> None:
         return
     what = f"flow run of {view.flow_name}" if view.flow_name else f"task run {view.task_key}"
     state = view.state.name if view.state else "no state"
-    console().print(history_table(entries, title=f"{view.name}: {what}, now {state}"))
+    out = console()
+    out.print(history_table(entries, title=f"{view.name}: {what}, now {state}", width=out.width))
 
 
 @cli.command()
@@ -255,7 +256,8 @@ def subflow(settings: Settings, parent_task_run_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json(found)
     else:
-        console().print(runs_table([found], title=f"The subflow run of task run {task.name}"))
+        out = console()
+        out.print(runs_table([found], title=f"The subflow run of task run {task.name}", width=out.width))
 
 
 # -- audit and recovery ------------------------------------------------------------------------

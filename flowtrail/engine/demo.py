@@ -156,7 +156,7 @@ def show_demo(path: Path, *, replace: bool) -> None:
     with out.status("running nightly-etl and its subflows ..."):
         run = run_pipeline(url)
     with SyncOrchestrator.open(url) as orchestrator:
-        out.print(runs_table(orchestrator.read_flow_runs(limit=None), title="The runs"))
+        out.print(runs_table(orchestrator.read_flow_runs(limit=None), title="The runs", width=out.width))
         for page in run.pages:
             out.print(Text(f"failure hook of publish: {page}", style="yellow"))
         for what, result in run.late_proposals:
@@ -170,7 +170,7 @@ def show_demo(path: Path, *, replace: bool) -> None:
             view = orchestrator.read_flow_run(run_id)
             title = f"Audit timeline of {view.name} ({view.flow_name}){f': {why}' if why else ''}"
             out.print()
-            out.print(history_table(orchestrator.read_history(run_id), title=title))
+            out.print(history_table(orchestrator.read_history(run_id), title=title, width=out.width))
         report = orchestrator.verify()
         out.print()
         for line in report_lines(report):

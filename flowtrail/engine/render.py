@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import assert_never
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -82,22 +83,49 @@ def state_text(state: State | None) -> Text:
     return Text(state.name or state.type.value.title(), style=_STATE_STYLE.get(state.type, ""))
 
 
-def runs_table(runs: Sequence[RunView], *, title: str | None = None) -> Table:
-    """Flow runs, one row each."""
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for column in ("id", "name", "flow", "state", "runs", "started (UTC)", "took", "parent task run"):
-        table.add_column(column, no_wrap=column in {"id", "parent task run"})
+#: Below these console widths a table drops a column rather than squeeze them all.
+_RUNS_COLUMNS = (
+    ("id", 0),
+    ("name", 0),
+    ("flow", 0),
+    ("state", 0),
+    ("runs", 100),
+    ("took", 100),
+    ("started (UTC)", 120),
+    ("parent task run", 170),
+)
+
+
+def _table(title: str | None, width: int) -> Table:
+    """A table that folds long values rather than cut them (every id stays whole)."""
+    narrow = width < 120
+    return Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
+        pad_edge=not narrow,
+    )
+
+
+def runs_table(runs: Sequence[RunView], *, width: int, title: str | None = None) -> Table:
+    """Flow runs, one row each, with the columns that fit in ``width``."""
+    table = _table(title, width)
+    shown = [name for name, needs in _RUNS_COLUMNS if width >= needs]
+    for name in shown:
+        table.add_column(name, overflow="fold", no_wrap=name in {"id", "parent task run"})
     for run in runs:
-        table.add_row(
-            str(run.id),
-            run.name,
-            run.flow_name or "",
-            state_text(run.state),
-            str(run.run_count),
-            when(run.start_time),
-            took(run.total_run_time) if run.start_time else "",
-            str(run.parent_task_run_id or ""),
-        )
+        cells: dict[str, str | Text] = {
+            "id": str(run.id),
+            "name": run.name,
+            "flow": run.flow_name or "",
+            "state": state_text(run.state),
+            "runs": str(run.run_count),
+            "took": took(run.total_run_time) if run.start_time else "",
+            "started (UTC)": when(run.start_time),
+            "parent task run": str(run.parent_task_run_id or ""),
+        }
+        table.add_row(*(cells[name] for name in shown))
     return table
 
 
@@ -113,11 +141,11 @@ def _decision_cells(event: StateProposed, current: State | None) -> tuple[Text, 
     return status, outcome, reached
 
 
-def history_table(entries: Iterable[HistoryEntry], *, title: str | None = None) -> Table:
+def history_table(entries: Iterable[HistoryEntry], *, width: int, title: str | None = None) -> Table:
     """A run's audit timeline: every event, every proposal with the decision on it."""
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = _table(title, width)
     for column in ("pos", "recorded (UTC)", "proposed", "decision", "state after", "rule", "reason"):
-        table.add_column(column, no_wrap=column in {"pos", "recorded (UTC)"})
+        table.add_column(column, no_wrap=column in {"pos", "recorded (UTC)"}, overflow="fold")
     current: State | None = None
     for entry in entries:
         cells: tuple[Text | str, ...]
