@@ -19,6 +19,7 @@ caller needs to act on them (run id, stream, position, event type)::
     │   ├── ConcurrencyConflictError      the stream moved on since it was read
     │   ├── StoreBusyError                another process held the write lock too long
     │   ├── StoreUnavailableError         the database cannot be reached right now
+    │   ├── LogNotFoundError              no log where one was to be opened, not created
     │   ├── CorruptLogError               the file or the rows are not a sound log
     │   ├── SchemaVersionError            the database was written by a newer flowtrail
     │   └── UnsupportedFilesystemError    a network file system SQLite cannot lock safely
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidStateError",
     "InvalidUrlError",
     "InvalidVersionError",
+    "LogNotFoundError",
     "MalformedEventError",
     "OrchestrationError",
     "ParameterValidationError",
@@ -169,6 +171,10 @@ class StoreBusyError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The database cannot be reached (connection lost, server restarting)."""
+
+
+class LogNotFoundError(StoreError):
+    """No log where one was opened with ``create=False`` (a read-only look, a typo)."""
 
 
 class CorruptLogError(StoreError):

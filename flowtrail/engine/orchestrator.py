@@ -45,7 +45,7 @@ from flowtrail.projections.queries import (
 )
 from flowtrail.projections.runs import RunViews
 from flowtrail.store import open_store, open_sync_store
-from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
+from flowtrail.store.base import AsyncLogStore, SyncLogStore
 
 __all__ = ["Orchestrator", "Progress", "SyncOrchestrator"]
 
@@ -86,7 +86,7 @@ class SyncOrchestrator(_Base):
 
     def __init__(
         self,
-        store: SyncSQLiteStore,
+        store: SyncLogStore,
         *,
         clock: Clock | None = None,
         max_attempts: int = 25,
@@ -298,7 +298,7 @@ class SyncOrchestrator(_Base):
 
     def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
         with collector_paused():
-            writer = ExportWriter(out, log_id=self.store.perform(log_id(self._context)), scope=_scope(run_id))
+            writer = ExportWriter(out, log_id=self.log_id(), scope=_scope(run_id))
             if run_id is None:
                 writer.write_all(self.store.read_all(batch=_CHUNK))
             else:
@@ -310,6 +310,9 @@ class SyncOrchestrator(_Base):
 
     def last_position(self) -> int:
         return self.store.last_position()
+
+    def log_id(self) -> str | None:
+        return self.store.perform(log_id(self._context))
 
 
 class Orchestrator(_Base):
@@ -325,7 +328,7 @@ class Orchestrator(_Base):
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: AsyncLogStore,
         *,
         clock: Clock | None = None,
         max_attempts: int = 25,
@@ -554,8 +557,7 @@ class Orchestrator(_Base):
         export that `flowtrail.engine.exports.verify_export` checks with no database;
         returns the events written."""
         with collector_paused():
-            log = await self.store.perform(log_id(self._context))
-            writer = ExportWriter(out, log_id=log, scope=_scope(run_id))
+            writer = ExportWriter(out, log_id=await self.log_id(), scope=_scope(run_id))
             if run_id is None:
                 async for record in self.store.read_all(batch=_CHUNK):
                     writer.write(record)
@@ -569,6 +571,10 @@ class Orchestrator(_Base):
 
     async def last_position(self) -> int:
         return await self.store.last_position()
+
+    async def log_id(self) -> str | None:
+        """The log's identity, given when it was created (it names the log in exports)."""
+        return await self.store.perform(log_id(self._context))
 
 
 class _Opening:

@@ -1,10 +1,13 @@
 """The log: append-only, hash-chained, shared safely between threads and processes.
 
-Open one from a URL: ``await open_store("sqlite:///runs.db")`` (async) or
+Open one from a URL (``sqlite:///runs.db``, ``postgresql://host/db?schema=name``):
+``await open_store(url)`` (async) or
 ``open_sync_store(...)``. Both stores have the same methods (`Store`, `SyncStore`).
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from flowtrail.core.errors import InvalidUrlError
 from flowtrail.store.api import (
@@ -14,16 +17,22 @@ from flowtrail.store.api import (
     StreamWrite,
     SyncStore,
 )
+from flowtrail.store.base import AsyncLogStore, SyncLogStore
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
 from flowtrail.store.urls import StoreUrl, parse_url
 
+if TYPE_CHECKING:
+    from flowtrail.store.postgres import PostgresStore, SyncPostgresStore
+
 __all__ = [
     "AppendResult",
+    "AsyncLogStore",
     "DEFAULT_MAX_EVENT_BYTES",
     "SQLiteStore",
     "Store",
     "StoreUrl",
     "StreamWrite",
+    "SyncLogStore",
     "SyncSQLiteStore",
     "SyncStore",
     "open_store",
@@ -32,17 +41,27 @@ __all__ = [
 ]
 
 
-async def open_store(url: str, **options: Any) -> SQLiteStore:
+async def open_store(url: str, **options: Any) -> AsyncLogStore:
     """Open the async log at ``url``; keyword options override the URL's."""
-    backend = parse_url(url).backend
-    if backend == "sqlite":
+    if parse_url(url).backend == "sqlite":
         return await SQLiteStore.open(url, **options)
-    raise InvalidUrlError(f"no async store for {backend} URLs in this version")
+    return await _postgres()[1].open(url, **options)
 
 
-def open_sync_store(url: str, **options: Any) -> SyncSQLiteStore:
+def open_sync_store(url: str, **options: Any) -> SyncLogStore:
     """Open the sync log at ``url``; keyword options override the URL's."""
-    backend = parse_url(url).backend
-    if backend == "sqlite":
+    if parse_url(url).backend == "sqlite":
         return SyncSQLiteStore.open(url, **options)
-    raise InvalidUrlError(f"no sync store for {backend} URLs in this version")
+    return _postgres()[0].open(url, **options)
+
+
+def _postgres() -> tuple[type[SyncPostgresStore], type[PostgresStore]]:
+    """The PostgreSQL stores, imported when first asked for (psycopg is an extra)."""
+    try:
+        from flowtrail.store.postgres import PostgresStore, SyncPostgresStore
+    except ImportError as exc:
+        raise InvalidUrlError(
+            f"PostgreSQL URLs need psycopg, which is not installed ({exc}): "
+            "pip install 'flowtrail[postgresql]'"
+        ) from None
+    return SyncPostgresStore, PostgresStore

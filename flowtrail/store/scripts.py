@@ -40,10 +40,11 @@ class LogSql(Protocol):
     """The statements a backend provides for the log's tables, with ``?`` placeholders."""
 
     def lookup(self, streams: int, keys: int) -> str:
-        """Everything an append checks, in one query: rows ("p", None, last position,
-        None), then ("h", stream, version, hash) for each of ``streams`` streams that
-        exists, then ("k", key, first position, last position) for each of ``keys``
-        idempotency keys that is taken. Parameters: the streams, then the keys."""
+        """Everything an append checks, in one query: a row ("p", None, last position,
+        None, None), then ("h", stream, version, None, hash) for each of ``streams``
+        streams that exists, then ("k", key, first position, last position, None) for
+        each of ``keys`` idempotency keys that is taken. Parameters: the streams, then
+        the keys. (Five columns, each of one type, so that every dialect can unite them.)"""
         ...
 
     @property
@@ -218,11 +219,11 @@ def _lookup(
         rows: list[Row] = yield Fetch(
             sql.lookup(len(some_streams), len(some_keys)), [*some_streams, *some_keys]
         )
-        for kind, name, first, second in rows:
+        for kind, name, first, second, seal in rows:
             if kind == "p":
                 position = int(first or 0)
             elif kind == "h":
-                heads[name] = (first, bytes(second))
+                heads[name] = (first, bytes(seal))
             else:
                 found[name] = (first, second)
     return position, heads, found

@@ -1,9 +1,9 @@
 """SQLite's side of the log: its statements, its schema and migrations, the checks made
 on a file before it is opened, and the translation of sqlite3's errors.
 
-The schema has a version in the ``flowtrail_meta`` table. A file written by a newer
-flowtrail is refused; an older one is migrated forward by `MIGRATIONS`, which add and
-never rewrite: recorded events are never touched.
+How a schema is created, versioned and migrated is shared by every backend
+(`flowtrail.store.schema`); `MIGRATIONS` are SQLite's steps, which add and never
+rewrite: recorded events are never touched.
 """
 
 from __future__ import annotations
@@ -11,23 +11,31 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Rollback, Script
+from flowtrail.core.effects import Script
 from flowtrail.core.errors import (
     CorruptLogError,
-    SchemaVersionError,
     StoreBusyError,
     StoreError,
     StoreUnavailableError,
     UnsupportedFilesystemError,
 )
 from flowtrail.core.projection import Projection
+from flowtrail.store.schema import (
+    SCHEMA_VERSION,
+    PortableLogSql,
+    SchemaDefinition,
+    mark_current_script,
+    mark_stale_script,
+)
+from flowtrail.store.schema import schema_script as shared_schema_script
 
 __all__ = [
     "MIGRATIONS",
     "NETWORK_FILESYSTEMS",
+    "SCHEMA",
     "SCHEMA_VERSION",
     "SQL",
     "SqliteLogSql",
@@ -42,8 +50,6 @@ __all__ = [
     "schema_script",
     "translate",
 ]
-
-SCHEMA_VERSION = 1
 
 _SCHEMA_V1 = (
     "CREATE TABLE flowtrail_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -102,133 +108,50 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
-class SqliteLogSql:
+class SqliteLogSql(PortableLogSql):
     """The log's statements in SQLite's dialect."""
-
-    last_position = "SELECT max(position) FROM events"
-    insert_event = (
-        "INSERT INTO events (position, stream_id, version, event_type, schema_version, recorded_at, data, hash) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-    insert_key = "INSERT INTO idempotency_keys (key, first_position, last_position) VALUES (?, ?, ?)"
-    replayed = (
-        "SELECT stream_id, max(version), min(recorded_at) FROM events "
-        "WHERE position BETWEEN ? AND ? GROUP BY stream_id"
-    )
-    _columns = "position, stream_id, version, event_type, schema_version, recorded_at, data, hash"
-    read_stream = f"SELECT {_columns} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
-    read_batch = f"SELECT {_columns} FROM events WHERE position >= ? ORDER BY position LIMIT ?"
-    stream_version = "SELECT max(version) FROM events WHERE stream_id = ?"
-    log_id = "SELECT value FROM flowtrail_meta WHERE key = 'log_id'"
 
     @staticmethod
     @functools.cache
     def lookup(streams: int, keys: int) -> str:
-        parts = ["SELECT 'p', NULL, max(position), NULL FROM events"]
+        parts = ["SELECT 'p', NULL, max(position), NULL, NULL FROM events"]
         if streams:
             # With a single max(), SQLite takes the bare column (hash) from the row holding the max.
             marks = ", ".join("?" * streams)
             parts.append(
-                f"SELECT 'h', stream_id, max(version), hash FROM events WHERE stream_id IN ({marks}) GROUP BY stream_id"
+                f"SELECT 'h', stream_id, max(version), NULL, hash FROM events WHERE stream_id IN ({marks}) "
+                "GROUP BY stream_id"
             )
         if keys:
             marks = ", ".join("?" * keys)
             parts.append(
-                f"SELECT 'k', key, first_position, last_position FROM idempotency_keys WHERE key IN ({marks})"
+                "SELECT 'k', key, first_position, last_position, NULL FROM idempotency_keys "
+                f"WHERE key IN ({marks})"
             )
         return " UNION ALL ".join(parts)
 
 
 SQL = SqliteLogSql()
 
+SCHEMA = SchemaDefinition(
+    dialect="sqlite",
+    create=_SCHEMA_V1,
+    list_tables="SELECT name FROM sqlite_master WHERE type = 'table'",
+    own_tables=frozenset({"sqlite_sequence", "sqlite_stat1"}),
+    migrations=MIGRATIONS,
+)
+
 
 def schema_script(
-    projections: Sequence[Projection], *, log_id: str, migrations: dict[int, Sequence[str]] | None = None
+    projections: Sequence[Projection],
+    *,
+    log_id: str,
+    migrations: Mapping[int, Sequence[str]] | None = None,
+    create: bool = True,
 ) -> Script[list[str]]:
     """Create or migrate the schema; returns the names of projections needing a rebuild."""
-    steps = MIGRATIONS if migrations is None else migrations
-    yield Begin()
-    try:
-        stale = yield from _schema_in_transaction(projections, log_id, steps)
-    except BaseException:
-        yield Rollback()
-        raise
-    yield Commit()
-    return stale
-
-
-def _schema_in_transaction(
-    projections: Sequence[Projection], log_id: str, steps: dict[int, Sequence[str]]
-) -> Script[list[str]]:
-    tables = {row[0] for row in (yield Fetch("SELECT name FROM sqlite_master WHERE type = 'table'"))}
-    if "flowtrail_meta" not in tables:
-        if tables - {"sqlite_sequence", "sqlite_stat1"}:
-            raise CorruptLogError(
-                f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(tables)[:5])})"
-            )
-        for statement in _SCHEMA_V1:
-            yield Execute(statement)
-        yield Execute(
-            "INSERT INTO flowtrail_meta (key, value) VALUES ('schema_version', '1'), ('log_id', ?)", (log_id,)
-        )
-        version = 1
-    else:
-        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'")
-        if not rows or not str(rows[0][0]).isdigit():
-            raise CorruptLogError("the flowtrail_meta table holds no schema version")
-        version = int(rows[0][0])
-    if version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"this database has schema version {version}, written by a newer flowtrail; "
-            f"this one reads up to version {SCHEMA_VERSION}"
-        )
-    while version < SCHEMA_VERSION:
-        for statement in steps.get(version, ()):
-            yield Execute(statement)
-        version += 1
-        yield Execute("UPDATE flowtrail_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
-    return (yield from _projection_tables(projections))
-
-
-def _projection_tables(projections: Sequence[Projection]) -> Script[list[str]]:
-    """Create each projection's tables; (re)create them when its version changed.
-
-    Tables (re)created on a log that already holds events are empty: the projection
-    is marked stale (``"<version>:stale"``) until a rebuild marks it current.
-    """
-    stale = []
-    (events,) = (yield Fetch("SELECT count(*) FROM (SELECT 1 FROM events LIMIT 1)"))[0]
-    for projection in projections:
-        key = f"projection:{projection.name}"
-        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (key,))
-        recorded = rows[0][0] if rows else None
-        current, marked_stale = str(projection.version), f"{projection.version}:stale"
-        if recorded not in (current, marked_stale):
-            for table in projection.tables:
-                yield Execute(f'DROP TABLE IF EXISTS "{table}"')
-            recorded = marked_stale if events else current
-            yield Execute("INSERT OR REPLACE INTO flowtrail_meta (key, value) VALUES (?, ?)", (key, recorded))
-        if recorded == marked_stale:
-            stale.append(projection.name)
-        for statement in projection.schema("sqlite"):
-            yield Execute(statement)
-    return stale
-
-
-def mark_stale_script(projection: Projection) -> Script[None]:
-    """Record that ``projection``'s tables do not reflect the log (a rebuild has begun)."""
-    yield Execute(
-        "INSERT OR REPLACE INTO flowtrail_meta (key, value) VALUES (?, ?)",
-        (f"projection:{projection.name}", f"{projection.version}:stale"),
-    )
-
-
-def mark_current_script(projection: Projection) -> Script[None]:
-    """Record that ``projection``'s tables now reflect the whole log (after a rebuild)."""
-    yield Execute(
-        "INSERT OR REPLACE INTO flowtrail_meta (key, value) VALUES (?, ?)",
-        (f"projection:{projection.name}", str(projection.version)),
-    )
+    definition = SCHEMA if migrations is None else SCHEMA._replace(migrations=migrations)
+    return shared_schema_script(definition, projections, log_id=log_id, create=create)
 
 
 # --- the file, before SQLite opens it ------------------------------------------------------

@@ -21,7 +21,7 @@ from flowtrail.core.errors import InvalidUrlError
 __all__ = ["StoreUrl", "parse_url"]
 
 _SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes"}
-_FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes"}
+_FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes", "busy_timeout"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def parse_url(url: str) -> StoreUrl:
             if k not in _FLOWTRAIL_PG_OPTIONS
         ]
         schema = mine.get("schema", "flowtrail")
-        if not schema.replace("_", "").isalnum() or not schema[0].isalpha() or len(schema) > 63:
+        plain = schema.isascii() and schema.replace("_", "").isalnum() and schema[:1].isalpha()
+        if not plain or len(schema) > 63:
             raise InvalidUrlError(
                 f"schema {schema!r} must be a plain identifier (letters, digits, underscores)"
             )
@@ -98,6 +99,7 @@ def parse_url(url: str) -> StoreUrl:
             backend="postgresql",
             target=target,
             schema=schema.lower(),
+            busy_timeout=_number(mine, "busy_timeout", 5.0),
             max_event_bytes=int(_number(mine, "max_event_bytes", 1024 * 1024, whole=True)),
         )
     raise InvalidUrlError(

@@ -12,6 +12,7 @@ import pytest
 
 from flowtrail import Orchestrator, SyncOrchestrator, states
 from flowtrail.testing import T0
+from tests.conftest import open_databases
 
 
 class Clock:
@@ -107,8 +108,20 @@ def parent_with_subflow(orch: Orch) -> tuple[Any, Any, Any]:
     return parent, tracker, child
 
 
-@pytest.fixture(params=["sync", "async"])
+ORCH_KINDS = [
+    pytest.param(("sync", "sqlite"), id="sync"),
+    pytest.param(("async", "sqlite"), id="async"),
+    pytest.param(("sync", "postgresql"), id="postgresql-sync", marks=pytest.mark.postgres),
+    pytest.param(("async", "postgresql"), id="postgresql-async", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=ORCH_KINDS)
 def orch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Orch]:
-    opened = Orch(request.param, f"sqlite:///{tmp_path}/runs.db")
+    """An orchestrator of each kind (sync, async) on each backend."""
+    kind, backend = request.param
+    databases = open_databases(backend, tmp_path)
+    opened = Orch(kind, databases.url("runs"))
     yield opened
     opened.close()
+    databases.cleanup()

@@ -7,6 +7,9 @@ python -m tests.engine.flow_workers timeout URL
 python -m tests.engine.flow_workers parent URL [RUN_ID]
     A parent whose subflow sleeps until the file named by CHILD_GATE exists;
     with RUN_ID, the parent run is adopted (a restart) instead of created.
+python -m tests.engine.flow_workers pipeline URL SEED COUNT
+    Run COUNT parent flows, each with three subflows (one failing once and retried,
+    one failing for good), then print "done".
 """
 
 from __future__ import annotations
@@ -71,6 +74,42 @@ def parent_run(url: str, run_id: str | None) -> None:
     print(f"result {result}", flush=True)
 
 
+@flow(name="extract", retries=1, retry_delay_seconds=0)
+def extract(key: str) -> int:
+    attempts = _ATTEMPTS.setdefault(key, [])
+    attempts.append(1)
+    if len(attempts) == 1:
+        raise ConnectionError("the first attempt always fails")
+    return len(key)
+
+
+_ATTEMPTS: dict[str, list[int]] = {}
+
+
+@flow(name="load")
+def load(rows: int) -> int:
+    return rows
+
+
+@flow(name="publish")
+def publish(rows: int) -> None:
+    raise PermissionError(f"read-only: {rows}")
+
+
+@flow(name="pipeline")
+def pipeline(key: str) -> int:
+    rows = extract(key)
+    publish(rows, return_state=True)
+    return load(rows)
+
+
+def pipelines(url: str, seed: int, count: int) -> None:
+    with SyncOrchestrator.open(url):
+        for index in range(count):
+            assert pipeline(f"{seed}-{index}") == len(f"{seed}-{index}")
+    print("done", flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, url, *rest = argv
     if command == "sleeper":
@@ -79,6 +118,8 @@ def main(argv: list[str]) -> None:
         timed_out(url)
     elif command == "parent":
         parent_run(url, rest[0] if rest else None)
+    elif command == "pipeline":
+        pipelines(url, int(rest[0]), int(rest[1]))
     else:
         raise SystemExit(f"unknown command {command}")
 

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from flowtrail import StateType, SyncOrchestrator, states
+from tests.conftest import Databases
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -46,8 +48,8 @@ def _only(orch: SyncOrchestrator, flow_name: str) -> Any:
     return run
 
 
-def test_a_killed_flow_stays_running_until_a_crash_is_proposed(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/kill.db"
+def test_a_killed_flow_stays_running_until_a_crash_is_proposed(databases: Databases, tmp_path: Path) -> None:
+    url = databases.url("kill")
     worker = _start("sleeper", url, str(tmp_path / "marker"))
     _wait_for_line(worker, "running")
     worker.send_signal(signal.SIGKILL)
@@ -63,8 +65,8 @@ def test_a_killed_flow_stays_running_until_a_crash_is_proposed(tmp_path: Path) -
         assert orch.verify().ok
 
 
-def test_sigterm_cancels_the_run_with_its_cancellation_hooks(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/term.db"
+def test_sigterm_cancels_the_run_with_its_cancellation_hooks(databases: Databases, tmp_path: Path) -> None:
+    url = databases.url("term")
     marker = tmp_path / "marker"
     worker = _start("sleeper", url, str(marker))
     _wait_for_line(worker, "running")
@@ -78,8 +80,8 @@ def test_sigterm_cancels_the_run_with_its_cancellation_hooks(tmp_path: Path) -> 
         assert marker.read_text() == f"CANCELLING {run.id}"
 
 
-def test_a_timeout_interrupts_a_sleeping_sync_flow_in_its_own_process(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/timeout.db"
+def test_a_timeout_interrupts_a_sleeping_sync_flow_in_its_own_process(databases: Databases) -> None:
+    url = databases.url("timeout")
     started = time.monotonic()
     code, output = _finish(_start("timeout", url))
     assert code == 0, output
@@ -89,8 +91,10 @@ def test_a_timeout_interrupts_a_sleeping_sync_flow_in_its_own_process(tmp_path: 
         assert _only(orch, "timed-out").state.name == "TimedOut"
 
 
-def test_a_restarted_parent_reattaches_to_its_running_child_instead_of_duplicating_it(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/restart.db"
+def test_a_restarted_parent_reattaches_to_its_running_child_instead_of_duplicating_it(
+    databases: Databases, tmp_path: Path
+) -> None:
+    url = databases.url("restart")
     gate = tmp_path / "gate"
     first = _start("parent", url, env={"CHILD_GATE": str(gate)})
     _wait_for_line(first, "child running")
@@ -111,3 +115,31 @@ def test_a_restarted_parent_reattaches_to_its_running_child_instead_of_duplicati
         assert len(orch.read_task_runs(parent_run.id)) == 1
         assert orch.read_flow_run(parent_run.id).state.type is StateType.COMPLETED
         assert orch.verify().ok
+
+
+def test_eight_processes_running_flows_on_one_log_leave_a_sound_log(databases: Databases) -> None:
+    url = databases.url("eight")
+    SyncOrchestrator.open(url).close()
+    workers = [_start("pipeline", url, str(seed), "8") for seed in range(8)]
+    for worker in workers:
+        code, output = _finish(worker)
+        assert code == 0, output
+    with SyncOrchestrator.open(url) as orch:
+        assert orch.verify().ok
+        parents = orch.read_flow_runs(flow_names=["pipeline"], limit=None)
+        assert len(parents) == 64
+        assert {p.state.name for p in parents} == {"Completed"}
+        children = [
+            c
+            for name in ("extract", "publish", "load")
+            for c in orch.read_flow_runs(flow_names=[name], limit=None)
+        ]
+        assert len(children) == 64 * 3
+        per_task = Counter(c.parent_task_run_id for c in children)
+        assert set(per_task.values()) == {1}, "one subflow run per parent task run: none duplicated"
+        assert {c.run_count for c in orch.read_flow_runs(flow_names=["extract"], limit=None)} == {2}
+        runs = orch.read_flow_runs(limit=None)
+        tasks = [t for run in runs for t in orch.read_task_runs(run.id)]
+        orch.rebuild()
+        assert orch.read_flow_runs(limit=None) == runs
+        assert [t for run in runs for t in orch.read_task_runs(run.id)] == tasks

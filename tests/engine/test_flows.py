@@ -23,11 +23,13 @@ from flowtrail.core import (
 )
 from flowtrail.core import states as pure
 from flowtrail.engine import run_flow_run
+from tests.conftest import Databases
 
 
 @pytest.fixture
-def orch(tmp_path: Path) -> Iterator[SyncOrchestrator]:
-    with SyncOrchestrator.open(f"sqlite:///{tmp_path}/flows.db") as opened:
+def orch(databases: Databases) -> Iterator[SyncOrchestrator]:
+    """The log the flows write to (an enclosing block), on each backend."""
+    with SyncOrchestrator.open(databases.url("flows")) as opened:
         yield opened
 
 
@@ -271,7 +273,7 @@ def test_a_timed_out_flow_with_retries_left_is_retried(orch: SyncOrchestrator) -
     ]
 
 
-def test_an_async_flow_past_its_timeout_is_timed_out(tmp_path: Path) -> None:
+def test_an_async_flow_past_its_timeout_is_timed_out(databases: Databases) -> None:
     from flowtrail import Orchestrator
 
     @flow(timeout_seconds=0.2)
@@ -279,7 +281,7 @@ def test_an_async_flow_past_its_timeout_is_timed_out(tmp_path: Path) -> None:
         await asyncio.sleep(5)
 
     async def scenario() -> list[str]:
-        async with Orchestrator.open(f"sqlite:///{tmp_path}/async.db") as orch:
+        async with Orchestrator.open(databases.url("async")) as orch:
             with pytest.raises(FlowTimeoutError):
                 await sleepy()
             (run,) = await orch.read_flow_runs()
@@ -535,7 +537,7 @@ def test_a_retried_parent_whose_child_failed_runs_a_fresh_child(orch: SyncOrches
     assert len(orch.read_flow_runs(flow_names=["child"])) == 2
 
 
-def test_an_async_subflow_in_an_async_parent(tmp_path: Path) -> None:
+def test_an_async_subflow_in_an_async_parent(databases: Databases) -> None:
     from flowtrail import Orchestrator
 
     @flow
@@ -547,7 +549,7 @@ def test_an_async_subflow_in_an_async_parent(tmp_path: Path) -> None:
         return await child(1) + await child(2)
 
     async def scenario() -> tuple[int, int]:
-        async with Orchestrator.open(f"sqlite:///{tmp_path}/a.db") as orch:
+        async with Orchestrator.open(databases.url("a")) as orch:
             value = await parent()
             (run,) = await orch.read_flow_runs(flow_names=["parent"])
             return value, len(await orch.read_task_runs(run.id))
@@ -559,9 +561,9 @@ def test_an_async_subflow_in_an_async_parent(tmp_path: Path) -> None:
 
 
 def test_without_an_enclosing_block_flows_write_to_the_url_in_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path}/env.db"
+    url = databases.url("env")
     monkeypatch.setenv("FLOWTRAIL_DATABASE_URL", url)
 
     @flow

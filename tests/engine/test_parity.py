@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 # The pure constructors leave the timestamp to the orchestrator's clock, which both share.
 from flowtrail.core import states
-from flowtrail.store.sqlite import SyncSQLiteStore
+from flowtrail.store import open_sync_store
+from tests.conftest import open_databases
 from tests.engine.conftest import Orch
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -35,14 +38,14 @@ def _script(orch: Orch) -> None:
     orch.propose_state(parent.id, states.Completed())
 
 
-def _normalized_log(path: Path) -> list[tuple[str, int, str, bytes]]:
+def _normalized_log(url: str) -> list[tuple[str, int, str, bytes]]:
     """The log with run ids replaced by the order they first appear in."""
     names: dict[bytes, bytes] = {}
 
     def stable(match: re.Match[bytes]) -> bytes:
         return names.setdefault(match.group(0), b"run-%d" % len(names))
 
-    with SyncSQLiteStore(path) as store:
+    with open_sync_store(url) as store:
         return [
             (
                 _UUID.sub(stable, r.stream_id.encode()).decode(),
@@ -62,6 +65,23 @@ def test_sync_and_async_orchestrators_record_identical_histories(tmp_path: Path)
             _script(orch)
         finally:
             orch.close()
-        logs.append(_normalized_log(tmp_path / f"{kind}.db"))
+        logs.append(_normalized_log(f"sqlite:///{tmp_path}/{kind}.db"))
     assert logs[0] == logs[1]
     assert len(logs[0]) > 25
+
+
+@pytest.mark.postgres
+def test_sqlite_and_postgresql_record_identical_histories(tmp_path: Path) -> None:
+    postgres = open_databases("postgresql", tmp_path)
+    try:
+        logs = []
+        for kind, url in (("sync", f"sqlite:///{tmp_path}/lite.db"), ("async", postgres.url("parity"))):
+            orch = Orch(kind, url)
+            try:
+                _script(orch)
+            finally:
+                orch.close()
+            logs.append(_normalized_log(url))
+        assert logs[0] == logs[1]
+    finally:
+        postgres.cleanup()

@@ -17,7 +17,7 @@ from flowtrail import SyncOrchestrator
 from flowtrail.core import StateProposed, fold
 from flowtrail.core.effects import Fetch, Script
 from flowtrail.projections import DecisionStats
-from tests.conftest import SOAK
+from tests.conftest import SOAK, Databases
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -58,17 +58,16 @@ def _views_equal_rebuild(orch: SyncOrchestrator) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_killed_proposers_lose_no_acknowledged_proposal(tmp_path: Path, mode: str) -> None:
-    db = tmp_path / "proposals.db"
-    SyncOrchestrator.open(f"sqlite:///{db}").close()
+def test_killed_proposers_lose_no_acknowledged_proposal(databases: Databases, mode: str) -> None:
+    db = databases.url("proposals")
+    SyncOrchestrator.open(db).close()
     rng = random.Random(len(mode))
     rounds = 200 if SOAK else 12
     for number in range(rounds):
         acks = [
-            line.split()
-            for line in _kill_after_first_line(_start("propose", str(db), mode, str(number)), rng)
+            line.split() for line in _kill_after_first_line(_start("propose", db, mode, str(number)), rng)
         ]
-        with SyncOrchestrator.open(f"sqlite:///{db}") as orch:
+        with SyncOrchestrator.open(db) as orch:
             for _, run_id, version, status in acks:
                 history = orch.store.read_stream(run_id, int(version))
                 assert history, f"round {number}: acknowledged version {version} of run {run_id} is lost"
@@ -97,25 +96,25 @@ def _stats(orch: SyncOrchestrator) -> Counter[tuple[str, str, str]]:
     return orch.store.perform(read())
 
 
-def test_a_catch_up_projection_killed_mid_step_applies_every_event_exactly_once(tmp_path: Path) -> None:
-    db = tmp_path / "catch-up.db"
-    worker = _start("churn", str(db), "150")
+def test_a_catch_up_projection_killed_mid_step_applies_every_event_exactly_once(databases: Databases) -> None:
+    db = databases.url("catch_up")
+    worker = _start("churn", db, "150")
     worker.communicate(timeout=120)
     rng = random.Random(3)
     for _ in range(8):
-        _kill_after_first_line(_start("catch-up", str(db)), rng)
-    with SyncOrchestrator.open(f"sqlite:///{db}") as orch:
+        _kill_after_first_line(_start("catch-up", db), rng)
+    with SyncOrchestrator.open(db) as orch:
         orch.catch_up(DecisionStats())
         assert _stats(orch) == _count_decisions(orch)
         assert orch.catch_up(DecisionStats()) == 0
 
 
-def test_views_rebuilt_while_another_process_appends_equal_the_fold(tmp_path: Path) -> None:
-    db = tmp_path / "online.db"
-    seed = _start("churn", str(db), "300")
+def test_views_rebuilt_while_another_process_appends_equal_the_fold(databases: Databases) -> None:
+    db = databases.url("online")
+    seed = _start("churn", db, "300")
     seed.communicate(timeout=120)
-    with SyncOrchestrator.open(f"sqlite:///{db}") as orch:
-        appender = _start("churn", str(db), "150")
+    with SyncOrchestrator.open(db) as orch:
+        appender = _start("churn", db, "150")
         rebuilds = 0
         while appender.poll() is None:
             # Small chunks and a small cache: many windows for an append to race into.

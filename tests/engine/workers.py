@@ -1,11 +1,11 @@
 """Worker processes for the orchestrator's crash, catch-up and online-rebuild tests.
 
-python -m tests.engine.workers propose DB sync|async SEED
+python -m tests.engine.workers propose URL sync|async SEED
     Create runs and propose states forever; after each answer, print
     "ack RUN VERSION STATUS". Killed by the test.
-python -m tests.engine.workers catch-up DB
+python -m tests.engine.workers catch-up URL
     Bring DecisionStats up to date in small steps, printing "step N"; killed by the test.
-python -m tests.engine.workers churn DB COUNT
+python -m tests.engine.workers churn URL COUNT
     Create COUNT runs and take each through Pending, Running, Completed.
 """
 
@@ -27,17 +27,17 @@ def _ack(result: OrchestrationResult) -> None:
     sys.stdout.flush()
 
 
-def propose_sync(path: str, seed: int) -> None:
+def propose_sync(url: str, seed: int) -> None:
     rng = random.Random(seed)
-    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+    with SyncOrchestrator.open(url) as orch:
         while True:
             run = orch.create_flow_run("crash", retries=rng.choice([None, 1]))
             for make in _SCRIPT[: rng.randint(1, len(_SCRIPT))]:
                 _ack(orch.propose_state(run.id, make()))
 
 
-async def propose_async(path: str, seed: int) -> None:
-    async with Orchestrator.open(f"sqlite:///{path}") as orch:
+async def propose_async(url: str, seed: int) -> None:
+    async with Orchestrator.open(url) as orch:
 
         async def worker(index: int) -> None:
             rng = random.Random(seed * 100 + index)
@@ -52,15 +52,15 @@ async def propose_async(path: str, seed: int) -> None:
         await asyncio.gather(*(worker(i) for i in range(8)))
 
 
-def catch_up(path: str) -> None:
-    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+def catch_up(url: str) -> None:
+    with SyncOrchestrator.open(url) as orch:
         while True:
             done = orch.catch_up(DecisionStats(), batch=7)
             print(f"step {done}", flush=True)
 
 
-def churn(path: str, count: int) -> None:
-    with SyncOrchestrator.open(f"sqlite:///{path}", rebuild_stale=False) as orch:
+def churn(url: str, count: int) -> None:
+    with SyncOrchestrator.open(url, rebuild_stale=False) as orch:
         for _ in range(count):
             run = orch.create_flow_run("churn", state=states.Pending())
             orch.propose_state(run.id, states.Running())
@@ -69,16 +69,16 @@ def churn(path: str, count: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    command, path, *rest = argv
+    command, url, *rest = argv
     if command == "propose":
         if rest[0] == "sync":
-            propose_sync(path, int(rest[1]))
+            propose_sync(url, int(rest[1]))
         else:
-            asyncio.run(propose_async(path, int(rest[1])))
+            asyncio.run(propose_async(url, int(rest[1])))
     elif command == "catch-up":
-        catch_up(path)
+        catch_up(url)
     elif command == "churn":
-        churn(path, int(rest[0]))
+        churn(url, int(rest[0]))
     else:
         raise SystemExit(f"unknown command {command}")
 

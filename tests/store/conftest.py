@@ -8,7 +8,6 @@ returns a list), so a conformance test reads the same whatever it runs against.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,16 @@ from typing import Any
 import pytest
 
 from flowtrail.core import RecordedEvent
+from flowtrail.store.postgres import PostgresStore, SyncPostgresStore
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
-
-POSTGRES_DSN = os.environ.get("FLOWTRAIL_TEST_POSTGRES_DSN")
+from tests.conftest import Databases, open_databases
 
 
 class Log:
     """A store under test, with plain calls whatever its driver."""
 
-    def __init__(self, kind: str, path: Path, **options: Any) -> None:
+    def __init__(self, kind: str, path: Path | str, **options: Any) -> None:
+        """``path``: the SQLite file, or the PostgreSQL URL."""
         self.kind = kind
         self.path = path
         self.options = options
@@ -33,11 +33,21 @@ class Log:
         self.open()
 
     def open(self) -> None:
+        postgres = self.kind.startswith("postgresql")
         if self.kind.endswith("-sync"):
-            self.store = SyncSQLiteStore(self.path, **self.options)
+            self.store = (
+                SyncPostgresStore.open(str(self.path), **self.options)
+                if postgres
+                else SyncSQLiteStore(self.path, **self.options)
+            )
         else:
             self.runner = asyncio.Runner()
-            self.store = self.runner.run(SQLiteStore.open_path(self.path, **self.options))
+            opening = (
+                PostgresStore.open(str(self.path), **self.options)
+                if postgres
+                else SQLiteStore.open_path(self.path, **self.options)
+            )
+            self.store = self.runner.run(opening)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self.store, name)(*args, **kwargs)
@@ -105,11 +115,27 @@ class Log:
         self.open()
 
 
-STORE_KINDS = ["sqlite-sync", "sqlite-async"]
+STORE_KINDS = [
+    pytest.param("sqlite-sync"),
+    pytest.param("sqlite-async"),
+    pytest.param("postgresql-sync", marks=pytest.mark.postgres),
+    pytest.param("postgresql-async", marks=pytest.mark.postgres),
+]
 
 
 @pytest.fixture(params=STORE_KINDS)
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Log]:
-    opened = Log(request.param, tmp_path / "log.db")
+    backend = request.param.split("-")[0]
+    databases = open_databases(backend, tmp_path)
+    target = tmp_path / "log.db" if backend == "sqlite" else databases.url("log")
+    opened = Log(request.param, target)
     yield opened
     opened.close()
+    databases.cleanup()
+
+
+def target(databases: Databases, name: str) -> str:
+    """Where a store test's log lives: a SQLite file, or a PostgreSQL URL."""
+    if databases.backend == "sqlite":
+        return str(databases.directory / f"{name}.db")
+    return databases.url(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -12,7 +11,7 @@ import pytest
 
 from flowtrail.core import ConcurrencyConflictError
 from flowtrail.core.effects import Effect
-from flowtrail.store.sqlite import SQLiteStore
+from flowtrail.store.sqlite import SQLiteStore, _AsyncConnection
 from tests.store.builders import new_stream, renamed
 
 
@@ -32,20 +31,15 @@ def test_sixty_four_concurrent_appends_share_a_few_transactions(tmp_path: Path) 
 def test_a_group_costs_a_handful_of_awaited_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """aiosqlite costs tens of microseconds per awaited call: a group must not pay per event."""
     calls: list[str] = []
-    original = SQLiteStore._executor
+    original = _AsyncConnection.execute
 
-    def counting(connection: Any) -> Callable[[Effect], Awaitable[Any]]:
-        execute = original(connection)
-
-        async def counted(effect: Effect) -> Any:
-            calls.append(type(effect).__name__)
-            return await execute(effect)
-
-        return counted
+    async def counted(connection: _AsyncConnection, effect: Effect) -> Any:
+        calls.append(type(effect).__name__)
+        return await original(connection, effect)
 
     async def scenario() -> None:
         store = await SQLiteStore.open_path(tmp_path / "calls.db")
-        monkeypatch.setattr(SQLiteStore, "_executor", staticmethod(counting))
+        monkeypatch.setattr(_AsyncConnection, "execute", counted)
         streams = [new_stream(3) for _ in range(64)]
         await asyncio.gather(*(store.append(s, e, 0, idempotency_key=s) for s, e in streams))
         assert store.commit_groups == 1

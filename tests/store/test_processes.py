@@ -1,4 +1,5 @@
-"""Several processes sharing one SQLite file: contention, ordering and the busy timeout."""
+"""Several processes sharing one log (a SQLite file, a PostgreSQL schema): contention,
+ordering and the busy timeout."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from uuid import uuid4
 import pytest
 
 from flowtrail.core import StoreBusyError, verify
-from flowtrail.store.sqlite import SyncSQLiteStore
+from tests.conftest import Databases
 from tests.store.builders import created, new_stream
+from tests.store.conftest import target
+from tests.store.workers import open_sync
 
 ROOT = Path(__file__).parent.parent.parent
 
 
-def _workers(db: Path, *commands: list[str]) -> list[list[str]]:
+def _workers(db: str, *commands: list[str]) -> list[list[str]]:
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.store.workers", command[0], str(db), *command[1:]],
+            [sys.executable, "-m", "tests.store.workers", command[0], db, *command[1:]],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -38,10 +41,10 @@ def _workers(db: Path, *commands: list[str]) -> list[list[str]]:
     return outputs
 
 
-def test_eight_processes_on_one_stream_get_exactly_one_winner_per_version(tmp_path: Path) -> None:
-    db = tmp_path / "contention.db"
+def test_eight_processes_on_one_stream_get_exactly_one_winner_per_version(databases: Databases) -> None:
+    db = target(databases, "contention")
     stream, events = new_stream(1)
-    with SyncSQLiteStore(db) as store:
+    with open_sync(db) as store:
         store.append(stream, events, 0)
     outputs = _workers(db, *[["contend", stream, "500"]] * 8)
     wins = [int(line.split()[1]) for out in outputs for line in out if line.startswith("win")]
@@ -50,14 +53,14 @@ def test_eight_processes_on_one_stream_get_exactly_one_winner_per_version(tmp_pa
     assert sorted(wins) == list(range(2, 4002)), "versions are contiguous, one winner each"
     assert all(current > expected for expected, current in losses), "a loser learns the newer version"
     assert busy == 0
-    with SyncSQLiteStore(db) as store:
+    with open_sync(db) as store:
         assert [r.version for r in store.read_stream(stream)] == list(range(1, 4002))
         assert verify(store.read_all()).ok
 
 
-def test_eight_processes_on_distinct_streams_see_gap_free_increasing_positions(tmp_path: Path) -> None:
-    db = tmp_path / "distinct.db"
-    SyncSQLiteStore(db).close()
+def test_eight_processes_on_distinct_streams_see_gap_free_increasing_positions(databases: Databases) -> None:
+    db = target(databases, "distinct")
+    open_sync(db).close()
     outputs = _workers(db, *[["distinct", "500"]] * 8)
     positions = []
     for out in outputs:
@@ -66,15 +69,15 @@ def test_eight_processes_on_distinct_streams_see_gap_free_increasing_positions(t
         positions += mine
         assert int(out[-1].split()[1]) == 0, "no busy error within the timeout"
     assert sorted(positions) == list(range(1, 4001))
-    with SyncSQLiteStore(db) as store:
+    with open_sync(db) as store:
         assert [r.position for r in store.read_all()] == list(range(1, 4001))
 
 
 @contextmanager
-def _lock_held(db: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the database's write lock for ``seconds``."""
+def _lock_held(db: str, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the log's write lock for ``seconds``."""
     holder = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.workers", "hold", str(db), str(seconds)],
+        [sys.executable, "-m", "tests.store.workers", "hold", db, str(seconds)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -88,9 +91,9 @@ def _lock_held(db: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
         holder.communicate()
 
 
-def test_a_lock_held_past_the_busy_timeout_is_a_typed_error_and_writes_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "busy.db"
-    with SyncSQLiteStore(db, busy_timeout=0.2) as store, _lock_held(db, 2.0):
+def test_a_lock_held_past_the_busy_timeout_is_a_typed_error_and_writes_nothing(databases: Databases) -> None:
+    db = target(databases, "busy")
+    with open_sync(db, busy_timeout=0.2) as store, _lock_held(db, 2.0):
         stream, events = new_stream(1)
         started = time.monotonic()
         with pytest.raises(StoreBusyError, match="busy timeout"):
@@ -100,9 +103,9 @@ def test_a_lock_held_past_the_busy_timeout_is_a_typed_error_and_writes_nothing(t
         assert store.last_position() == 0
 
 
-def test_a_lock_released_within_the_busy_timeout_is_waited_for(tmp_path: Path) -> None:
-    db = tmp_path / "wait.db"
-    with SyncSQLiteStore(db, busy_timeout=10) as store, _lock_held(db, 0.3):
+def test_a_lock_released_within_the_busy_timeout_is_waited_for(databases: Databases) -> None:
+    db = target(databases, "wait")
+    with open_sync(db, busy_timeout=10) as store, _lock_held(db, 0.3):
         run_id = uuid4()
         result = store.append(str(run_id), [created(run_id)], 0)
         assert result.last_position == 1

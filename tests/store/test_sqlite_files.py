@@ -19,7 +19,7 @@ from flowtrail.core import (
 )
 from flowtrail.core.effects import Fetch, Script
 from flowtrail.store.drivers import run_sync
-from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
+from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore, _Connection, _Options
 from flowtrail.store.sqlite_schema import check_filesystem, filesystem_type, schema_script, translate
 from flowtrail.store.urls import parse_url
 from tests.store.builders import new_stream
@@ -144,11 +144,11 @@ def test_an_older_schema_is_migrated_forward_without_touching_events(tmp_path: P
     connection.execute("UPDATE flowtrail_meta SET value = '0' WHERE key = 'schema_version'")
     events_before = connection.execute("SELECT * FROM events ORDER BY position").fetchall()
     connection.close()
-    connection = sqlite3.connect(db, isolation_level=None)
     migrations = {0: ["CREATE TABLE added_by_migration (x INTEGER)"]}
-    run_sync(
-        schema_script([], log_id="x", migrations=migrations), SyncSQLiteStore._executor(connection), translate
-    )
+    store_connection = _Connection(_Options(db))
+    run_sync(schema_script([], log_id="x", migrations=migrations), store_connection.execute, translate)
+    store_connection.close()
+    connection = sqlite3.connect(db, isolation_level=None)
     assert connection.execute("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'").fetchone() == (
         "1",
     )

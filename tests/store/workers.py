@@ -1,5 +1,7 @@
 """Worker processes for the store's crash and contention tests.
 
+DB is a SQLite file or a postgresql:// URL.
+
 python -m tests.store.workers crash DB sync|async SEED
     Append batches forever; after each append returns, print
     "ack FIRST LAST TAG COUNT" (the append is then durable). Killed by the test.
@@ -10,6 +12,12 @@ python -m tests.store.workers distinct DB COUNT
     Create COUNT new streams; print "at POSITION" per append, then "busy N".
 python -m tests.store.workers hold DB SECONDS
     Take the write lock, print "held", keep it SECONDS, release, exit.
+python -m tests.store.workers delayed DB SEED COUNT MAX_DELAY [FIRST_DELAY]
+    Append COUNT new streams, each transaction waiting a random 0..MAX_DELAY seconds
+    (FIRST_DELAY for the first) between its writes and its COMMIT; print "at POSITION".
+python -m tests.store.workers idle DB SECONDS
+    Open a transaction that reads (and, on PostgreSQL, takes a transaction id), print
+    "open", keep it open SECONDS.
 """
 
 from __future__ import annotations
@@ -19,11 +27,22 @@ import random
 import sqlite3
 import sys
 import time
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+import psycopg
+
 from flowtrail.core import ConcurrencyConflictError, Event, StoreBusyError
+from flowtrail.core.effects import Commit, Script
+from flowtrail.store import AsyncLogStore, StreamWrite, SyncLogStore, parse_url
+from flowtrail.store.api import prepare_append
+from flowtrail.store.postgres import PostgresStore, SyncPostgresStore
+from flowtrail.store.postgres_schema import begin_statement
+from flowtrail.store.scripts import append_script
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
 from tests.store.builders import created, renamed
+
+T = TypeVar("T")
 
 
 def _batch(rng: random.Random, run_id: UUID, new: bool) -> tuple[str, list[Event]]:
@@ -39,9 +58,22 @@ def _ack(first: int, last: int, tag: str, count: int) -> None:
     sys.stdout.flush()
 
 
+def open_sync(target: str, **options: Any) -> SyncLogStore:
+    """The sync store at ``target``: a SQLite file, or a PostgreSQL URL."""
+    if target.startswith("postgresql"):
+        return SyncPostgresStore.open(target, **options)
+    return SyncSQLiteStore(target, **options)
+
+
+async def open_async(target: str, **options: Any) -> AsyncLogStore:
+    if target.startswith("postgresql"):
+        return await PostgresStore.open(target, **options)
+    return await SQLiteStore.open_path(target, **options)
+
+
 def crash_sync(path: str, seed: int) -> None:
     rng = random.Random(seed)
-    store = SyncSQLiteStore(path)
+    store = open_sync(path)
     versions: dict[UUID, int] = {}
     while True:
         new = not versions or rng.random() < 0.4
@@ -53,7 +85,7 @@ def crash_sync(path: str, seed: int) -> None:
 
 
 async def crash_async(path: str, seed: int) -> None:
-    store = await SQLiteStore.open_path(path)
+    store = await open_async(path)
 
     async def writer(index: int) -> None:
         rng = random.Random(seed * 100 + index)
@@ -70,7 +102,7 @@ async def crash_async(path: str, seed: int) -> None:
 
 
 def contend(path: str, stream: str, wins: int) -> None:
-    store = SyncSQLiteStore(path, busy_timeout=30)
+    store = open_sync(path, busy_timeout=30)
     run_id = UUID(stream)
     won = busy = 0
     while won < wins:
@@ -89,7 +121,7 @@ def contend(path: str, stream: str, wins: int) -> None:
 
 
 def distinct(path: str, count: int) -> None:
-    store = SyncSQLiteStore(path, busy_timeout=30)
+    store = open_sync(path, busy_timeout=30)
     busy = 0
     done = 0
     while done < count:
@@ -105,11 +137,66 @@ def distinct(path: str, count: int) -> None:
 
 
 def hold(path: str, seconds: float) -> None:
-    connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("BEGIN IMMEDIATE")
+    if path.startswith("postgresql"):
+        url = parse_url(path)
+        with psycopg.connect(url.target, autocommit=True) as connection:
+            connection.execute(begin_statement(url.schema))
+            print("held", flush=True)
+            time.sleep(seconds)
+            connection.execute("ROLLBACK")
+        return
+    lite = sqlite3.connect(path, isolation_level=None)
+    lite.execute("BEGIN IMMEDIATE")
     print("held", flush=True)
     time.sleep(seconds)
-    connection.execute("ROLLBACK")
+    lite.execute("ROLLBACK")
+
+
+def _commit_later(script: Script[T], seconds: float) -> Script[T]:
+    """``script``, pausing ``seconds`` before it commits (its writes done, its locks held)."""
+    reply: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            effect = script.send(reply) if failure is None else script.throw(failure)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        if isinstance(effect, Commit):
+            time.sleep(seconds)
+        failure = None
+        try:
+            reply = yield effect
+        except BaseException as exc:
+            reply, failure = None, exc
+
+
+def delayed(path: str, seed: int, count: int, max_delay: float, first_delay: float | None) -> None:
+    rng = random.Random(seed)
+    store = open_sync(path, busy_timeout=120)
+    for index in range(count):
+        run_id = uuid4()
+        prepared = prepare_append([StreamWrite(str(run_id), [created(run_id)], 0)])
+        delay = first_delay if index == 0 and first_delay is not None else rng.uniform(0, max_delay)
+        (result,) = store.run(_commit_later(append_script([prepared], store.sql), delay), write=True)
+        assert not isinstance(result, Exception), result
+        print(f"at {result.first_position}", flush=True)
+    store.close()
+
+
+def idle(path: str, seconds: float) -> None:
+    if path.startswith("postgresql"):
+        with psycopg.connect(parse_url(path).target, autocommit=True) as connection:
+            connection.execute("BEGIN; SELECT txid_current()")
+            print("open", flush=True)
+            time.sleep(seconds)
+            connection.execute("ROLLBACK")
+        return
+    lite = sqlite3.connect(path, isolation_level=None)
+    lite.execute("BEGIN")
+    lite.execute("SELECT count(*) FROM events").fetchall()
+    print("open", flush=True)
+    time.sleep(seconds)
+    lite.execute("ROLLBACK")
 
 
 def main(argv: list[str]) -> None:
@@ -126,6 +213,11 @@ def main(argv: list[str]) -> None:
         distinct(path, int(rest[0]))
     elif command == "hold":
         hold(path, float(rest[0]))
+    elif command == "delayed":
+        first = float(rest[3]) if len(rest) > 3 else None
+        delayed(path, int(rest[0]), int(rest[1]), float(rest[2]), first)
+    elif command == "idle":
+        idle(path, float(rest[0]))
     else:
         raise SystemExit(f"unknown command {command}")
 

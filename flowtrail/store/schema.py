@@ -1,0 +1,160 @@
+"""What every backend's schema shares: the log's portable statements, the schema's
+version and migrations, and the bookkeeping of projection tables.
+
+A backend describes its own dialect in a `SchemaDefinition` (its DDL, how to list its
+tables, its migrations); `schema_script` creates or migrates any of them the same way.
+The schema has a version in the ``flowtrail_meta`` table: a database written by a newer
+flowtrail is refused; an older one is migrated forward by statements that add and
+never rewrite, so recorded events are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Rollback, Script
+from flowtrail.core.errors import CorruptLogError, LogNotFoundError, SchemaVersionError
+from flowtrail.core.projection import Dialect, Projection
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PortableLogSql",
+    "SchemaDefinition",
+    "mark_current_script",
+    "mark_stale_script",
+    "schema_script",
+]
+
+#: The schema version this flowtrail writes and reads.
+SCHEMA_VERSION = 1
+
+_SET_META = (
+    "INSERT INTO flowtrail_meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+class PortableLogSql:
+    """The log's statements that read the same in every dialect (``?`` placeholders).
+
+    A backend adds ``lookup``, the one query an append checks everything with.
+    """
+
+    last_position = "SELECT max(position) FROM events"
+    insert_event = (
+        "INSERT INTO events (position, stream_id, version, event_type, schema_version, recorded_at, data, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    insert_key = "INSERT INTO idempotency_keys (key, first_position, last_position) VALUES (?, ?, ?)"
+    replayed = (
+        "SELECT stream_id, max(version), min(recorded_at) FROM events "
+        "WHERE position BETWEEN ? AND ? GROUP BY stream_id"
+    )
+    _columns = "position, stream_id, version, event_type, schema_version, recorded_at, data, hash"
+    read_stream = f"SELECT {_columns} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
+    read_batch = f"SELECT {_columns} FROM events WHERE position >= ? ORDER BY position LIMIT ?"
+    stream_version = "SELECT max(version) FROM events WHERE stream_id = ?"
+    log_id = "SELECT value FROM flowtrail_meta WHERE key = 'log_id'"
+
+
+class SchemaDefinition(NamedTuple):
+    """One dialect's schema."""
+
+    dialect: Dialect
+    #: Statements creating the log's tables at version 1 (``flowtrail_meta`` first).
+    create: Sequence[str]
+    #: A query listing the tables that exist where the log lives (one column: the name).
+    list_tables: str
+    #: Tables of the database itself, which do not make it "another program's".
+    own_tables: frozenset[str] = frozenset()
+    #: Statements taking the schema from version N to N + 1.
+    migrations: Mapping[int, Sequence[str]] = {}
+    #: Statements run before ``create`` (e.g. creating the namespace it lives in).
+    prepare: Sequence[str] = ()
+
+
+def schema_script(
+    definition: SchemaDefinition, projections: Sequence[Projection], *, log_id: str, create: bool = True
+) -> Script[list[str]]:
+    """Create or migrate the schema in one write transaction; returns the names of the
+    projections needing a rebuild. With ``create=False``, a missing log is an error."""
+    yield Begin()
+    try:
+        stale = yield from _schema_in_transaction(definition, projections, log_id, create)
+    except BaseException:
+        yield Rollback()
+        raise
+    yield Commit()
+    return stale
+
+
+def _schema_in_transaction(
+    definition: SchemaDefinition, projections: Sequence[Projection], log_id: str, create: bool
+) -> Script[list[str]]:
+    tables = {str(row[0]) for row in (yield Fetch(definition.list_tables))}
+    if "flowtrail_meta" not in tables:
+        if tables - definition.own_tables:
+            raise CorruptLogError(
+                f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(tables)[:5])})"
+            )
+        if not create:
+            raise LogNotFoundError("there is no flowtrail log here yet")
+        for statement in definition.prepare:
+            yield Execute(statement)
+        for statement in definition.create:
+            yield Execute(statement)
+        yield Execute(_SET_META, ("schema_version", "1"))
+        yield Execute(_SET_META, ("log_id", log_id))
+        version = 1
+    else:
+        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'")
+        if not rows or not str(rows[0][0]).isdigit():
+            raise CorruptLogError("the flowtrail_meta table holds no schema version")
+        version = int(rows[0][0])
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"this database has schema version {version}, written by a newer flowtrail; "
+            f"this one reads up to version {SCHEMA_VERSION}"
+        )
+    while version < SCHEMA_VERSION:
+        for statement in definition.migrations.get(version, ()):
+            yield Execute(statement)
+        version += 1
+        yield Execute(_SET_META, ("schema_version", str(version)))
+    return (yield from _projection_tables(definition.dialect, projections))
+
+
+def _projection_tables(dialect: Dialect, projections: Sequence[Projection]) -> Script[list[str]]:
+    """Create each projection's tables; (re)create them when its version changed.
+
+    Tables (re)created on a log that already holds events are empty: the projection
+    is marked stale (``"<version>:stale"``) until a rebuild marks it current.
+    """
+    stale = []
+    events = bool((yield Fetch("SELECT position FROM events LIMIT 1")))
+    for projection in projections:
+        key = f"projection:{projection.name}"
+        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (key,))
+        recorded = rows[0][0] if rows else None
+        current, marked_stale = str(projection.version), f"{projection.version}:stale"
+        if recorded not in (current, marked_stale):
+            for table in projection.tables:
+                yield Execute(f'DROP TABLE IF EXISTS "{table}"')
+            recorded = marked_stale if events else current
+            yield Execute(_SET_META, (key, recorded))
+        if recorded == marked_stale:
+            stale.append(projection.name)
+        for statement in projection.schema(dialect):
+            yield Execute(statement)
+    return stale
+
+
+def mark_stale_script(projection: Projection) -> Script[None]:
+    """Record that ``projection``'s tables do not reflect the log (a rebuild has begun)."""
+    yield Execute(_SET_META, (f"projection:{projection.name}", f"{projection.version}:stale"))
+
+
+def mark_current_script(projection: Projection) -> Script[None]:
+    """Record that ``projection``'s tables now reflect the whole log (after a rebuild)."""
+    yield Execute(_SET_META, (f"projection:{projection.name}", str(projection.version)))
