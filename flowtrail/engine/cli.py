@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import msgspec
 import structlog
 
 from flowtrail.core.audit import AuditReport
-from flowtrail.core.errors import FlowtrailError, RunNotFoundError
+from flowtrail.core.errors import FlowtrailError, LogNotFoundError, RunNotFoundError
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
 from flowtrail.engine.context import default_url
@@ -39,6 +40,7 @@ from flowtrail.engine.render import (
 )
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import MAX_LIMIT, FlowRunSort
+from flowtrail.store.schema import SCHEMA_VERSION
 from flowtrail.store.urls import parse_url
 
 __all__ = ["main"]
@@ -127,7 +129,13 @@ def opened(settings: Settings) -> Iterator[SyncOrchestrator]:
             f"There is no flowtrail database at {target.target}: run a flow or `flowtrail demo` "
             "first, or name one with --database"
         )
-    with SyncOrchestrator.open(url) as orchestrator:
+    try:
+        orchestrator = SyncOrchestrator.open(url, create=False)
+    except LogNotFoundError:
+        raise UserError(
+            f"There is no flowtrail log at {_shown(url)}: run a flow or `flowtrail migrate` first"
+        ) from None
+    with orchestrator:
         yield orchestrator
 
 
@@ -339,6 +347,32 @@ def export(settings: Settings, run_id: str | None, everything: bool, output: str
         count = orchestrator.export(out, run_id)
     if output != "-":
         click.echo(f"Exported {count} events to {output}.", err=True)
+
+
+@cli.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Create the log, or bring its schema up to this flowtrail's version.
+
+    Opening a log does the same; this does it ahead of time (e.g. before starting many
+    workers on one PostgreSQL database) and says where the log stands.
+    """
+    with SyncOrchestrator.open(settings.url) as orchestrator:
+        log = orchestrator.log_id()
+        last = orchestrator.last_position()
+    console().print(
+        f"The log at {_shown(settings.url)} is at schema version {SCHEMA_VERSION} "
+        f"(log id {log}, {last} events)."
+    )
+
+
+def _shown(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- the demo ----------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from flowtrail import SyncOrchestrator
+from flowtrail.engine.demo import run_pipeline
+from tests.conftest import Databases, open_databases
 
 ENTRY_POINT = shutil.which("flowtrail", path=str(Path(sys.executable).parent))
 
@@ -391,3 +393,47 @@ def test_importing_flowtrail_loads_no_cli_or_terminal_library() -> None:
     code = "import sys, flowtrail; print(sorted({m.split('.')[0] for m in sys.modules} & {'click', 'rich', 'structlog'}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# -- on PostgreSQL ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg(tmp_path: Path) -> Any:
+    databases = open_databases("postgresql", tmp_path)
+    yield databases
+    databases.cleanup()
+
+
+@pytest.mark.postgres
+def test_a_missing_postgresql_log_is_not_created_by_a_read(pg: Databases) -> None:
+    url = pg.url("absent")
+    assert_user_error(flowtrail("--database", url, "runs"), "There is no flowtrail log at")
+    assert_user_error(flowtrail("--database", url, "runs"), "There is no flowtrail log at")
+
+
+@pytest.mark.postgres
+def test_migrate_creates_a_postgresql_log_that_reads_as_empty(pg: Databases) -> None:
+    url = pg.url("migrated")
+    ran = flowtrail("--database", url, "migrate")
+    assert ran.code == 0, ran.err
+    assert "is at schema version 1" in ran.out
+    assert flowtrail("--database", url, "runs").out.strip() == "No flow runs match."
+
+
+@pytest.mark.postgres
+def test_the_commands_work_on_a_postgresql_log(pg: Databases, tmp_path: Path) -> None:
+    url = pg.url("demo")
+    run_pipeline(url)
+    assert len(flowtrail("--database", url, "runs", "--json").json()) == 5
+    ran = flowtrail("--database", url, "verify")
+    assert (ran.code, ran.out.split(":")[0]) == (0, "verified 47 events in 9 runs")
+    exported = tmp_path / "pg.jsonl"
+    assert flowtrail("--database", url, "export", "--all", "-o", str(exported)).code == 0
+    assert flowtrail("verify", "--file", str(exported)).code == 0
+    assert flowtrail("--database", url, "rebuild").code == 0
+
+
+def test_an_unreachable_postgresql_server_is_one_sentence() -> None:
+    ran = flowtrail("--database", "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "runs")
+    assert_user_error(ran, "Cannot connect to PostgreSQL")
