@@ -14,7 +14,7 @@ import pytest
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 CONSOLE = "".join(re.findall(r"```console\n(.*?)```", README.read_text(), flags=re.DOTALL))
-COMMANDS = re.findall(r"^flowtrail ([a-z-]+)", CONSOLE, flags=re.MULTILINE)
+COMMANDS = re.findall(r"^flowtrail (?:--\S+ \S+ )*([a-z][a-z-]*)", CONSOLE, flags=re.MULTILINE)
 
 
 def run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
