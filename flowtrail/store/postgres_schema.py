@@ -31,7 +31,6 @@ statements are those of every backend.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 import psycopg
@@ -59,25 +58,15 @@ __all__ = [
 class PostgresLogSql(PortableLogSql):
     """The log's statements in PostgreSQL's dialect."""
 
-    @staticmethod
-    @functools.cache
-    def lookup(streams: int, keys: int) -> str:
-        parts = ["SELECT 'p', NULL, (SELECT max(position) FROM events), NULL::bigint, NULL::bytea"]
-        if streams:
-            # Each stream's head by its (stream_id, version) index: one row read per stream.
-            values = ", ".join(["(?)"] * streams)
-            parts.append(
-                "SELECT 'h', s.id, e.version, NULL, e.hash "
-                f"FROM (VALUES {values}) AS s(id) CROSS JOIN LATERAL "
-                "(SELECT version, hash FROM events WHERE stream_id = s.id ORDER BY version DESC LIMIT 1) AS e"
-            )
-        if keys:
-            marks = ", ".join("?" * keys)
-            parts.append(
-                "SELECT 'k', key, first_position, last_position, NULL FROM idempotency_keys "
-                f"WHERE key IN ({marks})"
-            )
-        return " UNION ALL ".join(parts)
+    position_lookup = "SELECT 'p', NULL, (SELECT max(position) FROM events), NULL::bigint, NULL::bytea"
+
+    def heads_lookup(self, streams: int) -> str:
+        # Each stream's head by its (stream_id, version) index: one row read per stream.
+        return (
+            "SELECT 'h', s.id, e.version, NULL, e.hash "
+            f"FROM (VALUES {', '.join(['(?)'] * streams)}) AS s(id) CROSS JOIN LATERAL "
+            "(SELECT version, hash FROM events WHERE stream_id = s.id ORDER BY version DESC LIMIT 1) AS e"
+        )
 
 
 SQL = PostgresLogSql()

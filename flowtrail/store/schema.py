@@ -38,8 +38,32 @@ _SET_META = (
 class PortableLogSql:
     """The log's statements that read the same in every dialect (``?`` placeholders).
 
-    A backend adds ``lookup``, the one query an append checks everything with.
+    A dialect supplies the two parts of ``lookup`` that differ: the last position, and
+    the head (version and hash) of each stream an append writes.
     """
+
+    position_lookup: str
+
+    def heads_lookup(self, streams: int) -> str:
+        raise NotImplementedError
+
+    def lookup(self, streams: int, keys: int) -> str:
+        """The one query an append checks everything with (see `LogSql.lookup`)."""
+        cached = self._lookups.get((streams, keys))
+        if cached is None:
+            parts = [self.position_lookup]
+            if streams:
+                parts.append(self.heads_lookup(streams))
+            if keys:
+                parts.append(
+                    "SELECT 'k', key, first_position, last_position, NULL FROM idempotency_keys "
+                    f"WHERE key IN ({', '.join('?' * keys)})"
+                )
+            cached = self._lookups[(streams, keys)] = " UNION ALL ".join(parts)
+        return cached
+
+    def __init__(self) -> None:
+        self._lookups: dict[tuple[int, int], str] = {}
 
     last_position = "SELECT max(position) FROM events"
     insert_event = (

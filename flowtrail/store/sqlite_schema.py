@@ -8,7 +8,6 @@ rewrite: recorded events are never touched.
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -111,24 +110,14 @@ NETWORK_FILESYSTEMS = frozenset(
 class SqliteLogSql(PortableLogSql):
     """The log's statements in SQLite's dialect."""
 
-    @staticmethod
-    @functools.cache
-    def lookup(streams: int, keys: int) -> str:
-        parts = ["SELECT 'p', NULL, max(position), NULL, NULL FROM events"]
-        if streams:
-            # With a single max(), SQLite takes the bare column (hash) from the row holding the max.
-            marks = ", ".join("?" * streams)
-            parts.append(
-                f"SELECT 'h', stream_id, max(version), NULL, hash FROM events WHERE stream_id IN ({marks}) "
-                "GROUP BY stream_id"
-            )
-        if keys:
-            marks = ", ".join("?" * keys)
-            parts.append(
-                "SELECT 'k', key, first_position, last_position, NULL FROM idempotency_keys "
-                f"WHERE key IN ({marks})"
-            )
-        return " UNION ALL ".join(parts)
+    position_lookup = "SELECT 'p', NULL, max(position), NULL, NULL FROM events"
+
+    def heads_lookup(self, streams: int) -> str:
+        # With a single max(), SQLite takes the bare column (hash) from the row holding the max.
+        return (
+            "SELECT 'h', stream_id, max(version), NULL, hash FROM events "
+            f"WHERE stream_id IN ({', '.join('?' * streams)}) GROUP BY stream_id"
+        )
 
 
 SQL = SqliteLogSql()
