@@ -38,5 +38,10 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# flowtrail beside Prefect 3.9.1 and eventsourcing 9.5.6, each in its own venv under benchmarks/.venvs/.
+bench-compare: $(STAMP)
+	$(BIN)/python benchmarks/compare/setup_envs.py
+	$(BIN)/python benchmarks/compare/run.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
