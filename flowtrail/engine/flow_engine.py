@@ -393,13 +393,13 @@ class FlowRunScript:
             seconds = exc.seconds
             self.error = FlowTimeoutError(f"Flow run exceeded timeout of {seconds:g} second(s)")
             self.log.error("flow run timed out", timeout_seconds=seconds)
-            state = yield from self._set(
+            yield from self._end_attempt(
                 pure.TimedOut(message=str(self.error), data=exception_data(self.error))
             )
         except Exception as exc:
             self.error = exc
             self.log.error("flow run failed", exception_type=type(exc).__name__, error=str(exc))
-            state = yield from self._set(
+            yield from self._end_attempt(
                 pure.Failed(
                     message=f"Flow run encountered an exception: {type(exc).__name__}: {exc}",
                     data=exception_data(exc),
@@ -409,9 +409,29 @@ class FlowRunScript:
         else:
             self.value = value
             state = yield from self._set(completion_state(value))
-        if state.is_scheduled():
-            # AwaitingRetry: the proposal of Running waits out the retry delay.
-            self.value, self.error = _MISSING, None
+            if state.is_scheduled():
+                self.value = _MISSING
+                yield from self._begin()
+
+    def _end_attempt(self, state: State) -> EngineScript[None]:
+        """Propose a failed attempt's end and, in the same append, Running again if the
+        answer is a retry (AwaitingRetry): the engine proposes it next in any case, and
+        one commit instead of two is what a retry with no delay costs."""
+        assert self.run is not None
+        proposed = (state, pure.Running())
+        results: list[OrchestrationResult] = yield Call("propose_in_turn", (self.run.id, proposed))
+        reached = state
+        for wanted, result in zip(proposed, results, strict=False):
+            reached = yield from self._answered(wanted, result)
+        if len(results) == 1:
+            if results[0].status is SetStateStatus.WAIT:
+                yield Sleep(results[0].details.delay_seconds or 0)
+                yield from self._end_attempt(state)
+            return
+        # AwaitingRetry: the retry is not over until Running is accepted.
+        self.value, self.error = _MISSING, None
+        if results[-1].status is SetStateStatus.WAIT or reached.is_pending():
+            yield Sleep((results[-1].details.delay_seconds or 0) if reached.is_scheduled() else PENDING_POLL)
             yield from self._begin()
 
     def _set(self, state: State, *, force: bool = False) -> EngineScript[State]:
@@ -421,9 +441,21 @@ class FlowRunScript:
             result: OrchestrationResult = yield Call("propose_state", (self.run.id, state), {"force": force})
             if result.status is not SetStateStatus.WAIT:
                 break
-            delay = result.details.delay_seconds or 0
-            self.log.info("waiting before proposing again", state=state.name, delay_seconds=delay)
-            yield Sleep(delay)
+            self._waiting(state, result)
+            yield Sleep(result.details.delay_seconds or 0)
+        return (yield from self._answered(state, result))
+
+    def _waiting(self, state: State, result: OrchestrationResult) -> None:
+        delay = result.details.delay_seconds or 0
+        self.log.info("waiting before proposing again", state=state.name, delay_seconds=delay)
+
+    def _answered(self, state: State, result: OrchestrationResult) -> EngineScript[State]:
+        """Take in the answer to a proposal of ``state``: the run as it left it, the log
+        line, the hooks of the state reached; an ABORT raises."""
+        if result.status is SetStateStatus.WAIT:
+            self._waiting(state, result)
+            assert result.state is not None
+            return result.state
         self.run, self.state = result.run, result.state
         if result.status is SetStateStatus.ABORT:
             self.log.warning("proposal aborted", state=state.name, reason=result.details.reason)

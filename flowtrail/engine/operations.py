@@ -168,6 +168,67 @@ class Context:
             return _result_of(views[0], result.first_position)
         raise ContentionError(target, self.max_attempts)
 
+    def propose_in_turn(self, run_id: object, proposed: Iterable[State]) -> Script[list[OrchestrationResult]]:
+        """Propose ``proposed`` one after another and record them in one append.
+
+        Each is decided on the run as the answers before it left it, and the next is
+        proposed only where a caller would propose it at once: after an ACCEPT into a
+        state that is not final, or a REJECT into a Scheduled state (a retry: the engine
+        proposes Running next, and the policy answers WAIT while the retry is not due).
+        It stops at any other answer, and at a final state. The results of the
+        proposals decided, in order.
+        """
+        target = run_id_of(run_id)
+        wanted = [check_state(s) for s in proposed]
+        if not wanted:
+            raise InvalidInputError("propose_in_turn needs at least one state")
+        for attempt in range(self.max_attempts):
+            fresh = attempt > 0
+            view = yield from self.load(target, fresh=fresh)
+            events: dict[str, list[Event]] = {}
+            versions: dict[str, int] = {}
+            expect: dict[str, int] = {}
+            before: dict[str, object] = {}
+            after: dict[str, RunView] = {}
+            decided: list[tuple[RunView, int]] = []
+            for state in wanted:
+                now = self.clock()
+                proposal = Proposal(
+                    state=stamp(state, now), proposed_at=now, force=False, proposer=self.proposer
+                )
+                parent = None if view.parent_task_run_id is None else after.get(str(view.parent_task_run_id))
+                writes, facts_expect, views, known = yield from self._decided(
+                    view, proposal, fresh=fresh, parent=parent
+                )
+                for write, changed in zip(writes, views, strict=True):
+                    events.setdefault(write.stream_id, []).extend(write.events)
+                    versions.setdefault(write.stream_id, write.expected_version or 0)
+                    after[write.stream_id] = changed
+                for stream_id, hint in known.items():
+                    before.setdefault(stream_id, hint)
+                for stream_id, version in facts_expect.items():
+                    expect.setdefault(stream_id, version)
+                view = views[0]
+                decided.append((view, len(events[str(view.id)]) - 1))
+                decision = view.last_decision
+                assert decision is not None
+                assert view.state is not None
+                going_on = not view.state.is_final() and (
+                    decision.status is SetStateStatus.ACCEPT
+                    or (decision.status is SetStateStatus.REJECT and view.state.is_scheduled())
+                )
+                if not going_on:
+                    break
+            writes_all = [StreamWrite(stream, listed, versions[stream]) for stream, listed in events.items()]
+            try:
+                result: AppendResult = yield Append(writes_all, None, expect, before)
+            except ConcurrencyConflictError:
+                continue
+            for changed in after.values():
+                self.cache.put(changed)
+            return [_result_of(view, result.first_position + offset) for view, offset in decided]
+        raise ContentionError(target, self.max_attempts)
+
     def _facts(
         self, view: RunView, proposal: Proposal, *, fresh: bool
     ) -> Script[tuple[Facts, dict[str, int]]]:
@@ -188,10 +249,12 @@ class Context:
         return Facts(flow_run=flow, fresh_key=fresh_key, random_draw=draw), expect
 
     def _decided(
-        self, view: RunView, proposal: Proposal, *, fresh: bool
+        self, view: RunView, proposal: Proposal, *, fresh: bool, parent: RunView | None = None
     ) -> Script[tuple[list[StreamWrite], dict[str, int], list[RunView], dict[str, object]]]:
         """The writes for one decided proposal (and its subflow mirror), the views after,
-        and the views before (handed to the inline projection so it need not read them)."""
+        and the views before (handed to the inline projection so it need not read them).
+        ``parent``: the parent task run's view where the caller already holds a newer one
+        than the store's (an earlier mirror in the same append)."""
         facts, expect = yield from self._facts(view, proposal, fresh=fresh)
         decision = decide(view, proposal, facts)
         event = StateProposed(run_id=view.id, proposal=proposal, facts=facts, decision=decision)
@@ -200,7 +263,8 @@ class Context:
         before: dict[str, object] = {str(view.id): view}
         mirror = mirror_proposal(view, decision, proposal)
         if mirror is not None and view.parent_task_run_id is not None:
-            parent = yield from self.load(view.parent_task_run_id, fresh=fresh)
+            if parent is None or parent.id != view.parent_task_run_id:
+                parent = yield from self.load(view.parent_task_run_id, fresh=fresh)
             copied = StateProposed(
                 run_id=parent.id, proposal=mirror, facts=Facts(), decision=decide(parent, mirror, Facts())
             )

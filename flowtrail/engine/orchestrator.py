@@ -206,6 +206,13 @@ class SyncOrchestrator(_Base):
             self._context.propose(run_id, state, force=force, idempotency_key=idempotency_key)
         )
 
+    def propose_in_turn(self, run_id: UUID | str, states: Iterable[State]) -> list[OrchestrationResult]:
+        """Propose ``states`` one after another, recorded in one append, each decided on
+        the answer before; it goes on after an ACCEPT into a state that is not final or a
+        REJECT into a Scheduled state (a retry), and stops at any other answer. The
+        results of those decided."""
+        return self.store.perform(self._context.propose_in_turn(run_id, states))
+
     def set_flow_run_name(self, run_id: UUID | str, name: str) -> RunView:
         return self.store.perform(self._context.set_name(run_id, name))
 
@@ -448,6 +455,13 @@ class Orchestrator(_Base):
         return await self.store.perform(
             self._context.propose(run_id, state, force=force, idempotency_key=idempotency_key)
         )
+
+    async def propose_in_turn(self, run_id: UUID | str, states: Iterable[State]) -> list[OrchestrationResult]:
+        """Propose ``states`` one after another, recorded in one append, each decided on
+        the answer before; it goes on after an ACCEPT into a state that is not final or a
+        REJECT into a Scheduled state (a retry), and stops at any other answer. The
+        results of those decided."""
+        return await self.store.perform(self._context.propose_in_turn(run_id, states))
 
     async def set_flow_run_name(self, run_id: UUID | str, name: str) -> RunView:
         return await self.store.perform(self._context.set_name(run_id, name))

@@ -196,6 +196,25 @@ def test_a_failure_with_retries_left_runs_again_after_awaiting_retry(orch: SyncO
     assert run.run_count == 2
 
 
+def test_a_retry_without_delay_records_the_failure_and_the_next_running_in_one_commit(
+    orch: SyncOrchestrator,
+) -> None:
+    attempts: list[int] = []
+
+    @flow(retries=1)
+    def flaky_once() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt")
+
+    flaky_once()
+    run = only_run(orch, "flaky-once")
+    proposals = [e for e in orch.read_history(run.id) if isinstance(e.event, StateProposed)]
+    retry, again = proposals[2], proposals[3]
+    assert (retry.event.decision.state.name, again.event.decision.state.name) == ("AwaitingRetry", "Running")
+    assert (again.position, again.recorded_at) == (retry.position + 1, retry.recorded_at)
+
+
 def test_the_engine_sleeps_through_the_retry_delay(orch: SyncOrchestrator) -> None:
     attempts: list[float] = []
 

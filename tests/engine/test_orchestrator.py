@@ -254,6 +254,53 @@ def test_a_subflow_state_is_mirrored_onto_its_parent_task_run_in_the_same_append
     assert history[-1].position == result.position + 1
 
 
+def test_proposals_in_turn_go_on_after_a_retry_and_share_one_append(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", retries=1, state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    failed, running = orch.propose_in_turn(run.id, [states.Failed(message="boom"), states.Running()])
+    assert (failed.status, failed.state.name) == (Status.REJECT, "AwaitingRetry")
+    assert (running.status, running.state.type, running.run.run_count) == (
+        Status.ACCEPT,
+        StateType.RUNNING,
+        2,
+    )
+    assert running.position == failed.position + 1
+    history = orch.read_history(run.id)
+    assert history[-1].recorded_at == history[-2].recorded_at  # one commit
+    assert orch.read_flow_run(run.id) == running.run
+
+
+def test_proposals_in_turn_stop_at_a_final_state(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    results = orch.propose_in_turn(run.id, [states.Failed(message="no retries"), states.Running()])
+    assert [(r.status, r.state.type) for r in results] == [(Status.ACCEPT, StateType.FAILED)]
+    assert len(orch.read_states(run.id)) == 3
+
+
+def test_proposals_in_turn_stop_at_a_wait(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", retries=1, retry_delay=60, state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    failed, waited = orch.propose_in_turn(run.id, [states.Failed(), states.Running(), states.Completed()])
+    assert (failed.state.name, waited.status, waited.details.delay_seconds) == (
+        "AwaitingRetry",
+        Status.WAIT,
+        60,
+    )
+    assert orch.read_flow_run(run.id).state.name == "AwaitingRetry"
+
+
+def test_proposals_in_turn_mirror_each_subflow_state_onto_the_parent_task_run(orch: Orch) -> None:
+    parent = orch.create_flow_run("parent", state=states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    child = orch.create_flow_run("child", retries=1, parent_task_run_id=tracker.id, state=states.Pending())
+    orch.propose_state(child.id, states.Running())
+    orch.propose_in_turn(child.id, [states.Failed(), states.Running()])
+    mirrored = [s.name for s in orch.read_states(tracker.id)]
+    assert mirrored[-2:] == ["AwaitingRetry", "Running"]
+    assert orch.verify().ok
+
+
 def test_find_subflow_run_returns_the_most_recent_child(orch: Orch) -> None:
     parent = orch.create_flow_run("parent", state=states.Running())
     tracker = orch.create_task_run(parent.id, task_key="child")
