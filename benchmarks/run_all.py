@@ -195,7 +195,7 @@ ROWS = [
     *[
         Row(
             f"PostgreSQL propose_state, {n} concurrent run{'s' if n > 1 else ''} (async)",
-            ">= 5,000/s, p99 <= 5 ms" if n == 64 else "",
+            ">= 5,000/s" if n == 64 else "",
             "postgres",
             lambda r, n=n: (
                 None
@@ -212,33 +212,36 @@ ROWS = [
             ),
             (lambda r: None)
             if n != 64
-            else lambda r: (
-                None
-                if get(r, "postgres", "postgresql_64") is None
-                else bool(
-                    at_least(get(r, "postgres", "postgresql_64.per_second"), 5_000)
-                    and at_most(get(r, "postgres", "postgresql_64.p99_ms"), 5)
-                )
-            ),
+            else lambda r: at_least(get(r, "postgres", "postgresql_64.per_second"), 5_000),
         )
         for n in (1, 8, 64)
     ],
     Row(
-        "PostgreSQL, 64 runs offered 5,000 proposals/s",
-        "p99 <= 5 ms",
+        "PostgreSQL, 64 concurrent runs offered 5,500 proposals/s (open loop)",
+        ">= 5,000/s with p99 <= 5 ms",
         "postgres",
         lambda r: (
             None
-            if get(r, "postgres", "postgresql_64_at_5000") is None
-            else f"p50 {num(get(r, 'postgres', 'postgresql_64_at_5000.p50_ms'), ' ms', 2)}, "
-            f"p99 {num(get(r, 'postgres', 'postgresql_64_at_5000.p99_ms'), ' ms', 2)}"
+            if get(r, "postgres", "postgresql_64_open") is None
+            else f"{num(get(r, 'postgres', 'postgresql_64_open.per_second'), '/s')}, "
+            f"p50 {num(get(r, 'postgres', 'postgresql_64_open.p50_ms'), ' ms', 2)}, "
+            f"p99 {num(get(r, 'postgres', 'postgresql_64_open.p99_ms'), ' ms', 2)} "
+            f"(rounds {num(get(r, 'postgres', 'postgresql_64_open.p99_min_ms'), '', 2)}-"
+            f"{num(get(r, 'postgres', 'postgresql_64_open.p99_max_ms'), ' ms', 2)})"
         ),
         lambda r: (
             None
-            if get(r, "postgres", "sqlite_64_at_5000") is None
-            else f"SQLite: p99 {num(get(r, 'postgres', 'sqlite_64_at_5000.p99_ms'), ' ms', 2)}"
+            if get(r, "postgres", "sqlite_64_open") is None
+            else f"SQLite: p99 {num(get(r, 'postgres', 'sqlite_64_open.p99_ms'), ' ms', 2)}"
         ),
-        lambda r: at_most(get(r, "postgres", "postgresql_64_at_5000.p99_ms"), 5),
+        lambda r: (
+            None
+            if get(r, "postgres", "postgresql_64_open") is None
+            else bool(
+                at_least(get(r, "postgres", "postgresql_64_open.per_second"), 5_000)
+                and at_most(get(r, "postgres", "postgresql_64_open.p99_ms"), 5)
+            )
+        ),
     ),
     Row(
         "PostgreSQL, 8 processes x 8 runs on one log",
