@@ -408,15 +408,12 @@ class FlowRunScript:
             )
         else:
             self.value = value
-            state = yield from self._set(completion_state(value))
-            if state.is_scheduled():
-                self.value = _MISSING
-                yield from self._begin()
+            yield from self._end_attempt(completion_state(value))
 
     def _end_attempt(self, state: State) -> EngineScript[None]:
-        """Propose a failed attempt's end and, in the same append, Running again if the
-        answer is a retry (AwaitingRetry): the engine proposes it next in any case, and
-        one commit instead of two is what a retry with no delay costs."""
+        """Propose an attempt's end and, in the same append, Running again if the answer
+        is a retry (AwaitingRetry): the engine proposes it next in any case, and one
+        commit instead of two is what a retry with no delay costs."""
         assert self.run is not None
         proposed = (state, pure.Running())
         results: list[OrchestrationResult] = yield Call("propose_in_turn", (self.run.id, proposed))

@@ -179,6 +179,8 @@ class Context:
         proposals decided, in order.
         """
         target = run_id_of(run_id)
+        if isinstance(proposed, State | str | bytes) or not isinstance(proposed, Iterable):
+            raise InvalidInputError(f"propose_in_turn takes a list of states, not {proposed!r}")
         wanted = [check_state(s) for s in proposed]
         if not wanted:
             raise InvalidInputError("propose_in_turn needs at least one state")
@@ -191,14 +193,15 @@ class Context:
             before: dict[str, object] = {}
             after: dict[str, RunView] = {}
             decided: list[tuple[RunView, int]] = []
-            for state in wanted:
+            for index, state in enumerate(wanted):
                 now = self.clock()
                 proposal = Proposal(
                     state=stamp(state, now), proposed_at=now, force=False, proposer=self.proposer
                 )
                 parent = None if view.parent_task_run_id is None else after.get(str(view.parent_task_run_id))
+                # Read fresh once per attempt: later proposals decide on the same reads.
                 writes, facts_expect, views, known = yield from self._decided(
-                    view, proposal, fresh=fresh, parent=parent
+                    view, proposal, fresh=fresh and index == 0, parent=parent
                 )
                 for write, changed in zip(writes, views, strict=True):
                     events.setdefault(write.stream_id, []).extend(write.events)
@@ -212,10 +215,14 @@ class Context:
                 decided.append((view, len(events[str(view.id)]) - 1))
                 decision = view.last_decision
                 assert decision is not None
-                assert view.state is not None
-                going_on = not view.state.is_final() and (
-                    decision.status is SetStateStatus.ACCEPT
-                    or (decision.status is SetStateStatus.REJECT and view.state.is_scheduled())
+                reached = decision.state  # None where the answer wrote no state
+                going_on = (
+                    reached is not None
+                    and not reached.is_final()
+                    and (
+                        decision.status is SetStateStatus.ACCEPT
+                        or (decision.status is SetStateStatus.REJECT and reached.is_scheduled())
+                    )
                 )
                 if not going_on:
                     break

@@ -264,8 +264,8 @@ def test_proposals_in_turn_go_on_after_a_retry_and_share_one_append(orch: Orch) 
         StateType.RUNNING,
         2,
     )
-    assert running.position == failed.position + 1
     history = orch.read_history(run.id)
+    assert (failed.position, running.position) == (history[-2].position, history[-1].position)
     assert history[-1].recorded_at == history[-2].recorded_at  # one commit
     assert orch.read_flow_run(run.id) == running.run
 
@@ -288,6 +288,24 @@ def test_proposals_in_turn_stop_at_a_wait(orch: Orch) -> None:
         60,
     )
     assert orch.read_flow_run(run.id).state.name == "AwaitingRetry"
+
+
+def test_proposals_in_turn_stop_at_an_answer_that_writes_no_state(orch: Orch) -> None:
+    flow_run = orch.create_flow_run("etl", state=states.Pending())
+    task = orch.create_task_run(flow_run.id, task_key="extract")
+    results = orch.propose_in_turn(task.id, [states.Running(), states.Completed()])
+    assert [(r.status, r.state) for r in results] == [(Status.ABORT, None)]
+    assert orch.read_task_run(task.id).state is None
+    assert len(orch.read_history(task.id)) == 2
+
+
+def test_proposals_in_turn_take_a_list_of_states(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    with pytest.raises(InvalidInputError):
+        orch.propose_in_turn(run.id, states.Running())
+    with pytest.raises(InvalidInputError):
+        orch.propose_in_turn(run.id, [])
+    assert len(orch.read_history(run.id)) == 2
 
 
 def test_proposals_in_turn_mirror_each_subflow_state_onto_the_parent_task_run(orch: Orch) -> None:
