@@ -33,6 +33,7 @@ from flowtrail.core.errors import (
     RunNotFoundError,
 )
 from flowtrail.core.events import (
+    Decision,
     Event,
     Facts,
     FlowRunCreated,
@@ -94,6 +95,61 @@ class ViewCache:
 
     def drop(self, run_id: UUID) -> None:
         self._views.pop(run_id, None)
+
+
+@dataclass
+class _Turn:
+    """Proposals decided one after another for one append: each stream's events and its
+    version before them, the streams only read, the views before and after, and where
+    each of the run's decisions stands among its events."""
+
+    events: dict[str, list[Event]] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    expect: dict[str, int] = field(default_factory=dict)
+    before: dict[str, object] = field(default_factory=dict)
+    after: dict[str, RunView] = field(default_factory=dict)
+    decided: list[tuple[RunView, int]] = field(default_factory=list)
+
+    def add(
+        self,
+        writes: Sequence[StreamWrite],
+        views: Sequence[RunView],
+        expect: Mapping[str, int],
+        known: Mapping[str, object],
+    ) -> None:
+        for write in writes:
+            self.events.setdefault(write.stream_id, []).extend(write.events)
+            self.versions.setdefault(write.stream_id, write.expected_version or 0)
+        for view in views:
+            self.after[str(view.id)] = view
+        for stream_id, version in expect.items():
+            self.expect.setdefault(stream_id, version)
+        for stream_id, hint in known.items():
+            self.before.setdefault(stream_id, hint)
+        if views:
+            self.decided.append((views[0], len(self.events[str(views[0].id)]) - 1))
+
+    def writes(self) -> list[StreamWrite]:
+        return [StreamWrite(stream, events, self.versions[stream]) for stream, events in self.events.items()]
+
+    def cache(self, cache: ViewCache) -> None:
+        for view in self.after.values():
+            cache.put(view)
+
+
+def _accepted(decision: Decision) -> bool:
+    return decision.status is SetStateStatus.ACCEPT
+
+
+def _retrying(decision: Decision) -> bool:
+    """Whether a caller proposes the next state at once: after an ACCEPT into a state
+    that is not final, or a REJECT into a Scheduled one (a retry)."""
+    reached = decision.state  # None where the answer wrote no state
+    if reached is None or reached.is_final():
+        return False
+    return decision.status is SetStateStatus.ACCEPT or (
+        decision.status is SetStateStatus.REJECT and reached.is_scheduled()
+    )
 
 
 @dataclass
@@ -185,56 +241,50 @@ class Context:
         if not wanted:
             raise InvalidInputError("propose_in_turn needs at least one state")
         for attempt in range(self.max_attempts):
-            fresh = attempt > 0
-            view = yield from self.load(target, fresh=fresh)
-            events: dict[str, list[Event]] = {}
-            versions: dict[str, int] = {}
-            expect: dict[str, int] = {}
-            before: dict[str, object] = {}
-            after: dict[str, RunView] = {}
-            decided: list[tuple[RunView, int]] = []
-            for index, state in enumerate(wanted):
-                now = self.clock()
-                proposal = Proposal(
-                    state=stamp(state, now), proposed_at=now, force=False, proposer=self.proposer
-                )
-                parent = None if view.parent_task_run_id is None else after.get(str(view.parent_task_run_id))
-                # Read fresh once per attempt: later proposals decide on the same reads.
-                writes, facts_expect, views, known = yield from self._decided(
-                    view, proposal, fresh=fresh and index == 0, parent=parent
-                )
-                for write, changed in zip(writes, views, strict=True):
-                    events.setdefault(write.stream_id, []).extend(write.events)
-                    versions.setdefault(write.stream_id, write.expected_version or 0)
-                    after[write.stream_id] = changed
-                for stream_id, hint in known.items():
-                    before.setdefault(stream_id, hint)
-                for stream_id, version in facts_expect.items():
-                    expect.setdefault(stream_id, version)
-                view = views[0]
-                decided.append((view, len(events[str(view.id)]) - 1))
-                decision = view.last_decision
-                assert decision is not None
-                reached = decision.state  # None where the answer wrote no state
-                going_on = (
-                    reached is not None
-                    and not reached.is_final()
-                    and (
-                        decision.status is SetStateStatus.ACCEPT
-                        or (decision.status is SetStateStatus.REJECT and reached.is_scheduled())
-                    )
-                )
-                if not going_on:
-                    break
-            writes_all = [StreamWrite(stream, listed, versions[stream]) for stream, listed in events.items()]
+            view = yield from self.load(target, fresh=attempt > 0)
+            turn = _Turn()
+            yield from self._in_turn(
+                view, [(s, False) for s in wanted], turn, fresh=attempt > 0, going_on=_retrying
+            )
             try:
-                result: AppendResult = yield Append(writes_all, None, expect, before)
+                result: AppendResult = yield Append(turn.writes(), None, turn.expect, turn.before)
             except ConcurrencyConflictError:
                 continue
-            for changed in after.values():
-                self.cache.put(changed)
-            return [_result_of(view, result.first_position + offset) for view, offset in decided]
+            turn.cache(self.cache)
+            return [_result_of(view, result.first_position + offset) for view, offset in turn.decided]
         raise ContentionError(target, self.max_attempts)
+
+    def _in_turn(
+        self,
+        view: RunView,
+        proposals: Sequence[tuple[State, bool]],
+        turn: _Turn,
+        *,
+        fresh: bool,
+        going_on: Callable[[Decision], bool],
+    ) -> Script[RunView]:
+        """Decide ``proposals`` (state, force) one after another on ``view`` into ``turn``,
+        each with its subflow mirror; after an unforced one, go on only if ``going_on``
+        says so. ``fresh``: re-read what the decisions read (after a conflict), once.
+        The run's view after the last one decided."""
+        if fresh:
+            for read in (view.parent_task_run_id, view.flow_run_id):
+                if read is not None:
+                    self.cache.drop(read)
+        for state, force in proposals:
+            now = self.clock()
+            proposal = Proposal(state=stamp(state, now), proposed_at=now, force=force, proposer=self.proposer)
+            parent = None if view.parent_task_run_id is None else turn.after.get(str(view.parent_task_run_id))
+            writes, expect, views, known = yield from self._decided(
+                view, proposal, fresh=False, parent=parent
+            )
+            turn.add(writes, views, expect, known)
+            view = views[0]
+            decision = view.last_decision
+            assert decision is not None
+            if not force and not going_on(decision):
+                break
+        return view
 
     def _facts(
         self, view: RunView, proposal: Proposal, *, fresh: bool
@@ -413,41 +463,13 @@ class Context:
         turn, up to the first answer that is not ACCEPT) in one append."""
         proposals = ([(state, True)] if state is not None else []) + [(s, False) for s in then]
         for attempt in range(self.max_attempts):
-            view = evolve(None, created)
-            events: dict[str, list[Event]] = {str(view.id): [created]}
-            expected: dict[str, int] = {str(view.id): 0}
-            parent: RunView | None = None
-            for proposed, force in proposals:
-                now = self.clock()
-                proposal = Proposal(
-                    state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
-                )
-                facts, _ = yield from self._facts(view, proposal, fresh=attempt > 0)
-                decision = decide(view, proposal, facts)
-                event = StateProposed(run_id=view.id, proposal=proposal, facts=facts, decision=decision)
-                mirror = mirror_proposal(view, decision, proposal)
-                events[str(view.id)].append(event)
-                view = evolve(view, event)
-                if mirror is not None and view.parent_task_run_id is not None:
-                    if parent is None:
-                        parent = yield from self.load(view.parent_task_run_id, fresh=attempt > 0)
-                        events[str(parent.id)], expected[str(parent.id)] = [], parent.version
-                    copied = StateProposed(
-                        run_id=parent.id,
-                        proposal=mirror,
-                        facts=Facts(),
-                        decision=decide(parent, mirror, Facts()),
-                    )
-                    events[str(parent.id)].append(copied)
-                    parent = evolve(parent, copied)
-                if not force and decision.status is not SetStateStatus.ACCEPT:
-                    break
-            writes = [
-                StreamWrite(stream, stream_events, expected[stream])
-                for stream, stream_events in events.items()
-            ]
+            turn = _Turn()
+            turn.add([StreamWrite(str(created.run_id), [created], 0)], [], {}, {})
+            view = yield from self._in_turn(
+                evolve(None, created), proposals, turn, fresh=attempt > 0, going_on=_accepted
+            )
             try:
-                result: AppendResult = yield Append(writes, key)
+                result: AppendResult = yield Append(turn.writes(), key)
             except ConcurrencyConflictError as conflict:
                 if conflict.stream_id == str(created.run_id):
                     raise RunAlreadyExistsError(created.run_id) from conflict
@@ -455,9 +477,8 @@ class Context:
             if result.replayed:
                 original = yield from self.record_at(result.first_position)
                 return (yield from self.load(original.decode().run_id, fresh=True))
-            self.cache.put(view)
-            if parent is not None:
-                self.cache.put(parent)
+            turn.cache(self.cache)
+            self.cache.put(view)  # also when no state was proposed
             return view
         raise ContentionError(created.run_id, self.max_attempts)
 
