@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
-from flowtrail.core.errors import InvalidDataError, InvalidIdError, InvalidInputError
+from flowtrail.core.errors import InvalidDataError, InvalidIdError, InvalidInputError, RunNotFoundError
 from flowtrail.core.events import RetryDelay
+from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
 from flowtrail.core.states import State
 
@@ -98,3 +99,10 @@ def check_state(state: object) -> State:
     if not isinstance(state, State):
         raise InvalidInputError(f"a proposed state is a flowtrail State, not {type(state).__name__}")
     return state
+
+
+def found(view: RunView | None, run_id: object) -> RunView:
+    """The view a lookup found, or RunNotFoundError naming the id asked for."""
+    if view is None:
+        raise RunNotFoundError(run_id)
+    return view

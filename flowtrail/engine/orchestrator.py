@@ -22,13 +22,12 @@ from uuid import UUID
 from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
-from flowtrail.core.errors import RunNotFoundError
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.audit import export_records, log_id, verify_script
 from flowtrail.engine.bulk import collector_paused
-from flowtrail.engine.checks import run_id_of
+from flowtrail.engine.checks import found, run_id_of
 from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.maintenance import Progress, catch_up_script, rebuild_script, snapshot_script
@@ -58,12 +57,6 @@ def _utc_now() -> datetime:
 
 def _scope(run_id: UUID | str | None) -> str:
     return "all" if run_id is None else f"run:{run_id_of(run_id)}"
-
-
-def _found(view: RunView | None, run_id: object) -> RunView:
-    if view is None:
-        raise RunNotFoundError(run_id)
-    return view
 
 
 class _Base:
@@ -238,10 +231,10 @@ class SyncOrchestrator(_Base):
     # -- views ---------------------------------------------------------------------------------
 
     def read_flow_run(self, run_id: UUID | str) -> RunView:
-        return _found(self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
+        return found(self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
 
     def read_task_run(self, run_id: UUID | str) -> RunView:
-        return _found(self.store.perform(task_run_view(run_id_of(run_id))), run_id)
+        return found(self.store.perform(task_run_view(run_id_of(run_id))), run_id)
 
     def read_flow_runs(
         self,
@@ -489,10 +482,10 @@ class Orchestrator(_Base):
     # -- views ---------------------------------------------------------------------------------
 
     async def read_flow_run(self, run_id: UUID | str) -> RunView:
-        return _found(await self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
+        return found(await self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
 
     async def read_task_run(self, run_id: UUID | str) -> RunView:
-        return _found(await self.store.perform(task_run_view(run_id_of(run_id))), run_id)
+        return found(await self.store.perform(task_run_view(run_id_of(run_id))), run_id)
 
     async def read_flow_runs(
         self,

@@ -13,10 +13,9 @@ from typing import Self
 from uuid import UUID
 
 from flowtrail.core.chain import RecordedEvent
-from flowtrail.core.errors import RunNotFoundError
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
-from flowtrail.engine.checks import run_id_of
+from flowtrail.engine.checks import found, run_id_of
 from flowtrail.projections.queries import (
     FlowRunSort,
     flow_run_view,
@@ -65,16 +64,10 @@ class RunSnapshot:
         self._store.run(transaction(self._rebuild.flush_all()), write=True)
 
     def read_flow_run(self, run_id: UUID | str) -> RunView:
-        view = self._store.perform(flow_run_view(run_id_of(run_id)))
-        if view is None:
-            raise RunNotFoundError(run_id)
-        return view
+        return found(self._store.perform(flow_run_view(run_id_of(run_id))), run_id)
 
     def read_task_run(self, run_id: UUID | str) -> RunView:
-        view = self._store.perform(task_run_view(run_id_of(run_id)))
-        if view is None:
-            raise RunNotFoundError(run_id)
-        return view
+        return found(self._store.perform(task_run_view(run_id_of(run_id))), run_id)
 
     def read_flow_runs(
         self,
