@@ -132,57 +132,46 @@ def test_reordered_rows_are_caught(original: Path, tmp_path: Path, pair: tuple[i
     assert _first_bad(original, tmp_path, swap)[0] == low
 
 
-@pytest.mark.parametrize("position", [1, 7, 20])
-def test_a_duplicated_event_is_caught(
-    original: Path, tmp_path: Path, position: int, events: list[RecordedEvent]
-) -> None:
+def _duplicating(events: list[RecordedEvent], position: int, *, reseal: bool) -> Tamper:
+    """Append a copy of the event at ``position`` as its stream's next version; with
+    ``reseal``, the chain is recomputed over the copy as a forger would."""
     record = events[position - 1]
-    last = events[-1].position
     version = max(r.version for r in events if r.stream_id == record.stream_id) + 1
 
     def duplicate(connection: sqlite3.Connection) -> None:
         connection.execute(
             SQL.insert_event,
             (
-                last + 1,
+                events[-1].position + 1,
                 record.stream_id,
                 version,
                 record.event_type,
                 record.schema_version,
                 record.recorded_at,
                 record.data,
-                record.hash,
+                b"" if reseal else record.hash,
             ),
         )
+        if reseal:
+            _reseal(connection)
 
-    assert _first_bad(original, tmp_path, duplicate)[0] == last + 1
+    return duplicate
+
+
+@pytest.mark.parametrize("position", [1, 7, 20])
+def test_a_duplicated_event_is_caught(
+    original: Path, tmp_path: Path, position: int, events: list[RecordedEvent]
+) -> None:
+    duplicate = _duplicating(events, position, reseal=False)
+    assert _first_bad(original, tmp_path, duplicate)[0] == events[-1].position + 1
 
 
 @pytest.mark.parametrize("position", [1, 7, 20])
 def test_a_duplicated_event_with_a_recomputed_chain_is_caught(
     original: Path, tmp_path: Path, position: int, events: list[RecordedEvent]
 ) -> None:
-    record = events[position - 1]
-    last = events[-1].position
-    version = max(r.version for r in events if r.stream_id == record.stream_id) + 1
-
-    def duplicate(connection: sqlite3.Connection) -> None:
-        connection.execute(
-            SQL.insert_event,
-            (
-                last + 1,
-                record.stream_id,
-                version,
-                record.event_type,
-                record.schema_version,
-                record.recorded_at,
-                record.data,
-                b"",
-            ),
-        )
-        _reseal(connection)
-
-    assert _first_bad(original, tmp_path, duplicate)[0] == last + 1
+    duplicate = _duplicating(events, position, reseal=True)
+    assert _first_bad(original, tmp_path, duplicate)[0] == events[-1].position + 1
 
 
 def _decisions(events: list[RecordedEvent]) -> list[int]:
