@@ -19,6 +19,7 @@ that the async store commits appends in groups. How SQLite is used, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,7 +218,11 @@ class _AsyncConnection:
         return None
 
     async def abandon(self) -> None:
-        if self._connection.in_transaction:
+        # Sent without asking ``in_transaction`` first: a script interrupted (cancelled)
+        # mid-call may have left its BEGIN queued on aiosqlite's thread, not yet run, so
+        # the answer could be "no" just before the transaction opens. The ROLLBACK is
+        # queued behind it and ends it; with no transaction it fails, harmlessly.
+        with contextlib.suppress(sqlite3.Error, ValueError):  # ValueError: it is closed
             await self._connection.execute("ROLLBACK")
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ from uuid import UUID
 import pytest
 
 from flowtrail.core import ConcurrencyConflictError
-from flowtrail.core.effects import Effect
+from flowtrail.core.effects import Begin, Commit, Effect, Fetch, Script
 from flowtrail.store.sqlite import SQLiteStore, _AsyncConnection
 from tests.store.builders import new_stream, renamed
 
@@ -82,3 +82,30 @@ def test_a_caller_that_stops_waiting_does_not_disturb_the_group(tmp_path: Path) 
     last, results = asyncio.run(scenario())
     assert sum(not isinstance(r, BaseException) for r in results) >= 9
     assert last in (9, 10)  # the cancelled append may already have been in the group
+
+
+def _write_transaction() -> Script[None]:
+    yield Begin()
+    yield Fetch("SELECT max(position) FROM events")
+    yield Commit()
+
+
+@pytest.mark.parametrize("steps", range(8))
+def test_a_write_cancelled_at_any_step_leaves_the_writer_usable(tmp_path: Path, steps: int) -> None:
+    """A write (a rebuild under a timeout, say) cancelled between a queued BEGIN and its
+    answer must not leave the writer inside a transaction: every later append would fail."""
+
+    async def scenario() -> int:
+        store = await SQLiteStore.open_path(tmp_path / "cancelled.db")
+        write = asyncio.create_task(store.run(_write_transaction(), write=True))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        stream, events = new_stream(2)
+        await store.append(stream, events, 0)
+        last = await store.last_position()
+        await store.close()
+        return last
+
+    assert asyncio.run(scenario()) == 2
