@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import aiosqlite
 import pytest
 
-from flowtrail.core import ConcurrencyConflictError
+from flowtrail.core import ConcurrencyConflictError, StoreBusyError
 from flowtrail.core.effects import Begin, Commit, Effect, Fetch, Script
 from flowtrail.store.sqlite import SQLiteStore, _AsyncConnection
 from tests.store.builders import new_stream, renamed
@@ -82,6 +84,66 @@ def test_a_caller_that_stops_waiting_does_not_disturb_the_group(tmp_path: Path) 
     last, results = asyncio.run(scenario())
     assert sum(not isinstance(r, BaseException) for r in results) >= 9
     assert last in (9, 10)  # the cancelled append may already have been in the group
+
+
+def test_begin_goes_to_the_database_together_with_the_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two calls in flight at once: one hand-off to aiosqlite's thread, not two."""
+    in_flight, most = 0, 0
+    sent: list[str] = []
+
+    def watched(method: Any) -> Any:
+        async def call(connection: aiosqlite.Connection, sql: str, *args: Any) -> Any:
+            nonlocal in_flight, most
+            sent.append(sql.split(maxsplit=1)[0])
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await method(connection, sql, *args)
+            finally:
+                in_flight -= 1
+
+        return call
+
+    async def scenario() -> None:
+        store = await SQLiteStore.open_path(tmp_path / "begin.db")
+        monkeypatch.setattr(aiosqlite.Connection, "execute", watched(aiosqlite.Connection.execute))
+        monkeypatch.setattr(
+            aiosqlite.Connection, "execute_fetchall", watched(aiosqlite.Connection.execute_fetchall)
+        )
+        stream, events = new_stream(1)
+        await store.append(stream, events, 0)
+        await store.close()
+
+    asyncio.run(scenario())
+    assert sent[:2] == ["BEGIN", "SELECT"]
+    assert most == 2
+
+
+def test_a_failed_begin_fails_the_group_and_leaves_nothing_open(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+
+    async def scenario() -> tuple[BaseException | None, int]:
+        store = await SQLiteStore.open_path(path, busy_timeout=0.05)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        stream, events = new_stream(1)
+        try:
+            await store.append(stream, events, 0)
+            failure = None
+        except StoreBusyError as exc:
+            failure = exc
+        holder.execute("ROLLBACK")
+        holder.close()
+        await store.append(stream, events, 0)  # the writer is not left inside a transaction
+        last = await store.last_position()
+        await store.close()
+        return failure, last
+
+    failure, last = asyncio.run(scenario())
+    assert isinstance(failure, StoreBusyError)
+    assert last == 1
 
 
 def _write_transaction() -> Script[None]:
