@@ -336,8 +336,12 @@ def cell(text: str | None) -> str:
 
 def table(results: Results) -> str:
     machines = sorted({r["machine"] for r in results.values() if isinstance(r, dict) and "machine" in r})
+    speeds = sorted(
+        r["python_speed_us"] for r in results.values() if isinstance(r, dict) and "python_speed_us" in r
+    )
+    speed = f" `sum(range(1000))` took {speeds[len(speeds) // 2]:.1f} us here." if speeds else ""
     lines = [
-        f"Machine: {'; '.join(machines) or '(no results yet)'}. Written by `make bench` "
+        f"Machine: {'; '.join(machines) or '(no results yet)'}.{speed} Written by `make bench` "
         "from benchmarks/results/*.json.",
         "",
         "| figure | target | result | anchor in the same run | met | command |",
