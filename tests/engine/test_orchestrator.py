@@ -364,6 +364,21 @@ def test_read_flow_runs_sorts_and_pages(orch: Orch) -> None:
     assert [v.id for v in orch.read_flow_runs(sort="ID_DESC", limit=2, offset=2)] == [made[0].id]
 
 
+def test_a_run_created_without_a_state_sorts_by_the_start_its_first_state_sets(orch: Orch) -> None:
+    """Only a run's first state sets its expected start time; the states after it leave
+    the stored column alone, and the first one must still write it."""
+    soon = orch.clock.now + timedelta(minutes=10)
+    unscheduled = orch.create_flow_run("etl")  # no expected start time yet: sorts last
+    scheduled = orch.create_flow_run("etl", state=states.Scheduled(scheduled_time=soon))
+    orch.propose_state(unscheduled.id, states.Scheduled(scheduled_time=soon - timedelta(minutes=5)))
+    orch.propose_state(unscheduled.id, states.Pending())
+    orch.propose_state(scheduled.id, states.Pending())
+    order = [v.id for v in orch.read_flow_runs(sort="EXPECTED_START_TIME_ASC")]
+    assert order == [unscheduled.id, scheduled.id]
+    orch.rebuild()
+    assert [v.id for v in orch.read_flow_runs(sort="EXPECTED_START_TIME_ASC")] == order
+
+
 @pytest.mark.parametrize(
     "bad", [{"sort": "BY_MOOD"}, {"limit": -1}, {"offset": -3}, {"state_types": ["DONE"]}]
 )
