@@ -66,6 +66,10 @@ class Connection(Protocol):
 class AsyncConnection(Protocol):
     """`Connection`, awaited."""
 
+    async def run(self, script: Script[T], translate: Translate) -> T:
+        """Run a whole script of SQL effects (`run_async` over `execute`, or better)."""
+        ...
+
     async def execute(self, effect: Effect) -> Any: ...
 
     async def abandon(self) -> None: ...
@@ -285,7 +289,7 @@ class AsyncLogStore(_Backend):
         connection = self._writer if write else self._reader
         async with self._write_lock if write else self._read_lock:
             try:
-                return await run_async(script, connection.execute, self._translate)
+                return await connection.run(script, self._translate)
             except BaseException:
                 await asyncio.shield(connection.abandon())
                 raise

@@ -25,23 +25,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from uuid import uuid4
 
 import psycopg
 from psycopg import pq
 
-from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback
+from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback, Script
 from flowtrail.core.errors import InvalidInputError, InvalidUrlError, StoreUnavailableError
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store.api import DEFAULT_MAX_EVENT_BYTES
 from flowtrail.store.base import MAX_GROUP, AsyncLogStore, StoreOptions, SyncLogStore
+from flowtrail.store.drivers import Translate, run_async
 from flowtrail.store.postgres_schema import SQL, lock_statement, schema_definition, translate
 from flowtrail.store.schema import schema_script
 from flowtrail.store.scripts import LogSql
 from flowtrail.store.urls import parse_url
 
 __all__ = ["PostgresStore", "SyncPostgresStore"]
+
+T = TypeVar("T")
 
 _OPEN = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 
@@ -335,6 +338,9 @@ class _AsyncConnection:
             raise
         self._connection = connection
         return connection
+
+    async def run(self, script: Script[T], translate: Translate) -> T:
+        return await run_async(script, self.execute, translate)
 
     async def execute(self, effect: Effect) -> Any:
         if isinstance(effect, Rollback):

@@ -21,18 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import aiosqlite
 
-from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback
+from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback, Script
 from flowtrail.core.errors import InvalidInputError, InvalidUrlError, LogNotFoundError
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store.api import DEFAULT_MAX_EVENT_BYTES
 from flowtrail.store.base import MAX_GROUP, AsyncLogStore, StoreOptions, SyncLogStore
+from flowtrail.store.drivers import Translate, run_sync
 from flowtrail.store.scripts import LogSql
 from flowtrail.store.sqlite_schema import (
     SQL,
@@ -47,6 +48,8 @@ from flowtrail.store.sqlite_schema import (
 from flowtrail.store.urls import parse_url
 
 __all__ = ["SQLiteStore", "SyncSQLiteStore"]
+
+T = TypeVar("T")
 
 
 class _Options(StoreOptions):
@@ -106,17 +109,19 @@ def _wrong_effect(effect: Effect) -> BaseException:
 class _Connection:
     """A sqlite3 connection carrying out SQL effects."""
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    @classmethod
+    def connect(cls, options: _Options) -> _Connection:
         try:
-            self._connection = connection = sqlite3.connect(
+            connection = sqlite3.connect(
                 options.path, isolation_level=None, check_same_thread=False, timeout=options.busy_timeout
             )
-            if not options.memory:
-                connection.execute("PRAGMA journal_mode = WAL")
-            for statement in connect_options(options.durability, options.busy_timeout):
-                connection.execute(statement)
+            _configure(connection, options)
         except sqlite3.Error as exc:
             raise translate(exc) from exc
+        return cls(connection)
 
     def execute(self, effect: Effect) -> Any:
         connection = self._connection
@@ -149,6 +154,13 @@ class _Connection:
         self._connection.close()
 
 
+def _configure(connection: sqlite3.Connection, options: _Options) -> None:
+    if not options.memory:
+        connection.execute("PRAGMA journal_mode = WAL")
+    for statement in connect_options(options.durability, options.busy_timeout):
+        connection.execute(statement)
+
+
 class SyncSQLiteStore(SyncLogStore):
     """The SQLite log with plain calls. Safe to share between threads."""
 
@@ -157,9 +169,9 @@ class SyncSQLiteStore(SyncLogStore):
 
     def __init__(self, path: str | Path | _Options, **options: Any) -> None:
         opened = path if isinstance(path, _Options) else _Options(path, **options)
-        writer = _Connection(opened)
+        writer = _Connection.connect(opened)
         # An in-memory database lives in its one connection, which reads as well.
-        reader = None if opened.memory else _Connection(opened)
+        reader = None if opened.memory else _Connection.connect(opened)
         super().__init__(opened, writer, reader, translate=translate)
         self.stale_projections = self.run(
             schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
@@ -174,21 +186,30 @@ class SyncSQLiteStore(SyncLogStore):
 # --- async -----------------------------------------------------------------------------------------
 
 
+async def _on_thread(connection: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, called on the connection's thread (see `_AsyncConnection`)."""
+    return await connection._execute(function, *args)  # type: ignore[no-untyped-call,no-any-return]
+
+
 class _AsyncConnection:
     """An aiosqlite connection carrying out SQL effects.
 
-    Each awaited aiosqlite call is a hand-off to its thread and back (about 90 us), so
-    a ``Begin`` is held back and sent with the transaction's first query: both are
-    queued on the thread at once and awaited together, one hand-off instead of two.
-    Only a query goes with it: if BEGIN fails, the query still runs, outside any
-    transaction, and a read changes nothing. A write never goes with BEGIN (it would
-    commit on its own), nor with COMMIT (a failed write would leave the COMMIT to
-    write the statements before it).
+    Each awaited aiosqlite call is a hand-off to its thread and back (about 90 us), so a
+    script (a whole group commit: BEGIN, lookup, inserts, views, COMMIT) is handed to
+    the thread once and run there by the sync driver on the thread's own sqlite3
+    connection, as the sync store runs it (the event loop goes on meanwhile: SQLite
+    lets go of the GIL while it writes and syncs). Measured with 64 concurrent tasks:
+    group commit +8%, async proposals +16%, against a hand-off per statement.
+
+    aiosqlite has no public call for "run this function on the connection's thread";
+    ``_execute`` (what its cursors use) and ``_conn`` are that, and a test checks that
+    they still are.
     """
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._connection = connection
-        self._begin_held = False
+        # Used on aiosqlite's thread only.
+        self._effects = _Connection(connection._conn)
 
     @classmethod
     async def connect(cls, options: _Options) -> _AsyncConnection:
@@ -197,64 +218,25 @@ class _AsyncConnection:
             connection = await aiosqlite.connect(
                 options.path, isolation_level=None, timeout=options.busy_timeout
             )
-            if not options.memory:
-                await connection.execute("PRAGMA journal_mode = WAL")
-            for statement in connect_options(options.durability, options.busy_timeout):
-                await connection.execute(statement)
+            await _on_thread(connection, _configure, connection._conn, options)
         except sqlite3.Error as exc:
             if connection is not None:
                 await connection.close()
             raise translate(exc) from exc
         return cls(connection)
 
-    async def execute(self, effect: Effect) -> Any:
-        connection = self._connection
-        if isinstance(effect, Begin):
-            self._begin_held = True
-            return None
-        if self._begin_held:
-            self._begin_held = False
-            if isinstance(effect, Fetch):
-                return await self._begin_with(effect)
-            if isinstance(effect, Rollback):
-                return None  # the transaction never started
-            await connection.execute("BEGIN IMMEDIATE")
-        match effect:
-            case Fetch(sql, params):
-                return await connection.execute_fetchall(sql, params)
-            case ExecuteMany(sql, rows):
-                await connection.executemany(sql, rows)
-            case Execute(sql, params):
-                await connection.execute(sql, params)
-            case Commit():
-                await connection.execute("COMMIT")
-            case Rollback():
-                if connection.in_transaction:
-                    await connection.execute("ROLLBACK")
-            case _:
-                raise _wrong_effect(effect)
-        return None
+    async def run(self, script: Script[T], translate: Translate) -> T:
+        """Run the whole script on aiosqlite's thread: one hand-off however many effects."""
+        return await _on_thread(self._connection, run_sync, script, self._effects.execute, translate)
 
-    async def _begin_with(self, query: Fetch) -> Any:
-        connection = self._connection
-        began, rows = await asyncio.gather(
-            connection.execute("BEGIN IMMEDIATE"),
-            connection.execute_fetchall(query.sql, query.params),
-            return_exceptions=True,
-        )
-        for outcome in (began, rows):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return rows
+    async def execute(self, effect: Effect) -> Any:
+        return await _on_thread(self._connection, self._effects.execute, effect)
 
     async def abandon(self) -> None:
-        self._begin_held = False
-        # Sent without asking ``in_transaction`` first: a script interrupted (cancelled)
-        # mid-call may have left its BEGIN queued on aiosqlite's thread, not yet run, so
-        # the answer could be "no" just before the transaction opens. The ROLLBACK is
-        # queued behind it and ends it; with no transaction it fails, harmlessly.
+        # Queued behind a script still running on the thread (its caller was cancelled):
+        # it ends whatever transaction the script leaves open, once the script is done.
         with contextlib.suppress(sqlite3.Error, ValueError):  # ValueError: it is closed
-            await self._connection.execute("ROLLBACK")
+            await _on_thread(self._connection, self._effects.abandon)
 
     async def close(self) -> None:
         await self._connection.close()

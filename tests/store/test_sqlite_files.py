@@ -145,7 +145,7 @@ def test_an_older_schema_is_migrated_forward_without_touching_events(tmp_path: P
     events_before = connection.execute("SELECT * FROM events ORDER BY position").fetchall()
     connection.close()
     migrations = {0: ["CREATE TABLE added_by_migration (x INTEGER)"]}
-    store_connection = _Connection(_Options(db))
+    store_connection = _Connection.connect(_Options(db))
     run_sync(schema_script([], log_id="x", migrations=migrations), store_connection.execute, translate)
     store_connection.close()
     connection = sqlite3.connect(db, isolation_level=None)
