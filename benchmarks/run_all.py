@@ -101,7 +101,9 @@ ROWS = [
         lambda r: num(median(r, "store", "async_group_commit.events_per_s"), " events/s"),
         lambda r: (
             "raw aiosqlite, 100 per transaction "
-            f"{num(median(r, 'store', 'async_group_commit.raw_aiosqlite_100_per_tx_events_per_s'), '/s')}"
+            f"{num(median(r, 'store', 'async_group_commit.raw_aiosqlite_100_per_tx_events_per_s'), '/s')}; "
+            "each task's run ids together "
+            f"{num(median(r, 'store', 'async_group_commit.ids_clustered_per_task_events_per_s'), '/s')}"
         ),
         lambda r: at_least(median(r, "store", "async_group_commit.events_per_s"), 60_000),
     ),
