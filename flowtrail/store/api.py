@@ -133,16 +133,24 @@ _KINDS: dict[type, tuple[str, int]] = {cls: (tag, cls.SCHEMA_VERSION) for tag, c
 def _prepare_write(write: StreamWrite, max_event_bytes: int) -> PreparedWrite:
     stream_id = check_stream_id(write.stream_id)
     expected = None if write.expected_version is None else check_version(write.expected_version)
-    events: list[Event] = []
+    events = tuple(write.events)
+    if not events:
+        raise InvalidInputError(f"an append to stream {stream_id!r} holds no events")
+    if len(events) > _MAX_EVENTS_PER_APPEND:
+        raise InvalidInputError(f"an append holds at most {_MAX_EVENTS_PER_APPEND} events per stream")
     encoded: list[tuple[str, int, bytes]] = []
-    for event in write.events:
+    same_run: object = None  # a run id already found to name this stream
+    for event in events:
         kind = _KINDS.get(type(event))
         if kind is None:
             raise InvalidInputError(f"{type(event).__name__} is not a flowtrail event")
-        if str(event.run_id) != stream_id:
-            raise InvalidInputError(
-                f"an event of run {event.run_id} cannot be appended to stream {stream_id!r}"
-            )
+        run_id = event.run_id
+        if run_id is not same_run:
+            if str(run_id) != stream_id:
+                raise InvalidInputError(
+                    f"an event of run {run_id} cannot be appended to stream {stream_id!r}"
+                )
+            same_run = run_id
         parameters = getattr(event, "parameters", None)
         if parameters:
             check_json(parameters, path="parameters")
@@ -153,13 +161,8 @@ def _prepare_write(write: StreamWrite, max_event_bytes: int) -> PreparedWrite:
                 size=len(data),
                 limit=max_event_bytes,
             )
-        events.append(event)
         encoded.append((kind[0], kind[1], data))
-    if not events:
-        raise InvalidInputError(f"an append to stream {stream_id!r} holds no events")
-    if len(events) > _MAX_EVENTS_PER_APPEND:
-        raise InvalidInputError(f"an append holds at most {_MAX_EVENTS_PER_APPEND} events per stream")
-    return PreparedWrite(stream_id, expected, tuple(events), tuple(encoded))
+    return PreparedWrite(stream_id, expected, events, tuple(encoded))
 
 
 def prepare_append(
@@ -176,7 +179,9 @@ def prepare_append(
         writes = [given]
     if not writes:
         raise InvalidInputError("an append writes to at least one stream")
-    prepared = tuple(_prepare_write(StreamWrite(*w), max_event_bytes) for w in writes)
+    prepared = tuple(
+        [_prepare_write(w if type(w) is StreamWrite else StreamWrite(*w), max_event_bytes) for w in writes]
+    )
     if len(prepared) > 1 and len({w.stream_id for w in prepared}) != len(prepared):
         raise InvalidInputError("an append names each stream once")
     checks: tuple[tuple[str, int], ...] = ()
