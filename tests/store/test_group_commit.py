@@ -128,8 +128,9 @@ def _write_transaction() -> Script[None]:
 
 @pytest.mark.parametrize("steps", range(8))
 def test_a_write_cancelled_at_any_step_leaves_the_writer_usable(tmp_path: Path, steps: int) -> None:
-    """A write (a rebuild under a timeout, say) cancelled between a queued BEGIN and its
-    answer must not leave the writer inside a transaction: every later append would fail."""
+    """A write (a rebuild under a timeout, say) cancelled at any point, before or while
+    its transaction runs on the writer's thread, must not leave the writer inside a
+    transaction: every later append would fail."""
 
     async def scenario() -> int:
         store = await SQLiteStore.open_path(tmp_path / "cancelled.db")
