@@ -17,7 +17,7 @@ from flowtrail.core import (
     UnsupportedFilesystemError,
     verify,
 )
-from flowtrail.core.effects import Fetch, Script
+from flowtrail.core.effects import Begin, Commit, Execute, ExecuteMany, Fetch, Script
 from flowtrail.store.drivers import run_sync
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore, _Connection, _Options
 from flowtrail.store.sqlite_schema import check_filesystem, filesystem_type, schema_script, translate
@@ -38,6 +38,10 @@ def _filled(path: Path, streams: int = 20) -> None:
         for _ in range(streams):
             stream, events = new_stream(3)
             store.append(stream, events, 0)
+
+
+def _execute(sql: str) -> Script[None]:
+    yield Execute(sql)
 
 
 def _fetch(sql: str) -> Script[object]:
@@ -62,6 +66,23 @@ def test_durability_sets_sqlites_synchronous_level(tmp_path: Path, durability: s
 def test_durability_comes_from_the_url(tmp_path: Path) -> None:
     with SyncSQLiteStore.open(f"sqlite:///{tmp_path}/u.db?durability=normal") as store:
         assert store.run(_fetch("PRAGMA synchronous"), write=True) == 1
+
+
+def test_dropping_a_large_table_does_not_write_its_pages_again(tmp_path: Path) -> None:
+    # A rebuild drops the run views; builds that zero freed pages by default would
+    # write their whole size into the write-ahead log once more.
+    def fill() -> Script[None]:
+        yield Begin()
+        yield Execute("CREATE TABLE bulky (body BLOB)")
+        yield ExecuteMany("INSERT INTO bulky VALUES (?)", [(os.urandom(2000),) for _ in range(2000)])
+        yield Commit()
+
+    with SyncSQLiteStore(tmp_path / "drop.db") as store:
+        store.run(fill(), write=True)
+        store.run(_fetch("PRAGMA wal_checkpoint(TRUNCATE)"), write=True)
+        store.run(_execute("DROP TABLE bulky"), write=True)
+        written = os.path.getsize(tmp_path / "drop.db-wal")
+    assert written < 400_000  # the table held 4 MB
 
 
 def test_an_in_memory_log_works_with_both_drivers() -> None:
