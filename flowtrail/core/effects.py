@@ -12,7 +12,7 @@ SQL is written with ``?`` placeholders; each backend adapts it to its driver.
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from flowtrail.core.events import Event
@@ -25,6 +25,8 @@ __all__ = [
     "Execute",
     "ExecuteMany",
     "Fetch",
+    "Join",
+    "Joinable",
     "OnWriter",
     "Rollback",
     "Row",
@@ -112,4 +114,20 @@ class OnWriter(NamedTuple):
     script: Script[Any]
 
 
-Effect = Begin | Commit | Rollback | Execute | ExecuteMany | Fetch | Append | OnWriter
+class Joinable(Protocol):
+    """Work going on outside the script (helper processes); ``join`` waits for its end."""
+
+    def join(self) -> Any: ...
+
+
+class Join(NamedTuple):
+    """Wait for ``work`` to end; the result is what its ``join`` returns.
+
+    The sync driver calls it where it stands; the async one on a worker thread, so that
+    the event loop goes on meanwhile.
+    """
+
+    work: Joinable
+
+
+Effect = Begin | Commit | Rollback | Execute | ExecuteMany | Fetch | Append | OnWriter | Join

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from flowtrail.core.effects import Fetch, OnWriter, Row, Script
+from flowtrail.core.effects import Fetch, Join, OnWriter, Row, Script
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.audit import prepare_catch_up
+from flowtrail.engine.replay import SplitReplay, copy_rows
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.catchup import catch_up_step
 from flowtrail.projections.rebuild import RunViewsRebuild
@@ -40,26 +41,75 @@ class Backend(Protocol):
 
 
 def rebuild_script(
-    backend: Backend, views: RunViews, *, progress: Progress | None, batch: int, cache_size: int
+    backend: Backend,
+    views: RunViews,
+    *,
+    progress: Progress | None,
+    batch: int,
+    cache_size: int,
+    split: SplitReplay | None = None,
 ) -> Script[int]:
-    """Drop the run views, replay the log into them a chunk at a time, mark them current."""
+    """Drop the run views, replay the log into them a chunk at a time, mark them current.
+
+    With ``split``, the events up to the log's end at the drop are replayed in partitions
+    of runs, one here and the others in helper processes (`flowtrail.engine.replay`).
+    """
     rebuild = RunViewsRebuild(views, cache_size=cache_size)
-    yield OnWriter(rebuild.reset(backend.dialect, backend.mark_stale(views)))
-    (total,) = (yield Fetch(backend.sql.last_position))[0]
-    position = 1
-    while True:
-        rows: list[Row] = yield Fetch(backend.sql.read_batch, (position, batch))
-        if rows:
-            yield OnWriter(rebuild.feed([record_of(row) for row in rows]))
-            position = rows[-1][0] + 1
-            if progress is not None:
-                progress(rebuild.position, max(total or 0, rebuild.position))
-        if len(rows) < batch:
-            break
+    total = yield OnWriter(
+        rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)
+    )
+    partitions = 1 if split is None else split.partitions(total)
+    if split is not None and partitions > 1:
+        # Each process keeps its share of the cache: together they hold no more.
+        rebuild.cache_size = max(1, cache_size // partitions)
+        yield from _replay_split(rebuild, views, split, total, partitions, progress, batch)
+    else:
+        position = 1
+        while True:
+            rows: list[Row] = yield Fetch(backend.sql.read_batch, (position, batch))
+            if rows:
+                yield OnWriter(rebuild.feed([record_of(row) for row in rows]))
+                position = rows[-1][0] + 1
+                if progress is not None:
+                    progress(rebuild.position, max(total, rebuild.position))
+            if len(rows) < batch:
+                break
     yield OnWriter(rebuild.finish(backend.sql.read_batch, record_of, backend.mark_current(views)))
     if progress is not None:
         progress(rebuild.position, rebuild.position)
     return rebuild.applied
+
+
+def _replay_split(
+    rebuild: RunViewsRebuild,
+    views: RunViews,
+    split: SplitReplay,
+    head: int,
+    partitions: int,
+    progress: Progress | None,
+    batch: int,
+) -> Script[None]:
+    """Replay partition 0 here while helpers replay the others; then copy their rows in."""
+    helpers = split.start(head, partitions, batch, rebuild.cache_size)
+    try:
+        after = 0
+        while True:
+            rows: list[Row] = yield Fetch(split.read_partition, (after, head, partitions, 0, batch))
+            if rows:
+                yield OnWriter(rebuild.feed([record_of(row) for row in rows]))
+                after = rows[-1][0]
+                if progress is not None:
+                    progress(after, head)
+            if len(rows) < batch:
+                break
+        done: list[tuple[str, int]] = yield Join(helpers)
+        for file, applied in done:
+            yield OnWriter(copy_rows(views.tables, file))
+            rebuild.applied += applied
+    finally:
+        helpers.close()
+    # Everything up to the head is in; the rest is the catch-up's (finish).
+    rebuild.position = head
 
 
 def catch_up_script(backend: Backend, projection: Projection, *, batch: int) -> Script[int]:

@@ -32,6 +32,7 @@ from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.maintenance import Progress, catch_up_script, rebuild_script, snapshot_script
 from flowtrail.engine.operations import Clock, Context, ViewCache
+from flowtrail.engine.replay import split_replay
 from flowtrail.engine.results import HistoryEntry, OrchestrationResult
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import (
@@ -282,11 +283,17 @@ class SyncOrchestrator(_Base):
             return self.store.perform(verify_script(self._context, run_id, anchor=anchor))
 
     def rebuild(
-        self, progress: Progress | None = None, *, batch: int = _CHUNK, cache_size: int = 10_000
+        self,
+        progress: Progress | None = None,
+        *,
+        batch: int = _CHUNK,
+        cache_size: int = 10_000,
+        workers: int | None = None,
     ) -> int:
+        split = split_replay(self.store, workers)
         with collector_paused():
             script = rebuild_script(
-                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size
+                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
             )
             applied = self.store.perform(script)
         self._reset_cache()
@@ -539,16 +546,25 @@ class Orchestrator(_Base):
             return await self.store.perform(verify_script(self._context, run_id, anchor=anchor))
 
     async def rebuild(
-        self, progress: Progress | None = None, *, batch: int = _CHUNK, cache_size: int = 10_000
+        self,
+        progress: Progress | None = None,
+        *,
+        batch: int = _CHUNK,
+        cache_size: int = 10_000,
+        workers: int | None = None,
     ) -> int:
         """Drop the run views and rebuild them from the log; returns the events applied.
 
         Appends may go on meanwhile (this process's and others'). ``batch`` events are
-        replayed per write transaction; ``cache_size`` views are kept in memory.
+        replayed per write transaction; ``cache_size`` views are kept in memory (in all).
+        A SQLite file's log is replayed by ``workers`` processes, split by run: by
+        default one per processor (at most four) once the log holds 100,000 events;
+        ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
+        split = split_replay(self.store, workers)
         with collector_paused():
             script = rebuild_script(
-                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size
+                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
             )
             applied = await self.store.perform(script)
         self._reset_cache()

@@ -59,16 +59,20 @@ class RunViewsRebuild:
         self._dirty: dict[str, RunView] = {}
         self._created: list[RunView] = []
 
-    def reset(self, dialect: Dialect, mark_stale: Script[None]) -> Script[object]:
-        """Drop and recreate the tables, marked stale, in one transaction."""
+    def reset(self, dialect: Dialect, mark_stale: Script[None], last_position: str) -> Script[object]:
+        """Drop and recreate the tables, marked stale, in one transaction; its result is
+        the log's last position then (every event up to it was appended before the drop).
+        """
 
-        def body() -> Script[None]:
+        def body() -> Script[int]:
             for table in self.projection.tables:
                 yield Execute(f'DROP TABLE IF EXISTS "{table}"')
             # Rows load faster into tables without indexes; finish() builds them at once.
             for statement in self.projection.table_schema(dialect):
                 yield Execute(statement)
             yield from mark_stale
+            rows: list[Row] = yield Fetch(last_position)
+            return int(rows[0][0] or 0)
 
         return transaction(body())
 
@@ -96,6 +100,10 @@ class RunViewsRebuild:
             yield from mark_current
 
         return transaction(body())
+
+    def flush(self) -> Script[None]:
+        """Write every view still unwritten (in the caller's transaction)."""
+        yield from self._flush(everything=True)
 
     def flush_all(self) -> Script[None]:
         """Write every view still unwritten and index the tables (when the caller fed

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from flowtrail.core.chain import RecordedEvent
-from flowtrail.core.effects import Append, Effect, Fetch, OnWriter, Script
+from flowtrail.core.effects import Append, Effect, Fetch, Join, OnWriter, Script
 from flowtrail.core.errors import FlowtrailError, InvalidInputError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Dialect, Projection
@@ -187,6 +187,8 @@ class SyncLogStore(_Backend):
                     return self._reader.execute(effect)
             case OnWriter(script):
                 return self.run(script, write=True)
+            case Join(work):
+                return work.join()
         raise _not_performed(effect)
 
     def append(
@@ -307,6 +309,8 @@ class AsyncLogStore(_Backend):
                     return await self._reader.execute(effect)
             case OnWriter(script):
                 return await self.run(script, write=True)
+            case Join(work):
+                return await asyncio.to_thread(work.join)
         raise _not_performed(effect)
 
     async def append(

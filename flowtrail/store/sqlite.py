@@ -177,6 +177,12 @@ class SyncSQLiteStore(SyncLogStore):
             schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
         )
 
+    @property
+    def path(self) -> Path | None:
+        """The database file; None for an in-memory log."""
+        options: _Options = self._options  # type: ignore[assignment]
+        return None if options.memory else Path(options.path)
+
     @classmethod
     def open(cls, url: str, **options: Any) -> SyncSQLiteStore:
         """Open (creating if needed) the log at a ``sqlite:///`` URL."""
@@ -247,6 +253,12 @@ class SQLiteStore(AsyncLogStore):
 
     dialect: Dialect = "sqlite"
     sql: LogSql = SQL
+
+    @property
+    def path(self) -> Path | None:
+        """The database file; None for an in-memory log."""
+        options: _Options = self._options  # type: ignore[assignment]
+        return None if options.memory else Path(options.path)
 
     @classmethod
     async def open(cls, url: str, *, max_group: int = MAX_GROUP, **options: Any) -> SQLiteStore:

@@ -112,6 +112,17 @@ class SqliteLogSql(PortableLogSql):
 
     position_lookup = "SELECT 'p', NULL, max(position), NULL, NULL FROM events"
 
+    #: The events after one position and up to another whose stream falls in one of N
+    #: partitions (by the code points of its id's last two characters: the random end
+    #: of a run id), in log order, at most a number of them. Parameters: after, up to,
+    #: N, partition, limit. The rows are those of `read_batch`.
+    read_partition = (
+        "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
+        "FROM events WHERE position > ? AND position <= ? AND "
+        "(coalesce(unicode(substr(stream_id, -1)), 0) + 7 * coalesce(unicode(substr(stream_id, -2, 1)), 0)) % ? = ? "
+        "ORDER BY position LIMIT ?"
+    )
+
     def heads_lookup(self, streams: int) -> str:
         # With a single max(), SQLite takes the bare column (hash) from the row holding the max.
         return (

@@ -1,0 +1,289 @@
+"""A rebuild's replay split by run over helper processes, for SQLite files.
+
+A run's views depend on its own stream alone, so the log can be replayed in partitions
+of runs side by side. Each helper process replays the events of one partition, up to
+the position the rebuild started from, into a file of its own (the run views' tables,
+no journal: a helper that dies leaves nothing the log needs); the rebuilding process
+replays one partition itself, straight into the database, then copies the helpers'
+rows in and catches up on what was appended meanwhile (`flowtrail.projections.rebuild`).
+
+A helper is ``python -m flowtrail.engine.replay_helper TASK`` with the same interpreter,
+the task as JSON; it prints what it did (`ReplayOutcome`) as JSON and stops early if the
+process that started it is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from flowtrail.core.effects import Begin, Commit, Execute, Rollback, Script
+from flowtrail.core.errors import (
+    CodecError,
+    CorruptLogError,
+    FlowtrailError,
+    InvalidInputError,
+    MalformedEventError,
+    StoreError,
+    UnknownEventTypeError,
+    UnsupportedSchemaVersionError,
+)
+from flowtrail.projections.rebuild import RunViewsRebuild, transaction
+from flowtrail.projections.runs import RunViews
+from flowtrail.store.drivers import run_sync
+from flowtrail.store.scripts import record_of
+from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore, _Connection
+from flowtrail.store.sqlite_schema import SQL, translate
+
+__all__ = ["ReplayOutcome", "ReplayTask", "SplitReplay", "main", "replay_partition", "split_replay"]
+
+#: Below this many events a rebuild replays in one process: starting helpers costs more.
+SPLIT_FROM = 100_000
+
+#: At most this many processes replay at once, however many processors there are.
+MOST_PARTITIONS = 4
+
+#: Events a helper replays per transaction, at most.
+HELPER_BATCH = 1_000
+
+_CODEC_ERRORS: dict[str, type[CodecError]] = {
+    cls.__name__: cls for cls in (MalformedEventError, UnknownEventTypeError, UnsupportedSchemaVersionError)
+}
+
+
+class ReplayTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one helper replays, and where it writes."""
+
+    database: str
+    out: str
+    partition: int
+    partitions: int
+    head: int
+    batch: int
+    cache_size: int
+    parent: int
+
+
+class ReplayOutcome(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a helper prints when it ends: events applied, or the error that stopped it."""
+
+    applied: int = 0
+    error: str | None = None
+    message: str = ""
+    event_type: str | None = None
+    position: int | None = None
+
+
+def replay_partition(task: ReplayTask) -> int:
+    """Replay one partition of the log into ``task.out``; the number of events applied."""
+    source = sqlite3.connect(task.database, isolation_level=None, timeout=30.0)
+    out = sqlite3.connect(task.out, isolation_level=None)
+    try:
+        source.execute("PRAGMA query_only = ON")
+        out.execute("PRAGMA journal_mode = OFF")
+        out.execute("PRAGMA synchronous = OFF")
+        views = RunViews()
+        rebuild = RunViewsRebuild(views, cache_size=task.cache_size)
+        writer = _Connection(out)
+        run_sync(transaction(_create(views)), writer.execute, translate)
+        after = 0
+        while True:
+            if os.getppid() != task.parent:
+                raise _Orphaned("the rebuild that started this replay is gone")
+            rows = source.execute(
+                SQL.read_partition, (after, task.head, task.partitions, task.partition, task.batch)
+            ).fetchall()
+            if rows:
+                run_sync(rebuild.feed([record_of(row) for row in rows]), writer.execute, translate)
+                after = rows[-1][0]
+            if len(rows) < task.batch:
+                break
+        run_sync(transaction(rebuild.flush()), writer.execute, translate)
+        return rebuild.applied
+    finally:
+        source.close()
+        out.close()
+
+
+class _Orphaned(StoreError):
+    """The rebuilding process is gone: nobody will read this helper's file."""
+
+
+def _create(views: RunViews) -> Script[None]:
+    for statement in views.table_schema("sqlite"):
+        yield Execute(statement)
+
+
+def _outcome_of(exc: BaseException) -> ReplayOutcome:
+    if isinstance(exc, CodecError):
+        return ReplayOutcome(
+            error=type(exc).__name__, message=str(exc), event_type=exc.event_type, position=exc.position
+        )
+    if isinstance(exc, CorruptLogError):
+        return ReplayOutcome(error="CorruptLogError", message=str(exc), position=exc.position)
+    return ReplayOutcome(error="StoreError", message=str(exc))
+
+
+def _error_of(outcome: ReplayOutcome) -> FlowtrailError:
+    """The typed error a helper reported, as the rebuild raises it."""
+    codec = _CODEC_ERRORS.get(outcome.error or "")
+    if codec is not None:
+        return codec(outcome.message, event_type=outcome.event_type, position=outcome.position)
+    if outcome.error == "CorruptLogError":
+        return CorruptLogError(outcome.message, position=outcome.position)
+    return StoreError(outcome.message)
+
+
+class _Helpers:
+    """The helper processes of one split replay (a `Joinable`)."""
+
+    def __init__(self, tasks: Sequence[ReplayTask], directory: Path) -> None:
+        self._tasks = tasks
+        self._directory = directory
+        self._processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "flowtrail.engine.replay_helper", msgspec.json.encode(task).decode()],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
+            for task in tasks
+        ]
+
+    def join(self) -> list[tuple[str, int]]:
+        """Wait for every helper: (its file, events applied) each; a helper's error is raised."""
+        done: list[tuple[str, int]] = []
+        failure: FlowtrailError | None = None
+        for task, process in zip(self._tasks, self._processes, strict=True):
+            stdout, stderr = process.communicate()
+            try:
+                outcome = msgspec.json.decode(stdout.strip().splitlines()[-1], type=ReplayOutcome)
+            except (IndexError, msgspec.DecodeError):
+                last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                outcome = ReplayOutcome(
+                    error="StoreError",
+                    message=f"a rebuild helper ended with exit code {process.returncode}: {last[0]}",
+                )
+            if outcome.error is not None:
+                failure = failure or _error_of(outcome)
+            else:
+                done.append((task.out, outcome.applied))
+        if failure is not None:
+            raise failure
+        return done
+
+    def close(self) -> None:
+        """Stop any helper still running and remove their files."""
+        for process in self._processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+class SplitReplay:
+    """How a rebuild of one SQLite file splits its replay (see `split_replay`)."""
+
+    #: The rebuilding process's own share: `read_partition`'s rows.
+    read_partition = SQL.read_partition
+
+    def __init__(self, database: Path, workers: int | None) -> None:
+        if workers is not None and workers < 1:
+            raise InvalidInputError(f"workers must be at least 1, not {workers}")
+        self.database = database
+        self.workers = workers
+
+    def partitions(self, head: int) -> int:
+        """How many processes replay a log of ``head`` events (1: this one alone)."""
+        if self.workers is not None:
+            return self.workers
+        if head < SPLIT_FROM:
+            return 1
+        return max(1, min(os.cpu_count() or 1, MOST_PARTITIONS))
+
+    def start(self, head: int, partitions: int, batch: int, cache_size: int) -> _Helpers:
+        """Start helpers for partitions 1 .. N-1 of the events up to ``head``."""
+        directory = Path(tempfile.mkdtemp(prefix=f".{self.database.name}-rebuild-", dir=self.database.parent))
+        tasks = [
+            ReplayTask(
+                database=str(self.database),
+                out=str(directory / f"partition-{partition}.db"),
+                partition=partition,
+                partitions=partitions,
+                head=head,
+                # Helpers commit cheaply (no journal): smaller chunks keep their memory down.
+                batch=min(batch, HELPER_BATCH),
+                cache_size=cache_size,
+                parent=os.getpid(),
+            )
+            for partition in range(1, partitions)
+        ]
+        try:
+            return _Helpers(tasks, directory)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+
+def copy_rows(tables: Sequence[str], file: str) -> Script[None]:
+    """Copy a helper's rows of these tables into the database's, in one transaction.
+
+    A row may be there already: an append during the rebuild that brought its run's
+    view along (see `RunViews.apply`) wrote it. The helper's row replaces it, as the
+    rebuilding process's own rows replace such rows when written: the catch-up that
+    ends the rebuild replays every event after the helper's last one.
+    """
+    yield Execute("ATTACH DATABASE ? AS replayed", (file,))
+    try:
+        yield Begin()
+        try:
+            for table in tables:
+                yield Execute(f'INSERT OR REPLACE INTO main."{table}" SELECT * FROM replayed."{table}"')
+        except BaseException:
+            yield Rollback()
+            raise
+        yield Commit()
+    finally:
+        yield Execute("DETACH DATABASE replayed")
+
+
+def split_replay(store: object, workers: int | None) -> SplitReplay | None:
+    """How a rebuild of this store splits its replay; None if it cannot (not a SQLite
+    file) or is asked not to (``workers=1``)."""
+    if workers is not None and workers < 1:
+        raise InvalidInputError(f"workers must be at least 1, not {workers}")
+    if not isinstance(store, SyncSQLiteStore | SQLiteStore) or store.path is None or workers == 1:
+        return None
+    return SplitReplay(store.path, workers)
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        task = msgspec.json.decode(argv[1], type=ReplayTask)
+    except (IndexError, msgspec.DecodeError) as exc:
+        print(f"usage: python -m flowtrail.engine.replay_helper TASK-JSON ({exc})", file=sys.stderr)
+        return 2
+    try:
+        outcome = ReplayOutcome(applied=replay_partition(task))
+    except _Orphaned as exc:
+        # Clean up after the rebuild that cannot: the last helper out removes the folder.
+        out = Path(task.out)
+        out.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.parent.rmdir()
+        outcome = _outcome_of(exc)
+    except FlowtrailError as exc:
+        outcome = _outcome_of(exc)
+    except sqlite3.Error as exc:
+        outcome = _outcome_of(translate(exc))
+    print(msgspec.json.encode(outcome).decode(), flush=True)
+    return 0 if outcome.error is None else 1

@@ -1,0 +1,194 @@
+"""A rebuild split by run over helper processes gives what a rebuild in one process gives."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from flowtrail import SyncOrchestrator, states
+from flowtrail.core import InvalidInputError, MalformedEventError, fold
+from flowtrail.engine.replay import ReplayOutcome, ReplayTask
+from tests.engine.conftest import Orch
+from tests.engine.test_processes import ROOT, _start
+
+TABLES = ("flow_runs", "task_runs", "run_tags")
+
+
+def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the run views' tables, byte for byte, in a fixed order."""
+    with sqlite3.connect(path) as raw:
+        return {table: sorted(raw.execute(f"SELECT * FROM {table}").fetchall()) for table in TABLES}
+
+
+def _busy_log(orch: Orch, runs: int = 120) -> None:
+    """Runs of every kind of event: states, retries, renames, settings, tasks, subflows, tags."""
+    for index in range(runs):
+        run = orch.create_flow_run("etl", tags=[f"t{index % 3}"], retries=1, state=states.Pending())
+        orch.propose_state(run.id, states.Running())
+        if index % 4 == 0:
+            orch.set_flow_run_name(run.id, f"renamed-{index}")
+            orch.update_flow_run(run.id, retries=3)
+        task = orch.create_task_run(run.id, task_key="step", state=states.Running())
+        orch.propose_state(task.id, states.Completed())
+        if index % 5 == 0:
+            child = orch.create_flow_run("child", parent_task_run_id=task.id, state=states.Pending())
+            orch.propose_state(child.id, states.Running())
+        orch.propose_state(run.id, states.Failed() if index % 3 == 0 else states.Completed())
+
+
+@pytest.fixture(params=["sync", "async"])
+def file_orch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Orch]:
+    opened = Orch(request.param, f"sqlite:///{tmp_path}/split.db")
+    yield opened
+    opened.close()
+
+
+def test_a_split_rebuild_writes_the_rows_a_rebuild_in_one_process_writes(
+    file_orch: Orch, tmp_path: Path
+) -> None:
+    _busy_log(file_orch)
+    file_orch.rebuild(workers=1)
+    alone = _rows(tmp_path / "split.db")
+    applied = file_orch.rebuild(workers=3)
+    assert applied == file_orch.last_position()
+    assert _rows(tmp_path / "split.db") == alone
+    assert file_orch.verify().ok
+
+
+def test_a_split_rebuild_reports_progress_up_to_every_event(file_orch: Orch) -> None:
+    _busy_log(file_orch, runs=20)
+    seen: list[tuple[int, int]] = []
+    applied = file_orch.rebuild(workers=2, batch=50, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (applied, applied)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_split_rebuild_leaves_no_files_behind(file_orch: Orch, tmp_path: Path) -> None:
+    _busy_log(file_orch, runs=10)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    file_orch.rebuild(workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_rebuild_asked_for_no_workers_is_a_typed_error(file_orch: Orch) -> None:
+    with pytest.raises(InvalidInputError, match="workers"):
+        file_orch.rebuild(workers=0)
+
+
+def _spoil_event(path: Path, partition_of_two: int) -> int:
+    """Overwrite the bytes of a run's first event whose stream a helper (not the rebuilding
+    process) replays, on the file itself; its position."""
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TRIGGER events_are_never_updated")
+        position: int = raw.execute(
+            "SELECT min(position) FROM events WHERE "
+            "(unicode(substr(stream_id, -1)) + 7 * unicode(substr(stream_id, -2, 1))) % 2 = ?",
+            (partition_of_two,),
+        ).fetchone()[0]
+        raw.execute("UPDATE events SET data = ? WHERE position = ?", (b"{not json", position))
+    return position
+
+
+def test_an_event_a_helper_cannot_decode_fails_the_rebuild_with_its_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "spoiled.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for _ in range(20):
+            orch.create_flow_run("etl", state=states.Pending())
+    position = _spoil_event(path, partition_of_two=1)
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        with pytest.raises(MalformedEventError) as caught:
+            orch.rebuild(workers=2)
+        assert caught.value.position == position
+    assert _is_stale(path)
+    assert sorted(p.name for p in tmp_path.iterdir() if "rebuild" in p.name) == []
+
+
+def _is_stale(path: Path) -> bool:
+    with sqlite3.connect(path) as raw:
+        (marked,) = raw.execute("SELECT value FROM flowtrail_meta WHERE key = 'projection:runs'").fetchone()
+    return str(marked).endswith(":stale")
+
+
+def test_a_helper_whose_rebuild_is_gone_stops_and_removes_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "orphan.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        orch.create_flow_run("etl", state=states.Pending())
+    folder = tmp_path / ".orphan.db-rebuild-x"
+    folder.mkdir()
+    task = ReplayTask(
+        database=str(path),
+        out=str(folder / "partition-1.db"),
+        partition=1,
+        partitions=2,
+        head=2,
+        batch=10,
+        cache_size=10,
+        parent=-1,  # no process's parent: as if the rebuild that started it had died
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "flowtrail.engine.replay_helper", msgspec.json.encode(task).decode()],
+        capture_output=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "gone" in msgspec.json.decode(done.stdout, type=ReplayOutcome).message
+    assert not folder.exists()
+
+
+def test_views_rebuilt_split_while_another_process_appends_equal_the_fold(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/online.db"
+    _start("churn", url, "300").communicate(timeout=120)
+    with SyncOrchestrator.open(url) as orch:
+        appender = _start("churn", url, "150")
+        rebuilds = 0
+        while appender.poll() is None:
+            orch.rebuild(workers=2, batch=40, cache_size=25)
+            rebuilds += 1
+        appender.communicate()
+        assert appender.returncode == 0
+        assert rebuilds >= 1
+        orch.rebuild(workers=2, batch=40, cache_size=25)  # one more, with nothing racing it
+        runs = orch.read_flow_runs(limit=None)
+        assert len(runs) == 450
+        for view in runs:
+            assert fold(r.decode() for r in orch.store.read_stream(str(view.id))) == view, view.id
+
+
+_KILLED_REBUILD = """
+import sys
+from flowtrail import SyncOrchestrator
+with SyncOrchestrator.open(sys.argv[1]) as orch:
+    print("rebuilding", flush=True)
+    orch.rebuild(workers=2, batch=20)
+"""
+
+
+def test_a_split_rebuild_killed_midway_is_made_whole_by_the_next_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/killed.db"
+    _start("churn", url, "1000").communicate(timeout=120)
+    with SyncOrchestrator.open(url) as orch:
+        expected = orch.read_flow_runs(limit=None)
+    rebuilding = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_REBUILD, url], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert rebuilding.stdout is not None
+    assert rebuilding.stdout.readline() == "rebuilding\n"
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".killed.db-rebuild-*")):  # helpers started: replay under way
+        assert time.monotonic() < deadline
+        assert rebuilding.poll() is None
+        time.sleep(0.001)
+    rebuilding.send_signal(signal.SIGKILL)
+    rebuilding.wait()
+    rebuilding.stdout.close()
+    with SyncOrchestrator.open(url) as orch:  # stale views are rebuilt on open
+        assert orch.read_flow_runs(limit=None) == expected
