@@ -37,6 +37,7 @@ from flowtrail.core.errors import (
     UnknownEventTypeError,
     UnsupportedSchemaVersionError,
 )
+from flowtrail.engine.bulk import collector_paused
 from flowtrail.projections.rebuild import RunViewsRebuild, transaction
 from flowtrail.projections.runs import RunViews
 from flowtrail.store.drivers import run_sync
@@ -273,7 +274,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"usage: python -m flowtrail.engine.replay_helper TASK-JSON ({exc})", file=sys.stderr)
         return 2
     try:
-        outcome = ReplayOutcome(applied=replay_partition(task))
+        # As in the rebuilding process: the replay makes no cyclic garbage, and the
+        # collector's passes took a sixth of a helper's time (36 s against 30 s).
+        with collector_paused():
+            outcome = ReplayOutcome(applied=replay_partition(task))
     except _Orphaned as exc:
         # Clean up after the rebuild that cannot: the last helper out removes the folder.
         out = Path(task.out)
