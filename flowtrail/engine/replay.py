@@ -144,6 +144,16 @@ def _error_of(outcome: ReplayOutcome) -> FlowtrailError:
     return StoreError(outcome.message)
 
 
+def _helper_environment() -> dict[str, str]:
+    """This process's environment, with flowtrail importable from where this one got it
+    (a program that put it on ``sys.path`` itself would otherwise start helpers without)."""
+    environment = dict(os.environ)
+    home = str(Path(__file__).resolve().parents[2])
+    paths = [home, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return environment
+
+
 class _Helpers:
     """The helper processes of one split replay (a `Joinable`)."""
 
@@ -156,6 +166,7 @@ class _Helpers:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
+                env=_helper_environment(),
             )
             for task in tasks
         ]

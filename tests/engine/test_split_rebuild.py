@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from flowtrail import SyncOrchestrator, states
 from flowtrail.core import InvalidInputError, MalformedEventError, fold
-from flowtrail.engine.replay import ReplayOutcome, ReplayTask
+from flowtrail.engine.replay import ReplayOutcome, ReplayTask, _helper_environment
 from tests.engine.conftest import Orch
 from tests.engine.test_processes import ROOT, _start
 
@@ -192,3 +193,13 @@ def test_a_split_rebuild_killed_midway_is_made_whole_by_the_next_open(tmp_path: 
     rebuilding.stdout.close()
     with SyncOrchestrator.open(url) as orch:  # stale views are rebuilt on open
         assert orch.read_flow_runs(limit=None) == expected
+
+
+def test_helpers_are_started_able_to_import_the_flowtrail_that_started_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flowtrail
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/somewhere/else", ""]))
+    paths = _helper_environment()["PYTHONPATH"].split(os.pathsep)
+    assert paths == [str(Path(flowtrail.__file__).resolve().parents[1]), "/somewhere/else"]
