@@ -198,7 +198,9 @@ def report_lines(report: AuditReport, *, shown: int = 10) -> list[Text]:
     return lines
 
 
-def rebuild_with_progress(orchestrator: SyncOrchestrator, out: Console) -> tuple[int, float]:
+def rebuild_with_progress(
+    orchestrator: SyncOrchestrator, out: Console, *, workers: int | None = None
+) -> tuple[int, float]:
     """Rebuild, with a progress bar when ``out`` is a terminal; returns (events, seconds)."""
     columns = (
         TextColumn("rebuilding"),
@@ -214,6 +216,6 @@ def rebuild_with_progress(orchestrator: SyncOrchestrator, out: Console) -> tuple
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=max(total, 1))
 
-        applied = orchestrator.rebuild(advance)
+        applied = orchestrator.rebuild(advance, workers=workers)
         bar.update(task, completed=bar.tasks[0].total)
     return applied, time.perf_counter() - started

@@ -252,6 +252,21 @@ def test_rebuild_reports_events_per_second_and_keeps_the_views(db: Path) -> None
     assert runs_json(db) == before
 
 
+def test_rebuild_split_over_helper_processes_keeps_the_views(db: Path) -> None:
+    before = runs_json(db)
+    ran = flowtrail("rebuild", "--workers", "3", database=db)
+    assert ran.code == 0
+    assert ran.out.startswith("Rebuilt the run views from 47 events in ")
+    assert runs_json(db) == before
+
+
+def test_rebuild_with_no_workers_is_a_one_line_error(db: Path) -> None:
+    ran = flowtrail("rebuild", "--workers", "0", database=db)
+    assert ran.code == 2
+    assert "Traceback" not in ran.err
+    assert "--workers" in ran.err
+
+
 def test_an_export_of_the_whole_log_verifies_without_the_database(db: Path, tmp_path: Path) -> None:
     exported = tmp_path / "all.jsonl"
     assert flowtrail("export", "--all", "-o", str(exported), database=db).code == 0
