@@ -198,7 +198,10 @@ class _Helpers:
         for process in self._processes:
             if process.poll() is None:
                 process.kill()
-            process.communicate()
+            # A cancelled async rebuild may still be in join() on another thread,
+            # reading the same pipes: whichever reader loses finds them closed.
+            with contextlib.suppress(ValueError, OSError):
+                process.communicate()
         shutil.rmtree(self._directory, ignore_errors=True)
 
 

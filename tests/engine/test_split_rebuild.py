@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -14,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from flowtrail import SyncOrchestrator, states
+from flowtrail import Orchestrator, SyncOrchestrator, states
 from flowtrail.core import InvalidInputError, MalformedEventError, fold
 from flowtrail.engine.replay import ReplayOutcome, ReplayTask, _helper_environment
 from tests.engine.conftest import Orch
@@ -203,3 +204,23 @@ def test_helpers_are_started_able_to_import_the_flowtrail_that_started_them(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/somewhere/else", ""]))
     paths = _helper_environment()["PYTHONPATH"].split(os.pathsep)
     assert paths == [str(Path(flowtrail.__file__).resolve().parents[1]), "/somewhere/else"]
+
+
+def test_a_cancelled_async_split_rebuild_stops_its_helpers_and_removes_their_files(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cancelled.db"
+    _start("churn", url, "1000").communicate(timeout=120)
+
+    async def cancel_midway() -> None:
+        orch = await Orchestrator.open(url)
+        rebuilding = asyncio.create_task(orch.rebuild(workers=2, batch=10))
+        while not list(tmp_path.glob(".cancelled.db-rebuild-*")):
+            await asyncio.sleep(0.001)
+        rebuilding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await rebuilding
+        await orch.close()
+
+    asyncio.run(cancel_midway())
+    assert list(tmp_path.glob(".cancelled.db-rebuild-*")) == []
+    with SyncOrchestrator.open(url) as orch:  # the views were left stale: rebuilt on open
+        assert len(orch.read_flow_runs(limit=None)) == 1000
