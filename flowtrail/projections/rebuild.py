@@ -135,7 +135,11 @@ class RunViewsRebuild:
                 if not isinstance(event, FlowRunCreated | TaskRunCreated):
                     continue
             elif record.version != view.version + 1:
-                views[run_id] = view  # not its turn (already applied): keep the view as it is
+                # Not its turn: an append already applied it to the stored row. Write the
+                # row again all the same, whole: an append that brought its view along
+                # wrote it without its expected start time, trusting the row it updated
+                # to hold it, which an older row written by this rebuild may not.
+                views[run_id] = dirty[run_id] = view
                 continue
             view = evolve(view, event)
             views[run_id] = dirty[run_id] = view  # re-inserted: now the most recently used

@@ -7,9 +7,10 @@ Applying is *version-guarded*: an event changes a view only if it is the view's 
 version (or a creation, for a run not seen yet), so applying an event twice, or before
 its predecessor, changes nothing. A rebuild relies on it (`flowtrail.projections.rebuild`):
 when it reloads a row that a concurrent append moved ahead, it skips the events already
-in it. Inline, the guard is a second line of defence: an append racing a rebuild may
-land on a row the rebuild later overwrites, but the rebuild replays that event itself
-before it ends.
+in it, and writes the row again whole (see `RunViews.apply` on what an append that
+brings its view along leaves unwritten). Inline, the guard is a second line of
+defence: an append racing a rebuild may land on a row the rebuild later overwrites,
+but the rebuild replays that event itself before it ends.
 """
 
 from __future__ import annotations
