@@ -295,7 +295,10 @@ class SyncOrchestrator(_Base):
             script = rebuild_script(
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
             )
-            applied = self.store.perform(script)
+            try:
+                applied = self.store.perform(script)
+            finally:
+                script.close()  # interrupted: stop its helpers now, not when collected
         self._reset_cache()
         return applied
 
@@ -566,7 +569,10 @@ class Orchestrator(_Base):
             script = rebuild_script(
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
             )
-            applied = await self.store.perform(script)
+            try:
+                applied = await self.store.perform(script)
+            finally:
+                script.close()  # cancelled: stop its helpers now, not when collected
         self._reset_cache()
         return applied
 

@@ -15,6 +15,7 @@ process that started it is gone.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import sqlite3
@@ -160,6 +161,7 @@ class _Helpers:
     def __init__(self, tasks: Sequence[ReplayTask], directory: Path) -> None:
         self._tasks = tasks
         self._directory = directory
+        self._joining = False
         self._processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "flowtrail.engine.replay_helper", msgspec.json.encode(task).decode()],
@@ -173,6 +175,7 @@ class _Helpers:
 
     def join(self) -> list[tuple[str, int]]:
         """Wait for every helper: (its file, events applied) each; a helper's error is raised."""
+        self._joining = True
         done: list[tuple[str, int]] = []
         failure: FlowtrailError | None = None
         for task, process in zip(self._tasks, self._processes, strict=True):
@@ -198,11 +201,38 @@ class _Helpers:
         for process in self._processes:
             if process.poll() is None:
                 process.kill()
-            # A cancelled async rebuild may still be in join() on another thread,
-            # reading the same pipes: whichever reader loses finds them closed.
-            with contextlib.suppress(ValueError, OSError):
-                process.communicate()
+            process.wait()
+            # A cancelled async rebuild may still be in join() on a worker thread, reading
+            # these pipes (to their end, now that the helper is dead): they are its to close.
+            if not self._joining:
+                for pipe in (process.stdout, process.stderr):
+                    if pipe is not None:
+                        pipe.close()
         shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def _folder_prefix(database: Path) -> str:
+    return f".{database.name}-rebuild-"
+
+
+def _remove_abandoned(database: Path) -> None:
+    """Remove the helper folders of rebuilds whose process is gone (killed after a
+    helper had finished, so that no helper was left to notice)."""
+    prefix = _folder_prefix(database)
+    for folder in database.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
 
 
 class SplitReplay:
@@ -227,7 +257,11 @@ class SplitReplay:
 
     def start(self, head: int, partitions: int, batch: int, cache_size: int) -> _Helpers:
         """Start helpers for partitions 1 .. N-1 of the events up to ``head``."""
-        directory = Path(tempfile.mkdtemp(prefix=f".{self.database.name}-rebuild-", dir=self.database.parent))
+        directory = Path(
+            tempfile.mkdtemp(
+                prefix=f"{_folder_prefix(self.database)}{os.getpid()}-", dir=self.database.parent
+            )
+        )
         tasks = [
             ReplayTask(
                 database=str(self.database),
@@ -255,7 +289,8 @@ def copy_rows(tables: Sequence[str], file: str) -> Script[None]:
     A row may be there already: an append during the rebuild that brought its run's
     view along (see `RunViews.apply`) wrote it. The helper's row replaces it, as the
     rebuilding process's own rows replace such rows when written: the catch-up that
-    ends the rebuild replays every event after the helper's last one.
+    ends the rebuild replays every event after the helper's last one, and writes again
+    whole every row an append moved ahead of it meanwhile.
     """
     yield Execute("ATTACH DATABASE ? AS replayed", (file,))
     try:
@@ -273,12 +308,14 @@ def copy_rows(tables: Sequence[str], file: str) -> Script[None]:
 
 def split_replay(store: object, workers: int | None) -> SplitReplay | None:
     """How a rebuild of this store splits its replay; None if it cannot (not a SQLite
-    file) or is asked not to (``workers=1``)."""
+    file) or is asked not to (``workers=1``). Helper folders that rebuilds killed
+    midway left beside the file are removed first."""
     if workers is not None and workers < 1:
         raise InvalidInputError(f"workers must be at least 1, not {workers}")
-    if not isinstance(store, SyncSQLiteStore | SQLiteStore) or store.path is None or workers == 1:
+    if not isinstance(store, SyncSQLiteStore | SQLiteStore) or store.path is None:
         return None
-    return SplitReplay(store.path, workers)
+    _remove_abandoned(store.path)
+    return None if workers == 1 else SplitReplay(store.path, workers)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -17,7 +17,10 @@ import pytest
 
 from flowtrail import Orchestrator, SyncOrchestrator, states
 from flowtrail.core import InvalidInputError, MalformedEventError, fold
-from flowtrail.engine.replay import ReplayOutcome, ReplayTask, _helper_environment
+from flowtrail.core.chain import to_micros
+from flowtrail.core.effects import Join, OnWriter
+from flowtrail.engine.maintenance import rebuild_script
+from flowtrail.engine.replay import ReplayOutcome, ReplayTask, _helper_environment, split_replay
 from tests.engine.conftest import Orch
 from tests.engine.test_processes import ROOT, _start
 
@@ -194,6 +197,8 @@ def test_a_split_rebuild_killed_midway_is_made_whole_by_the_next_open(tmp_path: 
     rebuilding.stdout.close()
     with SyncOrchestrator.open(url) as orch:  # stale views are rebuilt on open
         assert orch.read_flow_runs(limit=None) == expected
+    # Whatever the helpers had written when the rebuild died is gone by now.
+    assert list(tmp_path.glob(".killed.db-rebuild-*")) == []
 
 
 def test_helpers_are_started_able_to_import_the_flowtrail_that_started_them(
@@ -216,11 +221,76 @@ def test_a_cancelled_async_split_rebuild_stops_its_helpers_and_removes_their_fil
         while not list(tmp_path.glob(".cancelled.db-rebuild-*")):
             await asyncio.sleep(0.001)
         rebuilding.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        try:
             await rebuilding
+        except asyncio.CancelledError as cancelled:
+            kept = cancelled  # its traceback held on to, as a logger might
+            assert list(tmp_path.glob(".cancelled.db-rebuild-*")) == []
+        else:
+            raise AssertionError("the rebuild ended before it was cancelled")
+        assert kept.__traceback__ is not None
         await orch.close()
 
     asyncio.run(cancel_midway())
-    assert list(tmp_path.glob(".cancelled.db-rebuild-*")) == []
     with SyncOrchestrator.open(url) as orch:  # the views were left stale: rebuilt on open
         assert len(orch.read_flow_runs(limit=None)) == 1000
+
+
+def _partition_of_two(run_id: object) -> int:
+    text = str(run_id)
+    return (ord(text[-1]) + 7 * ord(text[-2])) % 2
+
+
+def test_appends_carrying_their_views_around_a_helpers_copy_leave_every_column_right(tmp_path: Path) -> None:
+    """An append that brings its run's view along skips rewriting the expected start
+    time when the view keeps it; a rebuild writing an older row under it must not leave
+    that column behind the view (it sorts and filters by it)."""
+    path = tmp_path / "columns.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for _ in range(5):
+            orch.create_flow_run("etl", state=states.Pending())
+        run = orch.create_flow_run("etl")  # no state yet: no expected start time
+        while _partition_of_two(run.id) != 1:  # one a helper replays
+            run = orch.create_flow_run("etl")
+        store = orch.store
+        split = split_replay(store, 2)
+        script = rebuild_script(store, orch._views, progress=None, batch=100, cache_size=100, split=split)
+        joined = copied = False
+        reply: object = None
+        while True:
+            try:
+                effect = script.send(reply)
+            except StopIteration:
+                break
+            if isinstance(effect, OnWriter) and copied:
+                orch.set_flow_run_name(run.id, "renamed")  # between the copy and the catch-up
+                copied = False
+            reply = store._perform_effect(effect)
+            if isinstance(effect, Join):
+                orch.propose_state(run.id, states.Pending())  # its first state sets the start time
+                joined = True
+            elif isinstance(effect, OnWriter) and joined:
+                joined, copied = False, True
+        view = orch.read_flow_run(run.id)
+    assert view.expected_start_time is not None
+    with sqlite3.connect(path) as raw:
+        stored = raw.execute(
+            "SELECT expected_start_time FROM flow_runs WHERE id = ?", (str(run.id),)
+        ).fetchone()
+    assert stored == (to_micros(view.expected_start_time),)
+
+
+def test_a_rebuild_removes_the_helper_folders_of_rebuilds_that_died(tmp_path: Path) -> None:
+    path = tmp_path / "swept.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        orch.create_flow_run("etl", state=states.Pending())
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = tmp_path / f".swept.db-rebuild-{ended.pid}-abc"
+    live = tmp_path / f".swept.db-rebuild-{os.getpid()}-def"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "partition-1.db").write_bytes(b"views")
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        orch.rebuild(workers=1)
+    assert (dead.exists(), live.exists()) == (False, True)
