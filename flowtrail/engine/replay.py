@@ -164,7 +164,15 @@ class _Helpers:
         self._joining = False
         self._processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "flowtrail.engine.replay_helper", msgspec.json.encode(task).decode()],
+                # -P: the working folder, which -m would put first on sys.path, may hold
+                # anything, a folder named flowtrail among others.
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "flowtrail.engine.replay_helper",
+                    msgspec.json.encode(task).decode(),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,

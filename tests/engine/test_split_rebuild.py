@@ -294,3 +294,17 @@ def test_a_rebuild_removes_the_helper_folders_of_rebuilds_that_died(tmp_path: Pa
     with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
         orch.rebuild(workers=1)
     assert (dead.exists(), live.exists()) == (False, True)
+
+
+def test_helpers_ignore_a_folder_named_flowtrail_where_the_program_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shadowed.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for _ in range(10):
+            orch.create_flow_run("etl", state=states.Pending())
+        impostor = tmp_path / "work" / "flowtrail"
+        impostor.mkdir(parents=True)
+        (impostor / "__init__.py").write_text("raise ImportError('not this one')\n")
+        monkeypatch.chdir(impostor.parent)
+        assert orch.rebuild(workers=2) == 20
