@@ -64,20 +64,35 @@ def rebuild_script(
         rebuild.cache_size = max(1, cache_size // partitions)
         yield from _replay_split(rebuild, views, split, total, partitions, progress, batch)
     else:
-        position = 1
-        while True:
-            rows: list[Row] = yield Fetch(backend.sql.read_batch, (position, batch))
-            if rows:
-                yield OnWriter(rebuild.feed([record_of(row) for row in rows]))
-                position = rows[-1][0] + 1
-                if progress is not None:
-                    progress(rebuild.position, max(total, rebuild.position))
-            if len(rows) < batch:
-                break
+        yield from _replay(
+            rebuild, backend.sql.read_batch, lambda after: (after + 1, batch), batch, progress, total
+        )
     yield OnWriter(rebuild.finish(backend.sql.read_batch, record_of, backend.mark_current(views)))
     if progress is not None:
         progress(rebuild.position, rebuild.position)
     return rebuild.applied
+
+
+def _replay(
+    rebuild: RunViewsRebuild,
+    sql: str,
+    params: Callable[[int], tuple[object, ...]],
+    batch: int,
+    progress: Progress | None,
+    total: int,
+) -> Script[None]:
+    """Feed the rows ``sql`` gives, a chunk (``params`` of the last position fed) at a
+    time, until a chunk comes back short."""
+    after = 0
+    while True:
+        rows: list[Row] = yield Fetch(sql, params(after))
+        if rows:
+            yield OnWriter(rebuild.feed([record_of(row) for row in rows]))
+            after = rows[-1][0]
+            if progress is not None:
+                progress(after, max(total, after))
+        if len(rows) < batch:
+            break
 
 
 def _replay_split(
@@ -92,16 +107,8 @@ def _replay_split(
     """Replay partition 0 here while helpers replay the others; then copy their rows in."""
     helpers = split.start(head, partitions, batch, rebuild.cache_size)
     try:
-        after = 0
-        while True:
-            rows: list[Row] = yield Fetch(split.read_partition, (after, head, partitions, 0, batch))
-            if rows:
-                yield OnWriter(rebuild.feed([record_of(row) for row in rows]))
-                after = rows[-1][0]
-                if progress is not None:
-                    progress(after, head)
-            if len(rows) < batch:
-                break
+        own = (head, partitions, 0, batch)
+        yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
         done: list[tuple[str, int]] = yield Join(helpers)
         for file, applied in done:
             yield OnWriter(copy_rows(views.tables, file))

@@ -162,6 +162,7 @@ class _Helpers:
         self._tasks = tasks
         self._directory = directory
         self._joining = False
+        environment = _helper_environment()
         self._processes = [
             subprocess.Popen(
                 # -P: the working folder, which -m would put first on sys.path, may hold
@@ -176,7 +177,7 @@ class _Helpers:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
-                env=_helper_environment(),
+                env=environment,
             )
             for task in tasks
         ]
@@ -250,8 +251,6 @@ class SplitReplay:
     read_partition = SQL.read_partition
 
     def __init__(self, database: Path, workers: int | None) -> None:
-        if workers is not None and workers < 1:
-            raise InvalidInputError(f"workers must be at least 1, not {workers}")
         self.database = database
         self.workers = workers
 

@@ -108,7 +108,7 @@ class RunViewsRebuild:
     def flush_all(self) -> Script[None]:
         """Write every view still unwritten and index the tables (when the caller fed
         the whole log itself)."""
-        yield from self._flush(everything=True)
+        yield from self.flush()
         for statement in self.projection.index_schema():
             yield Execute(statement)
 

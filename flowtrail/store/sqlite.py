@@ -161,7 +161,20 @@ def _configure(connection: sqlite3.Connection, options: _Options) -> None:
         connection.execute(statement)
 
 
-class SyncSQLiteStore(SyncLogStore):
+class _File:
+    """Where a SQLite store's log lives (both stores)."""
+
+    _options: StoreOptions
+
+    @property
+    def path(self) -> Path | None:
+        """The database file; None for an in-memory log."""
+        options = self._options
+        assert isinstance(options, _Options)
+        return None if options.memory else Path(options.path)
+
+
+class SyncSQLiteStore(_File, SyncLogStore):
     """The SQLite log with plain calls. Safe to share between threads."""
 
     dialect: Dialect = "sqlite"
@@ -176,12 +189,6 @@ class SyncSQLiteStore(SyncLogStore):
         self.stale_projections = self.run(
             schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
         )
-
-    @property
-    def path(self) -> Path | None:
-        """The database file; None for an in-memory log."""
-        options: _Options = self._options  # type: ignore[assignment]
-        return None if options.memory else Path(options.path)
 
     @classmethod
     def open(cls, url: str, **options: Any) -> SyncSQLiteStore:
@@ -248,17 +255,11 @@ class _AsyncConnection:
         await self._connection.close()
 
 
-class SQLiteStore(AsyncLogStore):
+class SQLiteStore(_File, AsyncLogStore):
     """The SQLite log, async, with group commit. Open it with ``await SQLiteStore.open(...)``."""
 
     dialect: Dialect = "sqlite"
     sql: LogSql = SQL
-
-    @property
-    def path(self) -> Path | None:
-        """The database file; None for an in-memory log."""
-        options: _Options = self._options  # type: ignore[assignment]
-        return None if options.memory else Path(options.path)
 
     @classmethod
     async def open(cls, url: str, *, max_group: int = MAX_GROUP, **options: Any) -> SQLiteStore:
