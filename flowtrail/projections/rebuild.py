@@ -57,7 +57,7 @@ class RunViewsRebuild:
         self.position = 0
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._dirty: dict[str, RunView] = {}
-        self._created: list[RunView] = []
+        self._created: list[tuple[str, RunView]] = []
 
     def reset(self, dialect: Dialect, mark_stale: Script[None], last_position: str) -> Script[object]:
         """Drop and recreate the tables, marked stale, in one transaction; its result is
@@ -144,7 +144,7 @@ class RunViewsRebuild:
             view = evolve(view, event)
             views[run_id] = dirty[run_id] = view  # re-inserted: now the most recently used
             if isinstance(event, FlowRunCreated):
-                self._created.append(view)
+                self._created.append((run_id, view))
             self.applied += 1
         self.position = records[-1].position
         while len(views) > self.cache_size:
@@ -154,7 +154,7 @@ class RunViewsRebuild:
 
     def _flush(self, *, everything: bool) -> Script[None]:
         if self._dirty or self._created:
-            yield from write_views(self._dirty.values(), self._created)
+            yield from write_views(self._dirty.items(), self._created)
         self._dirty = {}
         self._created = []
         if everything:

@@ -70,10 +70,10 @@ _TASK_UPSERT = (
 _TAG_INSERT = "INSERT INTO run_tags (tag, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 
 
-def _flow_row(view: RunView, data: bytes) -> tuple[object, ...]:
+def _flow_row(run_id: str, view: RunView, data: bytes) -> tuple[object, ...]:
     state = view.state
     return (
-        str(view.id),
+        run_id,
         view.name,
         view.flow_name,
         None if state is None else state.type.value,
@@ -89,10 +89,10 @@ def _flow_row(view: RunView, data: bytes) -> tuple[object, ...]:
     )
 
 
-def _task_row(view: RunView, data: bytes) -> tuple[object, ...]:
+def _task_row(run_id: str, view: RunView, data: bytes) -> tuple[object, ...]:
     state = view.state
     return (
-        str(view.id),
+        run_id,
         None if view.flow_run_id is None else str(view.flow_run_id),
         view.task_key,
         view.dynamic_key,
@@ -124,10 +124,11 @@ def load_views(ids: Sequence[str]) -> Script[dict[str, RunView]]:
 
 def fold_into(
     views: dict[str, RunView], records: Sequence[RecordedEvent], events: Sequence[Event]
-) -> tuple[list[str], list[RunView]]:
-    """Apply each event whose turn it is; returns the runs changed and the flow runs created."""
+) -> tuple[list[str], list[tuple[str, RunView]]]:
+    """Apply each event whose turn it is; returns the runs changed and the flow runs
+    created (id, view as created)."""
     changed: dict[str, None] = {}
-    created: list[RunView] = []
+    created: list[tuple[str, RunView]] = []
     for record, event in zip(records, events, strict=True):
         view = views.get(record.stream_id)
         if view is None:
@@ -139,14 +140,17 @@ def fold_into(
         views[record.stream_id] = view
         changed[record.stream_id] = None
         if isinstance(event, FlowRunCreated):
-            created.append(view)
+            created.append((record.stream_id, view))
     return list(changed), created
 
 
 def write_views(
-    views: Iterable[RunView], created: Iterable[RunView] = (), same_start: Container[str] = ()
+    views: Iterable[tuple[str, RunView]],
+    created: Iterable[tuple[str, RunView]] = (),
+    same_start: Container[str] = (),
 ) -> Script[None]:
-    """Upsert the rows of these views (and the tags of newly created flow runs).
+    """Upsert the rows of these views (and the tags of newly created flow runs), each
+    given with its run's id as the log spells it (the stream id: no UUID formatting).
 
     ``same_start`` names runs whose stored row is known to hold the expected start time
     their view has: their rows are updated without touching it (and its indexes).
@@ -154,20 +158,19 @@ def write_views(
     flows: list[tuple[object, ...]] = []
     kept: list[tuple[object, ...]] = []
     tasks: list[tuple[object, ...]] = []
-    for view in views:
+    for run_id, view in views:
         data = encode_view(view)
         if view.kind is RunKind.FLOW:
-            row = _flow_row(view, data)
-            (kept if row[0] in same_start else flows).append(row)
+            (kept if run_id in same_start else flows).append(_flow_row(run_id, view, data))
         else:
-            tasks.append(_task_row(view, data))
+            tasks.append(_task_row(run_id, view, data))
     if flows:
         yield ExecuteMany(_FLOW_UPSERT, flows)
     if kept:
         yield ExecuteMany(_FLOW_UPSERT_SAME_START, kept)
     if tasks:
         yield ExecuteMany(_TASK_UPSERT, tasks)
-    tags = [(tag, str(view.id)) for view in created for tag in view.tags]
+    tags = [(tag, run_id) for run_id, view in created for tag in view.tags]
     if tags:
         yield ExecuteMany(_TAG_INSERT, tags)
 
@@ -246,4 +249,4 @@ class RunViews:
             for run_id in changed
             if run_id in starts and views[run_id].expected_start_time == starts[run_id]
         }
-        yield from write_views((views[run_id] for run_id in changed), created, same_start)
+        yield from write_views(((run_id, views[run_id]) for run_id in changed), created, same_start)
