@@ -13,7 +13,7 @@ from typing import Protocol
 from flowtrail.core.effects import Fetch, Join, OnWriter, Row, Script
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.audit import prepare_catch_up
-from flowtrail.engine.replay import SplitReplay, copy_rows
+from flowtrail.engine.replay import SplitReplay, copy_rows, partition_bounds
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.catchup import catch_up_step
 from flowtrail.projections.rebuild import RunViewsRebuild
@@ -104,10 +104,12 @@ def _replay_split(
     progress: Progress | None,
     batch: int,
 ) -> Script[None]:
-    """Replay partition 0 here while helpers replay the others; then copy their rows in."""
-    helpers = split.start(head, partitions, batch, rebuild.cache_size)
+    """Replay the first partition here while helpers replay the others; then copy their
+    rows in."""
+    (low, high), *others = partition_bounds(partitions)
+    helpers = split.start(others, head, batch, rebuild.cache_size)
     try:
-        own = (head, partitions, 0, batch)
+        own = (head, low, high, batch)
         yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
         done: list[tuple[str, int]] = yield Join(helpers)
         for file, applied in done:

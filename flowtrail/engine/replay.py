@@ -46,7 +46,16 @@ from flowtrail.store.scripts import record_of
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore, _Connection
 from flowtrail.store.sqlite_schema import SQL, translate
 
-__all__ = ["ReplayOutcome", "ReplayTask", "SplitReplay", "main", "replay_partition", "split_replay"]
+__all__ = [
+    "ReplayOutcome",
+    "ReplayTask",
+    "SplitReplay",
+    "bucket_of",
+    "main",
+    "partition_bounds",
+    "replay_partition",
+    "split_replay",
+]
 
 #: Below this many events a rebuild replays in one process: starting helpers costs more.
 SPLIT_FROM = 100_000
@@ -56,6 +65,18 @@ MOST_PARTITIONS = 4
 
 #: Events a helper replays per transaction, at most.
 HELPER_BATCH = 1_000
+
+#: The rebuilding process's share of the runs against a helper's. It replays straight
+#: into the database, through its journal, about 1.4 times slower than a helper into a
+#: file of its own (46 s against 32 s per 2.2M events, measured on 2 cores), and then
+#: copies the helpers' rows in while they stand idle: an equal share left the helper
+#: waiting on it; 0.75 finishes them about together.
+OWN_WEIGHT = 0.75
+
+#: A stream's bucket (see `SqliteLogSql.read_partition`) is in [LOWEST_BUCKET, BUCKETS).
+LOWEST_BUCKET, BUCKETS = -17, 256
+
+_HEX = "0123456789abcdef"
 
 _CODEC_ERRORS: dict[str, type[CodecError]] = {
     cls.__name__: cls for cls in (MalformedEventError, UnknownEventTypeError, UnsupportedSchemaVersionError)
@@ -67,8 +88,8 @@ class ReplayTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     database: str
     out: str
-    partition: int
-    partitions: int
+    low: int
+    high: int
     head: int
     batch: int
     cache_size: int
@@ -102,7 +123,7 @@ def replay_partition(task: ReplayTask) -> int:
             if os.getppid() != task.parent:
                 raise _Orphaned("the rebuild that started this replay is gone")
             rows = source.execute(
-                SQL.read_partition, (after, task.head, task.partitions, task.partition, task.batch)
+                SQL.read_partition, (after, task.head, task.low, task.high, task.batch)
             ).fetchall()
             if rows:
                 run_sync(rebuild.feed([record_of(row) for row in rows]), writer.execute, translate)
@@ -244,6 +265,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def bucket_of(stream_id: str) -> int:
+    """A stream's bucket, as `SqliteLogSql.read_partition` computes it in SQL."""
+    return 16 * _HEX.find(stream_id[-2:-1]) + _HEX.find(stream_id[-1:])
+
+
+def partition_bounds(partitions: int) -> list[tuple[int, int]]:
+    """The buckets [low, high) of each partition; the first is the rebuilding process's.
+
+    Together they hold every bucket once; the first gets `OWN_WEIGHT` of a helper's share.
+    """
+    if partitions == 1:
+        return [(LOWEST_BUCKET, BUCKETS)]
+    own = OWN_WEIGHT / (OWN_WEIGHT + partitions - 1)
+    helpers = partitions - 1
+    cuts = [round(BUCKETS * (own + (1 - own) * index / helpers)) for index in range(helpers)]
+    return list(zip([LOWEST_BUCKET, *cuts], [*cuts, BUCKETS], strict=True))
+
+
 class SplitReplay:
     """How a rebuild of one SQLite file splits its replay (see `split_replay`)."""
 
@@ -262,8 +301,9 @@ class SplitReplay:
             return 1
         return max(1, min(os.cpu_count() or 1, MOST_PARTITIONS))
 
-    def start(self, head: int, partitions: int, batch: int, cache_size: int) -> _Helpers:
-        """Start helpers for partitions 1 .. N-1 of the events up to ``head``."""
+    def start(self, bounds: Sequence[tuple[int, int]], head: int, batch: int, cache_size: int) -> _Helpers:
+        """Start a helper for each of these partitions (bucket bounds) of the events up
+        to ``head``."""
         directory = Path(
             tempfile.mkdtemp(
                 prefix=f"{_folder_prefix(self.database)}{os.getpid()}-", dir=self.database.parent
@@ -272,16 +312,16 @@ class SplitReplay:
         tasks = [
             ReplayTask(
                 database=str(self.database),
-                out=str(directory / f"partition-{partition}.db"),
-                partition=partition,
-                partitions=partitions,
+                out=str(directory / f"partition-{index}.db"),
+                low=low,
+                high=high,
                 head=head,
                 # Helpers commit cheaply (no journal): smaller chunks keep their memory down.
                 batch=min(batch, HELPER_BATCH),
                 cache_size=cache_size,
                 parent=os.getpid(),
             )
-            for partition in range(1, partitions)
+            for index, (low, high) in enumerate(bounds, start=1)
         ]
         try:
             return _Helpers(tasks, directory)

@@ -112,15 +112,16 @@ class SqliteLogSql(PortableLogSql):
 
     position_lookup = "SELECT 'p', NULL, max(position), NULL, NULL FROM events"
 
-    #: The events after one position and up to another whose stream falls in one of N
-    #: partitions (by the code points of its id's last two characters: the random end
-    #: of a run id), in log order, at most a number of them. Parameters: after, up to,
-    #: N, partition, limit. The rows are those of `read_batch`.
+    #: The events after one position and up to another whose stream falls in a range of
+    #: buckets, in log order, at most a number of them. A stream's bucket is the value of
+    #: its id's last two hex digits (0-255: the random end of a run id; any other id
+    #: falls somewhere from -17 up). Parameters: after, up to, lowest bucket, bucket
+    #: past the last, limit. The rows are those of `read_batch`.
     read_partition = (
         "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
         "FROM events WHERE position > ? AND position <= ? AND "
-        "(coalesce(unicode(substr(stream_id, -1)), 0) + 7 * coalesce(unicode(substr(stream_id, -2, 1)), 0)) % ? = ? "
-        "ORDER BY position LIMIT ?"
+        "16 * instr('0123456789abcdef', substr(stream_id, -2, 1)) + instr('0123456789abcdef', substr(stream_id, -1)) "
+        "- 17 BETWEEN ? AND ? - 1 ORDER BY position LIMIT ?"
     )
 
     def heads_lookup(self, streams: int) -> str:

@@ -14,13 +14,23 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flowtrail import Orchestrator, SyncOrchestrator, states
 from flowtrail.core import InvalidInputError, MalformedEventError, fold
 from flowtrail.core.chain import to_micros
 from flowtrail.core.effects import Join, OnWriter
 from flowtrail.engine.maintenance import rebuild_script
-from flowtrail.engine.replay import ReplayOutcome, ReplayTask, _helper_environment, split_replay
+from flowtrail.engine.replay import (
+    ReplayOutcome,
+    ReplayTask,
+    _helper_environment,
+    bucket_of,
+    partition_bounds,
+    split_replay,
+)
+from flowtrail.store.sqlite_schema import SQL
 from tests.engine.conftest import Orch
 from tests.engine.test_processes import ROOT, _start
 
@@ -83,21 +93,49 @@ def test_a_split_rebuild_leaves_no_files_behind(file_orch: Orch, tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@given(
+    stream_ids=st.lists(
+        st.uuids().map(str) | st.text(max_size=4) | st.from_regex(r"\A[0-9a-fA-F-]{0,6}\Z"), max_size=40
+    ),
+    partitions=st.integers(min_value=1, max_value=9),
+)
+def test_every_stream_falls_in_exactly_one_partition_in_sql_and_in_python(
+    stream_ids: list[str], partitions: int
+) -> None:
+    raw = sqlite3.connect(":memory:")
+    raw.execute(
+        "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_id TEXT, version, "
+        "event_type, schema_version, recorded_at, data, hash)"
+    )
+    raw.executemany("INSERT INTO events (stream_id) VALUES (?)", [(stream_id,) for stream_id in stream_ids])
+    found: list[str] = []
+    for low, high in partition_bounds(partitions):
+        rows = raw.execute(SQL.read_partition, (0, len(stream_ids), low, high, len(stream_ids) + 1))
+        for _, stream_id, *_ in rows:
+            assert low <= bucket_of(stream_id) < high
+            found.append(stream_id)
+    assert sorted(found) == sorted(stream_ids)
+
+
+def test_the_rebuilding_process_takes_a_smaller_share_of_runs_than_each_helper() -> None:
+    for partitions in (2, 3, 4):
+        bounds = partition_bounds(partitions)
+        own = bounds[0][1] - max(bounds[0][0], 0)  # run ids' buckets start at 0
+        assert all(own < high - low for low, high in bounds[1:])
+
+
 def test_a_rebuild_asked_for_no_workers_is_a_typed_error(file_orch: Orch) -> None:
     with pytest.raises(InvalidInputError, match="workers"):
         file_orch.rebuild(workers=0)
 
 
-def _spoil_event(path: Path, partition_of_two: int) -> int:
+def _spoil_event(path: Path) -> int:
     """Overwrite the bytes of a run's first event whose stream a helper (not the rebuilding
     process) replays, on the file itself; its position."""
     with sqlite3.connect(path) as raw:
         raw.execute("DROP TRIGGER events_are_never_updated")
-        position: int = raw.execute(
-            "SELECT min(position) FROM events WHERE "
-            "(unicode(substr(stream_id, -1)) + 7 * unicode(substr(stream_id, -2, 1))) % 2 = ?",
-            (partition_of_two,),
-        ).fetchone()[0]
+        rows = raw.execute("SELECT position, stream_id FROM events ORDER BY position").fetchall()
+        position: int = next(position for position, stream in rows if _replayed_by_a_helper(stream))
         raw.execute("UPDATE events SET data = ? WHERE position = ?", (b"{not json", position))
     return position
 
@@ -107,7 +145,7 @@ def test_an_event_a_helper_cannot_decode_fails_the_rebuild_with_its_typed_error(
     with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
         for _ in range(20):
             orch.create_flow_run("etl", state=states.Pending())
-    position = _spoil_event(path, partition_of_two=1)
+    position = _spoil_event(path)
     with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
         with pytest.raises(MalformedEventError) as caught:
             orch.rebuild(workers=2)
@@ -131,8 +169,8 @@ def test_a_helper_whose_rebuild_is_gone_stops_and_removes_its_file(tmp_path: Pat
     task = ReplayTask(
         database=str(path),
         out=str(folder / "partition-1.db"),
-        partition=1,
-        partitions=2,
+        low=0,
+        high=256,
         head=2,
         batch=10,
         cache_size=10,
@@ -236,9 +274,10 @@ def test_a_cancelled_async_split_rebuild_stops_its_helpers_and_removes_their_fil
         assert len(orch.read_flow_runs(limit=None)) == 1000
 
 
-def _partition_of_two(run_id: object) -> int:
-    text = str(run_id)
-    return (ord(text[-1]) + 7 * ord(text[-2])) % 2
+def _replayed_by_a_helper(run_id: object) -> bool:
+    """Whether a rebuild split in two leaves this run to its helper."""
+    (_, own_end), _ = partition_bounds(2)
+    return bucket_of(str(run_id)) >= own_end
 
 
 def test_appends_carrying_their_views_around_a_helpers_copy_leave_every_column_right(tmp_path: Path) -> None:
@@ -250,7 +289,7 @@ def test_appends_carrying_their_views_around_a_helpers_copy_leave_every_column_r
         for _ in range(5):
             orch.create_flow_run("etl", state=states.Pending())
         run = orch.create_flow_run("etl")  # no state yet: no expected start time
-        while _partition_of_two(run.id) != 1:  # one a helper replays
+        while not _replayed_by_a_helper(run.id):
             run = orch.create_flow_run("etl")
         store = orch.store
         split = split_replay(store, 2)
