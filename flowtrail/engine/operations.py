@@ -315,9 +315,10 @@ class Context:
         facts, expect = yield from self._facts(view, proposal, fresh=fresh)
         decision = decide(view, proposal, facts)
         event = StateProposed(run_id=view.id, proposal=proposal, facts=facts, decision=decision)
-        writes = [StreamWrite(str(view.id), [event], view.version)]
+        stream = str(view.id)
+        writes = [StreamWrite(stream, [event], view.version)]
         views = [evolve(view, event)]
-        before: dict[str, object] = {str(view.id): view}
+        before: dict[str, object] = {stream: view}
         mirror = mirror_proposal(view, decision, proposal)
         if mirror is not None and view.parent_task_run_id is not None:
             if parent is None or parent.id != view.parent_task_run_id:
