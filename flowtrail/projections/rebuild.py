@@ -120,11 +120,16 @@ class RunViewsRebuild:
             return
         views, dirty = self._views, self._dirty
         # A view evicted from the cache but not yet written is still in ``dirty``: its
-        # table row is behind, so it must never be reloaded from the table.
+        # table row is behind, so it must never be reloaded from the table. A run created
+        # in this chunk is folded here from its creation, row or no row (an append may
+        # have written one meanwhile: it is written over, and the events after this
+        # chunk are replayed later): looking up most of a log's runs for nothing took a
+        # sixth of a rebuild's reads.
+        created = {r.stream_id for r in records if r.event_type in _CREATION_TYPES}
         missing = [
             r.stream_id
             for r in records
-            if r.stream_id not in views and r.stream_id not in dirty and r.event_type not in _CREATION_TYPES
+            if r.stream_id not in views and r.stream_id not in dirty and r.stream_id not in created
         ]
         if missing:
             views.update((yield from load_views(list(dict.fromkeys(missing)))))
