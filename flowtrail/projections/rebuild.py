@@ -1,8 +1,10 @@
 """Rebuilding the run views from the log, online, in bounded memory.
 
 A rebuild drops the views' tables, marks them stale, replays the log into them a chunk
-(one write transaction) at a time, and ends with one write transaction that replays
-what was appended meanwhile and marks the views current. Appends go on throughout:
+at a time, and ends with one write transaction that replays what was appended
+meanwhile and marks the views current. A chunk is decoded and folded outside any
+transaction; the views it changed are written a few thousand at a time, each batch in a
+short write transaction of its own. Appends go on throughout:
 their inline updates are version-guarded (see `flowtrail.projections.runs`), so an
 update racing the rebuild either applies in turn or is skipped and replayed by it; the
 last transaction holds the write lock, so nothing slips between its catch-up and the
@@ -79,9 +81,13 @@ class RunViewsRebuild:
 
         return transaction(body())
 
-    def feed(self, records: Sequence[RecordedEvent]) -> Script[object]:
-        """Apply a chunk of the log (in position order), in one transaction."""
-        return transaction(self._apply(records))
+    def feed(self, records: Sequence[RecordedEvent]) -> Script[None]:
+        """Apply a chunk of the log (in position order). The views it changes are
+        written in a transaction of their own once enough of them wait: the write lock
+        is held while rows are written, not while events are decoded and folded."""
+        yield from self._apply(records)
+        if len(self._dirty) >= self.flush_every:
+            yield from transaction(self._flush(everything=False))
 
     def finish(
         self, read_batch: str, record_of: RecordOf, mark_current: Script[None], batch: int = 5_000
@@ -95,6 +101,8 @@ class RunViewsRebuild:
             while True:
                 rows: list[Row] = yield Fetch(read_batch, (self.position + 1, batch))
                 yield from self._apply([record_of(row) for row in rows])
+                if len(self._dirty) >= self.flush_every:
+                    yield from self._flush(everything=False)
                 if len(rows) < batch:
                     break
             yield from self._flush(everything=True)
@@ -141,8 +149,6 @@ class RunViewsRebuild:
         self.position = records[-1].position
         while len(views) > self.cache_size:
             views.popitem(last=False)  # its newest state is still in dirty until written
-        if len(dirty) >= self.flush_every:
-            yield from self._flush(everything=False)
 
     def _fold(self, records: Sequence[RecordedEvent]) -> None:
         views, dirty = self._views, self._dirty
