@@ -287,7 +287,7 @@ class SyncOrchestrator(_Base):
         progress: Progress | None = None,
         *,
         batch: int = _CHUNK,
-        cache_size: int = 10_000,
+        cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
         split = split_replay(self.store, workers)
@@ -553,13 +553,15 @@ class Orchestrator(_Base):
         progress: Progress | None = None,
         *,
         batch: int = _CHUNK,
-        cache_size: int = 10_000,
+        cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
         """Drop the run views and rebuild them from the log; returns the events applied.
 
         Appends may go on meanwhile (this process's and others'). ``batch`` events are
-        replayed per write transaction; ``cache_size`` views are kept in memory (in all).
+        read and folded at a time, outside any transaction, and the views they change
+        written a few thousand per write transaction; ``cache_size`` views are kept in
+        memory (in all).
         A SQLite file's log is replayed by ``workers`` processes, split by run: by
         default one per processor (at most four) once the log holds 100,000 events;
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
