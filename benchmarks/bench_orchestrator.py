@@ -130,14 +130,21 @@ def bench_async_propose(rounds: int = 3) -> dict[str, object]:
 # --- 3 and 4. a log of many runs: lookups and rebuild --------------------------------------------------
 
 
+def _new_log(path: Path, what: str) -> SyncSQLiteStore | None:
+    """A store on a log to build at ``path``; None if it was built before."""
+    if path.exists():
+        return None
+    DATA.mkdir(exist_ok=True)
+    print(f"building a log of {what} in {path} (once)...", flush=True)
+    return SyncSQLiteStore(path, durability="normal", projections=[RunViews()])
+
+
 def build_runs(runs: int) -> Path:
     """Flow runs created Pending; every tenth a subflow of a task of the run before it."""
-    DATA.mkdir(exist_ok=True)
     path = DATA / f"runs-{runs}.db"
-    if path.exists():
+    store = _new_log(path, f"{runs:,} flow runs")
+    if store is None:
         return path
-    print(f"building a log of {runs:,} flow runs in {path} (once)...", flush=True)
-    store = SyncSQLiteStore(path, durability="normal", projections=[RunViews()])
     previous = None
     batch: list[StreamWrite] = []
     for index in range(runs):
@@ -193,12 +200,10 @@ def build_lifecycles(runs: int) -> Path:
     """Flow runs that live a whole life: created Pending, then Running, then Completed
     (four events a run), a thousand at a time, so that a run's events lie among
     the others' as they do when runs go on side by side."""
-    DATA.mkdir(exist_ok=True)
     path = DATA / f"lifecycles-{runs}.db"
-    if path.exists():
+    store = _new_log(path, f"{runs:,} flow-run lifecycles")
+    if store is None:
         return path
-    print(f"building a log of {runs:,} flow-run lifecycles in {path} (once)...", flush=True)
-    store = SyncSQLiteStore(path, durability="normal", projections=[RunViews()])
     for wave in range(0, runs, 1000):
         views = []
         for index in range(wave, min(wave + 1000, runs)):
