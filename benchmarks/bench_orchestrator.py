@@ -205,25 +205,28 @@ def build_lifecycles(runs: int) -> Path:
     if store is None:
         return path
     for wave in range(0, runs, 1000):
-        views = []
-        for index in range(wave, min(wave + 1000, runs)):
-            created = FlowRunCreated(
+        creations = [
+            FlowRunCreated(
                 run_id=new_run_id(),
                 flow_name=f"flow-{index % 50}",
                 name=f"run-{index}",
                 created_at=at(index / 1000),
                 tags=(f"t{index % 7}",),
             )
-            views.append((evolve(None, created), [created]))
+            for index in range(wave, min(wave + 1000, runs))
+        ]
+        views = [evolve(None, created) for created in creations]
         for step, state in enumerate((pure.Pending, pure.Running, pure.Completed)):
             writes = []
-            for number, (view, events) in enumerate(views):
+            for number, view in enumerate(views):
                 when = at((wave + number) / 1000 + step)
                 proposal = Proposal(state=state(timestamp=when), proposed_at=when, force=step == 0)
                 decision = decide(view, proposal, Facts())
                 event = StateProposed(run_id=view.id, proposal=proposal, facts=Facts(), decision=decision)
-                writes.append(StreamWrite(str(view.id), [*events, event], view.version - len(events)))
-                views[number] = (evolve(view, event), [])
+                # A run's creation is appended with its first state.
+                earlier = [creations[number]] if step == 0 else []
+                writes.append(StreamWrite(str(view.id), [*earlier, event], view.version - len(earlier)))
+                views[number] = evolve(view, event)
             store.append_many(writes)
     store.close()
     return path
