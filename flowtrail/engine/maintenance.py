@@ -7,10 +7,11 @@ time and appends go on in between.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
-from flowtrail.core.effects import Fetch, Join, OnWriter, Row, Script
+from flowtrail.core.effects import Execute, Fetch, Join, OnWriter, Row, Script
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.audit import prepare_catch_up
 from flowtrail.engine.replay import SplitReplay, copy_rows, partition_bounds
@@ -53,7 +54,42 @@ def rebuild_script(
 
     With ``split``, the events up to the log's end at the drop are replayed in partitions
     of runs, one here and the others in helper processes (`flowtrail.engine.replay`).
+    Where the dialect has them (`LogSql.lean_cache`), both connections keep a smaller
+    page cache meanwhile, and get their usual one back at the end, failed or not.
     """
+    sql = backend.sql
+    yield from _set_cache(sql.lean_cache)
+    try:
+        applied = yield from _rebuild(backend, views, progress, batch, cache_size, split)
+    except GeneratorExit:
+        raise  # closed midway (its task cancelled): it can run nothing more
+    except BaseException:
+        with contextlib.suppress(Exception):  # the rebuild's own error is the one to see
+            yield from _set_cache(sql.usual_cache)
+        raise
+    yield from _set_cache(sql.usual_cache)
+    return applied
+
+
+def _set_cache(statement: str | None) -> Script[None]:
+    """Run a page-cache statement on the writer, then on the reader."""
+    if statement is not None:
+        yield OnWriter(_execute(statement))
+        yield Fetch(statement)
+
+
+def _execute(statement: str) -> Script[None]:
+    yield Execute(statement)
+
+
+def _rebuild(
+    backend: Backend,
+    views: RunViews,
+    progress: Progress | None,
+    batch: int,
+    cache_size: int,
+    split: SplitReplay | None,
+) -> Script[int]:
     rebuild = RunViewsRebuild(views, cache_size=cache_size)
     total = yield OnWriter(
         rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)

@@ -44,6 +44,10 @@ class PortableLogSql:
 
     position_lookup: str
 
+    #: See `LogSql.lean_cache`: none unless the dialect has them.
+    lean_cache: str | None = None
+    usual_cache: str | None = None
+
     def heads_lookup(self, streams: int) -> str:
         raise NotImplementedError
 

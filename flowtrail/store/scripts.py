@@ -75,6 +75,17 @@ class LogSql(Protocol):
         """The log's identity, given when it was created (one row, one column)."""
         ...
 
+    @property
+    def lean_cache(self) -> str | None:
+        """A statement shrinking a connection's page cache while a rebuild scans the
+        log and loads the views (None: the dialect keeps no cache per connection)."""
+        ...
+
+    @property
+    def usual_cache(self) -> str | None:
+        """The statement giving a connection its usual page cache back."""
+        ...
+
 
 def wall_clock_micros() -> int:
     """The recording time of a write: microseconds since the epoch."""

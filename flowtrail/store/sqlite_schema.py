@@ -107,10 +107,21 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
+#: Each connection's page cache, in KiB.
+CACHE_KIB = 16_000
+
+#: The same while a rebuild runs: its reads scan the log once, and its writes land
+#: mostly at the end of tables without secondary indexes. A rebuild of 2M events peaked
+#: at 61 MB of RSS with this against 88-97 MB with the usual cache, no slower.
+REBUILD_CACHE_KIB = 4_000
+
+
 class SqliteLogSql(PortableLogSql):
     """The log's statements in SQLite's dialect."""
 
     position_lookup = "SELECT 'p', NULL, max(position), NULL, NULL FROM events"
+    lean_cache = f"PRAGMA cache_size = -{REBUILD_CACHE_KIB}"
+    usual_cache = f"PRAGMA cache_size = -{CACHE_KIB}"
 
     #: The events after one position and up to another whose stream falls in a range of
     #: buckets, in log order, at most a number of them. A stream's bucket is the value of
@@ -250,7 +261,7 @@ def connect_options(durability: str, busy_timeout: float) -> list[str]:
         "PRAGMA foreign_keys = OFF",
         # temp_store stays on disk: in memory, dropping or indexing a large table
         # (a rebuild) took RSS from 30 MB to over 200 MB.
-        "PRAGMA cache_size = -16000",
+        f"PRAGMA cache_size = -{CACHE_KIB}",
         # Some builds (Debian's among them) zero every freed page by default, so dropping
         # the run views in a rebuild wrote their whole size again (7.6 of 8 s for 1.1M
         # runs). Nothing here is secret beyond the log, which is never deleted; FAST still
