@@ -14,7 +14,7 @@ from typing import Protocol
 from flowtrail.core.effects import Execute, Fetch, Join, OnWriter, Row, Script
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.audit import prepare_catch_up
-from flowtrail.engine.replay import SplitReplay, copy_rows, partition_bounds
+from flowtrail.engine.replay import SplitReplay, copy_rows, partition_bounds, partition_offsets
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.catchup import catch_up_step
 from flowtrail.projections.rebuild import RunViewsRebuild
@@ -142,7 +142,11 @@ def _replay_split(
 ) -> Script[None]:
     """Replay the first partition here while helpers replay the others; then copy their
     rows in."""
-    (low, high), *others = partition_bounds(partitions)
+    cuts: list[object] = []
+    for offset in partition_offsets(partitions, head):
+        rows: list[Row] = yield Fetch(split.partition_cut, (offset,))
+        cuts.extend(row[0] for row in rows)
+    (low, high), *others = partition_bounds(cuts)
     helpers = split.start(others, head, batch, rebuild.cache_size)
     try:
         own = (head, low, high, batch)

@@ -123,17 +123,19 @@ class SqliteLogSql(PortableLogSql):
     lean_cache = f"PRAGMA cache_size = -{REBUILD_CACHE_KIB}"
     usual_cache = f"PRAGMA cache_size = -{CACHE_KIB}"
 
-    #: The events after one position and up to another whose stream falls in a range of
-    #: buckets, in log order, at most a number of them. A stream's bucket is the value of
-    #: its id's last two hex digits (0-255: the random end of a run id; any other id
-    #: falls somewhere from -17 up). Parameters: after, up to, lowest bucket, bucket
-    #: past the last, limit. The rows are those of `read_batch`.
+    #: The events after one position and up to another whose stream id falls in a range
+    #: [low, high) (a bound that is NULL leaves that end open), in log order, at most a
+    #: number of them. Parameters: after, up to, low, high, limit. The rows are those
+    #: of `read_batch`.
     read_partition = (
         "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
-        "FROM events WHERE position > ? AND position <= ? AND "
-        "16 * instr('0123456789abcdef', substr(stream_id, -2, 1)) + instr('0123456789abcdef', substr(stream_id, -1)) "
-        "- 17 BETWEEN ? AND ? - 1 ORDER BY position LIMIT ?"
+        "FROM events WHERE position > ?1 AND position <= ?2 "
+        "AND (?3 IS NULL OR stream_id >= ?3) AND (?4 IS NULL OR stream_id < ?4) ORDER BY position LIMIT ?5"
     )
+
+    #: The stream of the event at an offset of the log in stream-id order (no row if the
+    #: log is shorter), read off the (stream_id, version) index. Parameter: the offset.
+    partition_cut = "SELECT stream_id FROM events ORDER BY stream_id LIMIT 1 OFFSET ?"
 
     def heads_lookup(self, streams: int) -> str:
         # With a single max(), SQLite takes the bare column (hash) from the row holding the max.

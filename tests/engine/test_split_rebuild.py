@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sqlite3
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -23,11 +25,14 @@ from flowtrail.core.chain import to_micros
 from flowtrail.core.effects import Join, OnWriter
 from flowtrail.engine.maintenance import rebuild_script
 from flowtrail.engine.replay import (
+    OWN_WEIGHT,
     ReplayOutcome,
     ReplayTask,
+    SplitReplay,
     _helper_environment,
-    bucket_of,
+    in_partition,
     partition_bounds,
+    partition_offsets,
     split_replay,
 )
 from flowtrail.store.sqlite_schema import SQL
@@ -98,30 +103,86 @@ def test_a_split_rebuild_leaves_no_files_behind(file_orch: Orch, tmp_path: Path)
         st.uuids().map(str) | st.text(max_size=4) | st.from_regex(r"\A[0-9a-fA-F-]{0,6}\Z"), max_size=40
     ),
     partitions=st.integers(min_value=1, max_value=9),
+    noise=st.lists(st.none() | st.integers() | st.binary(max_size=3), max_size=2),
 )
 def test_every_stream_falls_in_exactly_one_partition_in_sql_and_in_python(
-    stream_ids: list[str], partitions: int
+    stream_ids: list[str], partitions: int, noise: list[object]
 ) -> None:
     raw = sqlite3.connect(":memory:")
     raw.execute(
         "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_id TEXT, version, "
-        "event_type, schema_version, recorded_at, data, hash)"
+        "event_type, schema_version, recorded_at, data, hash, UNIQUE (stream_id, version))"
     )
-    raw.executemany("INSERT INTO events (stream_id) VALUES (?)", [(stream_id,) for stream_id in stream_ids])
+    raw.executemany(
+        "INSERT INTO events (stream_id, version) VALUES (?, ?)",
+        [(stream_id, index) for index, stream_id in enumerate(stream_ids)],
+    )
+    cuts: list[object] = []
+    for offset in partition_offsets(partitions, len(stream_ids)):
+        cuts.extend(row[0] for row in raw.execute(SQL.partition_cut, (offset,)))
     found: list[str] = []
-    for low, high in partition_bounds(partitions):
+    for low, high in partition_bounds([*noise, *cuts, *noise]):
         rows = raw.execute(SQL.read_partition, (0, len(stream_ids), low, high, len(stream_ids) + 1))
         for _, stream_id, *_ in rows:
-            assert low <= bucket_of(stream_id) < high
+            assert in_partition(stream_id, low, high)
             found.append(stream_id)
     assert sorted(found) == sorted(stream_ids)
 
 
-def test_the_rebuilding_process_takes_a_smaller_share_of_runs_than_each_helper() -> None:
+def test_the_rebuilding_process_takes_a_smaller_share_of_events_than_each_helper() -> None:
     for partitions in (2, 3, 4):
-        bounds = partition_bounds(partitions)
-        own = bounds[0][1] - max(bounds[0][0], 0)  # run ids' buckets start at 0
-        assert all(own < high - low for low, high in bounds[1:])
+        cuts = [0, *partition_offsets(partitions, 10_000), 10_000]
+        shares = [high - low for low, high in itertools.pairwise(cuts)]
+        assert all(shares[0] < share for share in shares[1:])
+
+
+def _bounds_of_a_split_rebuild(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[tuple[str | None, str | None], list[tuple[str | None, str | None]]]:
+    """The rebuilding process's partition and its helpers', as a rebuild in two chose them."""
+    handed: list[tuple[str | None, str | None]] = []
+    start = SplitReplay.start
+
+    def watched(self: SplitReplay, bounds: Any, *args: Any) -> Any:
+        handed.extend(bounds)
+        return start(self, bounds, *args)
+
+    monkeypatch.setattr(SplitReplay, "start", watched)
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        orch.rebuild(workers=2)
+    assert handed, "the rebuild did not split"
+    return (None, handed[0][0]), handed  # the rebuilding process's ends where the first helper's starts
+
+
+def test_a_split_rebuild_leaves_the_runs_created_last_to_its_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run ids are made in time order: a helper's rows are then copied in as one block."""
+    path = tmp_path / "ranges.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        created = [str(orch.create_flow_run("etl", state=states.Pending()).id) for _ in range(40)]
+    own, (helper,) = _bounds_of_a_split_rebuild(path, monkeypatch)
+    helped = [in_partition(run_id, *helper) for run_id in created]
+    assert helped == sorted(helped)  # False for the runs created first, True for the last
+    assert 0 < helped.count(True) < len(created)
+    assert not any(in_partition(run_id, *own) and in_partition(run_id, *helper) for run_id in created)
+
+
+def test_a_split_rebuild_cuts_the_log_where_the_rebuilding_process_gets_its_share_of_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shares.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        _busy_log(orch, runs=40)
+    own, (helper,) = _bounds_of_a_split_rebuild(path, monkeypatch)
+    with sqlite3.connect(path) as raw:
+        streams = [stream for (stream,) in raw.execute("SELECT stream_id FROM events")]
+    share = sum(in_partition(stream, *own) for stream in streams) / len(streams)
+    wanted = OWN_WEIGHT / (OWN_WEIGHT + 1)
+    assert abs(share - wanted) < 0.05  # a run's events stay together: the cut falls between runs
+    assert sum(in_partition(stream, *helper) for stream in streams) == len(streams) - round(
+        share * len(streams)
+    )
 
 
 def test_a_rebuild_asked_for_no_workers_is_a_typed_error(file_orch: Orch) -> None:
@@ -135,7 +196,7 @@ def _spoil_event(path: Path) -> int:
     with sqlite3.connect(path) as raw:
         raw.execute("DROP TRIGGER events_are_never_updated")
         rows = raw.execute("SELECT position, stream_id FROM events ORDER BY position").fetchall()
-        position: int = next(position for position, stream in rows if _replayed_by_a_helper(stream))
+        position: int = next(position for position, stream in rows if _replayed_by_a_helper(path, stream))
         raw.execute("UPDATE events SET data = ? WHERE position = ?", (b"{not json", position))
     return position
 
@@ -169,8 +230,8 @@ def test_a_helper_whose_rebuild_is_gone_stops_and_removes_its_file(tmp_path: Pat
     task = ReplayTask(
         database=str(path),
         out=str(folder / "partition-1.db"),
-        low=0,
-        high=256,
+        low=None,
+        high=None,
         head=2,
         batch=10,
         cache_size=10,
@@ -274,10 +335,17 @@ def test_a_cancelled_async_split_rebuild_stops_its_helpers_and_removes_their_fil
         assert len(orch.read_flow_runs(limit=None)) == 1000
 
 
-def _replayed_by_a_helper(run_id: object) -> bool:
-    """Whether a rebuild split in two leaves this run to its helper."""
-    (_, own_end), _ = partition_bounds(2)
-    return bucket_of(str(run_id)) >= own_end
+def _replayed_by_a_helper(path: Path, run_id: object) -> bool:
+    """Whether a rebuild of this file split in two leaves this run to its helper."""
+    with sqlite3.connect(path) as raw:
+        (head,) = raw.execute("SELECT max(position) FROM events").fetchone()
+        cuts = [
+            row[0]
+            for offset in partition_offsets(2, head)
+            for row in raw.execute(SQL.partition_cut, (offset,))
+        ]
+    (own_low, own_high), *_ = partition_bounds(cuts)
+    return not in_partition(str(run_id), own_low, own_high)
 
 
 def test_appends_carrying_their_views_around_a_helpers_copy_leave_every_column_right(tmp_path: Path) -> None:
@@ -289,7 +357,7 @@ def test_appends_carrying_their_views_around_a_helpers_copy_leave_every_column_r
         for _ in range(5):
             orch.create_flow_run("etl", state=states.Pending())
         run = orch.create_flow_run("etl")  # no state yet: no expected start time
-        while not _replayed_by_a_helper(run.id):
+        while not _replayed_by_a_helper(path, run.id):
             run = orch.create_flow_run("etl")
         store = orch.store
         split = split_replay(store, 2)
