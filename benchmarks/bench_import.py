@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/bench_import.py
 
-Each sample is a new process (a warm file cache, as on a second run of any program):
+Each sample is a new process (a warm file cache and compiled bytecode, as on a second
+run of any program: the children may write bytecode even where this process's
+environment says not to, or every sample would compile the package again, twice the time):
 the wall time of ``python -c "import flowtrail"`` less that of ``python -c "pass"``,
 measured alternately. Target <= 150 ms. Also prints the heaviest modules it loads,
 from ``-X importtime``.
@@ -10,6 +12,7 @@ from ``-X importtime``.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -17,10 +20,13 @@ import time
 
 from common import emit
 
+#: This environment, less any PYTHONDONTWRITEBYTECODE (see the module's docstring).
+ENVIRONMENT = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
 
 def wall(code: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENVIRONMENT)
     return time.perf_counter() - start
 
 
@@ -30,6 +36,7 @@ def heaviest(count: int = 6) -> list[tuple[str, float]]:
         capture_output=True,
         text=True,
         check=True,
+        env=ENVIRONMENT,
     )
     rows = []
     for line in done.stderr.splitlines():
