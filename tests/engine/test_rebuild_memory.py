@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,16 +23,19 @@ def _cache_size() -> Script[int]:
     return int(rows[0][0])
 
 
-def _sizes(orch: Orch) -> tuple[int, int]:
+def _sync_sizes(store: Any) -> tuple[int, int]:
     """The page cache of the writer and of the reader (negative: KiB)."""
-    store = orch.store
+    return store.run(_cache_size(), write=True), store.run(_cache_size())
+
+
+async def _async_sizes(store: Any) -> tuple[int, int]:
+    return await store.run(_cache_size(), write=True), await store.run(_cache_size())
+
+
+def _sizes(orch: Orch) -> tuple[int, int]:
     if orch.runner is None:
-        return store.run(_cache_size(), write=True), store.run(_cache_size())
-
-    async def both() -> tuple[int, int]:
-        return await store.run(_cache_size(), write=True), await store.run(_cache_size())
-
-    return orch.runner.run(both())
+        return _sync_sizes(orch.store)
+    return orch.runner.run(_async_sizes(orch.store))
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -51,8 +55,7 @@ def test_a_rebuild_scans_the_log_and_writes_the_views_with_a_lean_page_cache(tmp
         seen: list[tuple[int, int]] = []
 
         def progress(done: int, total: int) -> None:
-            store = orch.store
-            seen.append((store.run(_cache_size(), write=True), store.run(_cache_size())))
+            seen.append(_sync_sizes(orch.store))
 
         orch.rebuild(progress, batch=10, workers=1)
     lean = (-REBUILD_CACHE_KIB, -REBUILD_CACHE_KIB)
@@ -81,15 +84,11 @@ def test_an_async_rebuild_runs_its_scan_with_a_lean_page_cache(tmp_path: Path) -
     try:
         for _ in range(200):
             orch.create_flow_run("etl", state=states.Pending())
-        store = orch.store
         looks: list[asyncio.Task[tuple[int, int]]] = []
-
-        async def look() -> tuple[int, int]:
-            return await store.run(_cache_size(), write=True), await store.run(_cache_size())
 
         def progress(done: int, total: int) -> None:
             if not looks:
-                looks.append(asyncio.get_running_loop().create_task(look()))
+                looks.append(asyncio.get_running_loop().create_task(_async_sizes(orch.store)))
 
         async def rebuild() -> tuple[int, int]:
             await orch.api.rebuild(progress, batch=10, workers=1)
