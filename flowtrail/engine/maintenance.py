@@ -91,15 +91,21 @@ def _rebuild(
     split: SplitReplay | None,
 ) -> Script[int]:
     rebuild = RunViewsRebuild(views, cache_size=cache_size)
-    total = yield OnWriter(
-        rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)
-    )
-    partitions = 1 if split is None else split.partitions(total)
+    reset = rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)
+    head, partitions = 0, 1
+    if split is not None:
+        # Helpers start before the drop, on the log as it is then: dropping tables of a
+        # million rows frees every page of them, a second or two the helpers spend
+        # replaying. Events appended meanwhile are the catch-up's, like those after it.
+        rows: list[Row] = yield Fetch(backend.sql.last_position)
+        head = int(rows[0][0] or 0)
+        partitions = split.partitions(head)
     if split is not None and partitions > 1:
         # Each process keeps its share of the cache: together they hold no more.
         rebuild.cache_size = max(1, cache_size // partitions)
-        yield from _replay_split(rebuild, views, split, total, partitions, progress, batch)
+        yield from _replay_split(rebuild, views, split, head, partitions, reset, progress, batch)
     else:
+        total = yield OnWriter(reset)
         yield from _replay(
             rebuild, backend.sql.read_batch, lambda after: (after + 1, batch), batch, progress, total
         )
@@ -137,11 +143,13 @@ def _replay_split(
     split: SplitReplay,
     head: int,
     partitions: int,
+    reset: Script[object],
     progress: Progress | None,
     batch: int,
 ) -> Script[None]:
-    """Replay the first partition here while helpers replay the others; then copy their
-    rows in."""
+    """Start helpers on the events up to ``head``, then drop the views (``reset``),
+    replay the first partition here while the helpers replay the others, and copy
+    their rows in."""
     cuts: list[object] = []
     for offset in partition_offsets(partitions, head):
         rows: list[Row] = yield Fetch(split.partition_cut, (offset,))
@@ -149,6 +157,7 @@ def _replay_split(
     (low, high), *others = partition_bounds(cuts)
     helpers = split.start(others, head, batch, rebuild.cache_size)
     try:
+        yield OnWriter(reset)
         own = (head, low, high, batch)
         yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
         done: list[tuple[str, int]] = yield Join(helpers)

@@ -185,6 +185,54 @@ def test_a_split_rebuild_cuts_the_log_where_the_rebuilding_process_gets_its_shar
     )
 
 
+def test_a_split_rebuild_starts_its_helpers_before_it_drops_the_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping a large view table takes seconds, which the helpers spend replaying."""
+    path = tmp_path / "early.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        _busy_log(orch, runs=10)
+    rows_at_start: list[int] = []
+    start = SplitReplay.start
+
+    def watched(self: SplitReplay, *args: Any) -> Any:
+        with sqlite3.connect(path) as raw:
+            rows_at_start.append(raw.execute("SELECT count(*) FROM flow_runs").fetchone()[0])
+        return start(self, *args)
+
+    monkeypatch.setattr(SplitReplay, "start", watched)
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        orch.rebuild(workers=2)
+    assert rows_at_start == [12]  # ten runs and their two subflows, not yet dropped
+
+
+def test_events_appended_between_the_helpers_start_and_the_drop_reach_the_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helpers replay the log as it was when they started; the catch-up, the rest."""
+    path = tmp_path / "between.db"
+    url = f"sqlite:///{path}"
+    with SyncOrchestrator.open(url) as orch:
+        _busy_log(orch, runs=10)
+        late = orch.create_flow_run("etl", state=states.Pending())
+    start = SplitReplay.start
+
+    def appending(self: SplitReplay, *args: Any) -> Any:
+        helpers = start(self, *args)
+        with SyncOrchestrator.open(url) as other:
+            other.propose_state(late.id, states.Running())
+            other.set_flow_run_name(late.id, "late")
+        return helpers
+
+    monkeypatch.setattr(SplitReplay, "start", appending)
+    with SyncOrchestrator.open(url) as orch:
+        applied = orch.rebuild(workers=2)
+        view = orch.read_flow_run(late.id)
+        assert applied == orch.last_position()
+        assert fold(r.decode() for r in orch.store.read_stream(str(late.id))) == view
+    assert (view.name, view.state_type) == ("late", states.StateType.RUNNING)
+
+
 def test_a_rebuild_asked_for_no_workers_is_a_typed_error(file_orch: Orch) -> None:
     with pytest.raises(InvalidInputError, match="workers"):
         file_orch.rebuild(workers=0)
@@ -287,7 +335,9 @@ def test_a_split_rebuild_killed_midway_is_made_whole_by_the_next_open(tmp_path: 
     assert rebuilding.stdout is not None
     assert rebuilding.stdout.readline() == "rebuilding\n"
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".killed.db-rebuild-*")):  # helpers started: replay under way
+    path = tmp_path / "killed.db"
+    # Helpers started and the views dropped: the replay is under way.
+    while not (list(tmp_path.glob(".killed.db-rebuild-*")) and _is_stale(path)):
         assert time.monotonic() < deadline
         assert rebuilding.poll() is None
         time.sleep(0.001)
