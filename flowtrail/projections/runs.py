@@ -27,7 +27,10 @@ from flowtrail.core.projection import Dialect
 
 __all__ = ["RunViews", "decode_view", "encode_view", "fold_into", "load_views", "write_views"]
 
-_encoder = msgspec.msgpack.Encoder()
+# The run ids and other UUIDs in a view take 16 bytes each, not 36 characters: a ninth
+# of an average row less to write in every append and rebuild, and a faster decode. A
+# view written with text ids decodes all the same (msgspec reads a UUID from either).
+_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
 _decoder = msgspec.msgpack.Decoder(RunView)
 
 #: Bound variables per IN list.
