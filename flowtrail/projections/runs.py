@@ -202,7 +202,8 @@ class RunViews:
                 id TEXT PRIMARY KEY, flow_run_id TEXT, task_key TEXT NOT NULL, dynamic_key TEXT NOT NULL,
                 name TEXT NOT NULL, state_type TEXT, state_name TEXT, expected_start_time {big},
                 created_at {big} NOT NULL, version {big} NOT NULL, view {blob} NOT NULL)""",
-            "CREATE TABLE IF NOT EXISTS run_tags (tag TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (tag, run_id))",
+            "CREATE TABLE IF NOT EXISTS run_tags (tag TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (tag, run_id))"
+            + (" WITHOUT ROWID" if dialect == "sqlite" else ""),
         ]
 
     def index_schema(self) -> Sequence[str]:
