@@ -52,8 +52,9 @@ def rebuild_script(
 ) -> Script[int]:
     """Drop the run views, replay the log into them a chunk at a time, mark them current.
 
-    With ``split``, the events up to the log's end at the drop are replayed in partitions
-    of runs, one here and the others in helper processes (`flowtrail.engine.replay`).
+    With ``split``, the events up to the log's end when its helpers start (just before
+    the drop) are replayed in partitions of runs, one here and the others in helper
+    processes (`flowtrail.engine.replay`); the catch-up replays the rest.
     Where the dialect has them (`LogSql.lean_cache`), both connections keep a smaller
     page cache meanwhile, and get their usual one back at the end, failed or not.
     """
