@@ -56,7 +56,6 @@ __all__ = [
     "ReplayTask",
     "SplitReplay",
     "main",
-    "in_partition",
     "partition_bounds",
     "partition_offsets",
     "replay_partition",
@@ -266,13 +265,6 @@ def _alive(pid: int) -> bool:
     except OSError:  # someone else's process: alive
         return True
     return True
-
-
-def in_partition(stream_id: str, low: str | None, high: str | None) -> bool:
-    """Whether a stream falls in the partition [low, high), as `SqliteLogSql.read_partition`
-    decides it in SQL (text compares there byte by byte in UTF-8, which orders as
-    Python orders code points)."""
-    return (low is None or stream_id >= low) and (high is None or stream_id < high)
 
 
 def partition_offsets(partitions: int, events: int) -> list[int]:

@@ -30,7 +30,6 @@ from flowtrail.engine.replay import (
     ReplayTask,
     SplitReplay,
     _helper_environment,
-    in_partition,
     partition_bounds,
     partition_offsets,
     split_replay,
@@ -40,6 +39,13 @@ from tests.engine.conftest import Orch
 from tests.engine.test_processes import ROOT, _start
 
 TABLES = ("flow_runs", "task_runs", "run_tags")
+
+
+def in_partition(stream_id: str, low: str | None, high: str | None) -> bool:
+    """Whether a stream falls in the partition [low, high), as `SQL.read_partition`
+    decides it (SQLite compares text byte by byte in UTF-8, which orders as Python
+    orders code points)."""
+    return (low is None or stream_id >= low) and (high is None or stream_id < high)
 
 
 def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
