@@ -11,13 +11,16 @@ from hypothesis import strategies as st
 from flowtrail.core import (
     Bookkeeping,
     Decision,
+    EmpiricalPolicy,
     Event,
     Facts,
     FlowRunCreated,
     FlowRunFacts,
     Proposal,
+    RunKind,
     RunRenamed,
     RunSettingsUpdated,
+    RunView,
     SetStateStatus,
     State,
     StateDetails,
@@ -102,6 +105,39 @@ def bookkeeping() -> st.SearchStrategy[Bookkeeping]:
         pause_keys=st.lists(st.sampled_from(["1", "2", "k"]), unique=True).map(tuple),
         resuming=st.booleans(),
         retry_type=st.sampled_from([None, "in_process", "reschedule"]),
+    )
+
+
+@st.composite
+def run_views(draw: st.DrawFn) -> RunView:
+    """A flow or task run part-way through its life: any state (or none), any counters
+    and times, a pause being resumed or not, earlier states' timestamps."""
+    kind = draw(st.sampled_from(list(RunKind)))
+    state = draw(st.none() | states())
+    earlier = draw(st.lists(moments, max_size=3))
+    if state is not None and state.timestamp is not None and draw(st.booleans()):
+        earlier.append(state.timestamp)  # a state written at the same moment as before
+    return RunView(
+        id=draw(uuids),
+        kind=kind,
+        name="run",
+        created_at=T0,
+        flow_run_id=draw(st.none() | uuids) if kind is RunKind.TASK else None,
+        parent_task_run_id=draw(st.none() | uuids) if kind is RunKind.FLOW else None,
+        state=state,
+        run_count=draw(st.integers(0, 5)),
+        start_time=draw(optional_moments),
+        end_time=draw(optional_moments),
+        total_run_time=timedelta(seconds=draw(st.integers(0, 1000))),
+        expected_start_time=draw(optional_moments),
+        next_scheduled_start_time=draw(optional_moments),
+        empirical_policy=EmpiricalPolicy(
+            retries=draw(st.none() | st.integers(0, 3)),
+            pause_keys=draw(st.lists(st.sampled_from(["1", "2"]), unique=True).map(tuple)),
+            resuming=draw(st.booleans()),
+        ),
+        version=draw(st.integers(0, 20)),
+        state_timestamps=tuple(earlier),
     )
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 import msgspec
 
 from flowtrail.core.fold import RunView
-from flowtrail.core.rules import Transform
+from flowtrail.core.rules import TERMINAL, Transform
 from flowtrail.core.states import State, StateType
 
 __all__ = ["FLOW_TRANSFORMS", "TASK_TRANSFORMS"]
@@ -106,16 +106,29 @@ def _task_run_count(initial: State | None, state: State, run: RunView) -> tuple[
     return state, run
 
 
-_SET_START_TIME = Transform("SetStartTime", _start_time, "The first Running state sets start_time.")
+_NOTHING: frozenset[StateType | None] = frozenset()
+_RUNNING: frozenset[StateType | None] = frozenset({StateType.RUNNING})
+_SCHEDULED: frozenset[StateType | None] = frozenset({StateType.SCHEDULED})
+
+_SET_START_TIME = Transform(
+    "SetStartTime",
+    _start_time,
+    "The first Running state sets start_time.",
+    leaving=_NOTHING,
+    entering=_RUNNING,
+)
 _SET_END_TIME = Transform(
     "SetEndTime",
     _end_time,
     "The first final state sets end_time (and start_time if the run never ran); leaving a final state clears it.",
+    leaving=TERMINAL,
+    entering=TERMINAL,
 )
 _INCREMENT_RUN_TIME = Transform(
     "IncrementRunTime",
     _run_time,
     "Time spent Running is added to total_run_time when the run leaves Running.",
+    leaving=_RUNNING,
 )
 _SET_EXPECTED_START_TIME = Transform(
     "SetExpectedStartTime",
@@ -126,6 +139,8 @@ _SET_NEXT_SCHEDULED_START_TIME = Transform(
     "SetNextScheduledStartTime",
     _next_scheduled_start_time,
     "A Scheduled state sets next_scheduled_start_time; leaving Scheduled clears it.",
+    leaving=_SCHEDULED,
+    entering=_SCHEDULED,
 )
 
 #: GlobalFlowPolicy, in Prefect's order.
@@ -149,11 +164,15 @@ FLOW_TRANSFORMS: tuple[Transform, ...] = (
         "IncrementFlowRunCount",
         _flow_run_count,
         "Each Running state counts an attempt, unless the run is resuming from a pause.",
+        leaving=_NOTHING,
+        entering=_RUNNING,
     ),
     Transform(
         "RemoveResumingIndicator",
         _remove_resuming_indicator,
         "A Running or final state ends a resume.",
+        leaving=_NOTHING,
+        entering=_RUNNING | TERMINAL,
     ),
 )
 
@@ -165,5 +184,11 @@ TASK_TRANSFORMS: tuple[Transform, ...] = (
     _SET_EXPECTED_START_TIME,
     _SET_NEXT_SCHEDULED_START_TIME,
     Transform("UpdateStateDetails", _task_state_details, "The state records its task run and flow run."),
-    Transform("IncrementTaskRunCount", _task_run_count, "Each Running state counts an attempt."),
+    Transform(
+        "IncrementTaskRunCount",
+        _task_run_count,
+        "Each Running state counts an attempt.",
+        leaving=_NOTHING,
+        entering=_RUNNING,
+    ),
 )

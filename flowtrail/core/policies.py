@@ -46,22 +46,30 @@ class Policy:
     kind: RunKind
     rules: tuple[Rule, ...]
     transforms: tuple[Transform, ...]
-    # The rules that apply to each (from type, to type), in priority order, computed once.
+    # The rules that apply to each (from type, to type), in priority order, and the
+    # transforms that can act on a state written there, in order: computed once.
     _table: Mapping[tuple[StateType | None, StateType], tuple[Rule, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    _transform_table: Mapping[tuple[StateType | None, StateType], tuple[Transform, ...]] = field(
         init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
-        table = {
-            (source, target): tuple(rule for rule in self.rules if rule.applies(source, target))
-            for source in ALL_STATES
-            for target in StateType
-        }
+        pairs = [(source, target) for source in ALL_STATES for target in StateType]
+        table = {pair: tuple(rule for rule in self.rules if rule.applies(*pair)) for pair in pairs}
         object.__setattr__(self, "_table", table)
+        transforms = {pair: tuple(t for t in self.transforms if t.acts_on(*pair)) for pair in pairs}
+        object.__setattr__(self, "_transform_table", transforms)
 
     def rules_for(self, source: StateType | None, target: StateType) -> tuple[Rule, ...]:
         """The rules that fire for a proposal from ``source`` to ``target``, in order."""
         return self._table[(source, target)]
+
+    def transforms_for(self, source: StateType | None, written: StateType) -> tuple[Transform, ...]:
+        """The transforms that can act when a run in ``source`` gets a state of type
+        ``written``, in order; the others would give back what they were given."""
+        return self._transform_table[(source, written)]
 
 
 CoreFlowPolicy = Policy(
@@ -154,6 +162,7 @@ def decide(view: RunView, proposal: Proposal, facts: Facts, policy: Policy | Non
         policy = default_policy(view.kind, proposal.force)
     now = proposal.proposed_at
     initial = view.state
+    initial_type = initial.type if initial is not None else None
     proposed = stamp(proposal.state, now)
     target = proposed.type
     status, reason, delay, deciding = SetStateStatus.ACCEPT, None, None, None
@@ -163,7 +172,7 @@ def decide(view: RunView, proposal: Proposal, facts: Facts, policy: Policy | Non
     # For each rule that fired: the transition type it leaves behind, and its verdict.
     fired: list[tuple[StateType | None, Verdict | None]] = []
     transition = Transition(initial, current, run, facts, now)
-    for rule in policy.rules_for(initial.type if initial is not None else None, target):
+    for rule in policy.rules_for(initial_type, target):
         verdict = rule.before(transition)
         if verdict is None:
             fired.append((target, None))
@@ -201,7 +210,7 @@ def decide(view: RunView, proposal: Proposal, facts: Facts, policy: Policy | Non
 
     written = None
     if final_type is not None:
-        for transform in policy.transforms:
+        for transform in policy.transforms_for(initial_type, current.type):
             current, run = transform.apply(initial, current, run)
         written = current
     validated = written if written is not None else initial

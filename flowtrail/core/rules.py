@@ -134,11 +134,22 @@ class Rule:
 class Transform:
     """A bookkeeping step applied to every state that is written (Prefect's global
     policy): given the current state, the state to write and the run, the state and
-    run after it."""
+    run after it.
+
+    ``leaving`` and ``entering`` say where it can act: on a run leaving a state of a type
+    in ``leaving`` or writing one of a type in ``entering``. Elsewhere ``apply`` gives
+    back the state and run it was given, so a policy need not call it. By default it
+    can act on every transition. A transform never changes the state's type.
+    """
 
     name: str
     apply: Callable[[State | None, State, RunView], tuple[State, RunView]]
     doc: str
+    leaving: frozenset[StateType | None] = ALL_STATES
+    entering: frozenset[StateType | None] = frozenset()
+
+    def acts_on(self, from_type: StateType | None, to_type: StateType) -> bool:
+        return from_type in self.leaving or to_type in self.entering
 
 
 def stamp(state: State, at: datetime) -> State:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flowtrail.core import StateType
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowtrail.core import POLICIES, Policy, RunView, State, StateType
 from flowtrail.core import states as s
+from flowtrail.core.rules import ALL_STATES
 from flowtrail.testing import T0, MemoryLog
 from tests.core.helpers import NOW, flow_in, later, propose, task_in
+from tests.strategies import run_views, states
+
+_POLICIES = sorted(POLICIES.values(), key=lambda p: (p.name, p.version))
 
 
 def test_the_first_running_state_sets_the_start_time_once() -> None:
@@ -120,3 +128,51 @@ def test_a_subflow_proposal_that_writes_nothing_is_not_mirrored() -> None:
     log.propose(child.id, s.Pending(), at=later(1))  # aborted: a second Pending
     assert len(log.records) == before + 1
     assert log.view(tracker.id).state is not None
+
+
+# --- where each transform can act ------------------------------------------------------------
+# A policy calls a transform only where its ``leaving`` / ``entering`` say it can act; these
+# check that it would have given back what it was given everywhere else.
+
+
+@pytest.mark.parametrize("policy", _POLICIES, ids=lambda p: p.name)
+@given(initial=st.none() | states(), state=states(), run=run_views())
+def test_a_transform_a_policy_skips_would_have_changed_nothing(
+    policy: Policy, initial: State | None, state: State, run: RunView
+) -> None:
+    source = None if initial is None else initial.type
+    called = policy.transforms_for(source, state.type)
+    for transform in policy.transforms:
+        if transform not in called:
+            after_state, after_run = transform.apply(initial, state, run)
+            assert (after_state, after_run) == (state, run), transform.name
+
+
+@pytest.mark.parametrize("policy", _POLICIES, ids=lambda p: p.name)
+@given(initial=st.none() | states(), state=states(), run=run_views())
+def test_no_transform_changes_the_type_of_the_state_it_writes(
+    policy: Policy, initial: State | None, state: State, run: RunView
+) -> None:
+    for transform in policy.transforms:
+        written, _ = transform.apply(initial, state, run)
+        assert written.type is state.type, transform.name
+
+
+@pytest.mark.parametrize("policy", _POLICIES, ids=lambda p: p.name)
+def test_a_policy_calls_the_transforms_it_keeps_in_their_order(policy: Policy) -> None:
+    for source in ALL_STATES:
+        for written in StateType:
+            called = policy.transforms_for(source, written)
+            assert list(called) == [t for t in policy.transforms if t in called]
+
+
+def test_a_run_leaving_running_for_a_retry_skips_the_transforms_of_running_and_final_states() -> None:
+    flow = POLICIES[("CoreFlowPolicy", 1)]
+    names = [t.name for t in flow.transforms_for(StateType.RUNNING, StateType.SCHEDULED)]
+    assert names == [
+        "EnsureFlowRunStateTimestampIsUnique",
+        "IncrementRunTime",
+        "SetExpectedStartTime",
+        "SetNextScheduledStartTime",
+        "UpdateStateDetails",
+    ]
