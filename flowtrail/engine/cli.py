@@ -33,6 +33,7 @@ from flowtrail.engine.orchestrator import SyncOrchestrator
 from flowtrail.engine.render import (
     console,
     history_table,
+    printable,
     rebuild_with_progress,
     report_lines,
     runs_table,
@@ -57,7 +58,7 @@ class UserError(click.ClickException):
     exit_code = USER_ERROR
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"flowtrail: {self.format_message()}", err=True)
+        click.echo(f"flowtrail: {printable(self.format_message())}", err=True)
 
 
 class _Group(click.Group):

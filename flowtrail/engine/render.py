@@ -32,7 +32,7 @@ from flowtrail.core.states import State, StateType
 from flowtrail.engine.orchestrator import SyncOrchestrator
 from flowtrail.engine.results import HistoryEntry
 
-__all__ = ["console", "history_table", "rebuild_with_progress", "report_lines", "runs_table"]
+__all__ = ["console", "history_table", "printable", "rebuild_with_progress", "report_lines", "runs_table"]
 
 #: Colours by state type (used only on a terminal).
 _STATE_STYLE = {
@@ -56,12 +56,27 @@ _STATUS_STYLE = {
 
 def console(*, stderr: bool = False) -> Console:
     """A console: colours and the real width on a terminal; plain, wide lines elsewhere
-    (so piped output keeps one row per line)."""
+    (so piped output keeps one row per line).
+
+    What it prints comes from the log, which anyone who could write to it filled: no
+    string is read as rich markup or emoji codes (a run named ``[bold]x[/bold]`` shows
+    as such), and `printable` escapes the control characters in each.
+    """
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(file=stream, stderr=stderr, highlight=False)
+        return Console(file=stream, stderr=stderr, highlight=False, markup=False, emoji=False)
     width = int(os.environ.get("COLUMNS", "0") or 0) or 200
-    return Console(file=stream, width=width, no_color=True, highlight=False, soft_wrap=True)
+    return Console(
+        file=stream, width=width, no_color=True, soft_wrap=True, highlight=False, markup=False, emoji=False
+    )
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, NUL,
+    line breaks, C1 controls) written out as a Python escape: ``\\x1b``, ``\\x00``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def when(moment: datetime | None) -> str:
@@ -80,7 +95,7 @@ def took(duration: timedelta) -> str:
 def state_text(state: State | None) -> Text:
     if state is None:
         return Text("-", style="dim")
-    return Text(state.name or state.type.value.title(), style=_STATE_STYLE.get(state.type, ""))
+    return Text(printable(state.name or state.type.value.title()), style=_STATE_STYLE.get(state.type, ""))
 
 
 #: Below these console widths a table drops a column rather than squeeze them all.
@@ -100,7 +115,7 @@ def _table(title: str | None, width: int) -> Table:
     """A table that folds long values rather than cut them (every id stays whole)."""
     narrow = width < 120
     return Table(
-        title=title,
+        title=None if title is None else Text(printable(title)),
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
@@ -117,8 +132,8 @@ def runs_table(runs: Sequence[RunView], *, width: int, title: str | None = None)
     for run in runs:
         cells: dict[str, str | Text] = {
             "id": str(run.id),
-            "name": run.name,
-            "flow": run.flow_name or "",
+            "name": printable(run.name),
+            "flow": printable(run.flow_name or ""),
             "state": state_text(run.state),
             "runs": str(run.run_count),
             "took": took(run.total_run_time) if run.start_time else "",
@@ -156,7 +171,14 @@ def history_table(entries: Iterable[HistoryEntry], *, width: int, title: str | N
                 proposed = state_text(event.proposal.state)
                 if event.proposal.force:
                     proposed.append(" (forced)", style="dim")
-                cells = (proposed, status, outcome, event.decision.rule or "", event.decision.reason or "")
+                decision = event.decision
+                cells = (
+                    proposed,
+                    status,
+                    outcome,
+                    printable(decision.rule or ""),
+                    printable(decision.reason or ""),
+                )
             case FlowRunCreated() | TaskRunCreated():
                 what = "flow run" if isinstance(event, FlowRunCreated) else "task run"
                 cells = (Text(f"{what} created", style="dim"), "", "", "", f"named {event.name!r}")
@@ -189,10 +211,10 @@ def report_lines(report: AuditReport, *, shown: int = 10) -> list[Text]:
         Text.assemble(
             ("verification failed ", "bold red"),
             f"after {checked}: {'at least ' if report.truncated else ''}{_count(len(report.problems), 'problem')}. "
-            f"The first: {report.problems[0].message}",
+            f"The first: {printable(report.problems[0].message)}",
         )
     ]
-    lines += [Text(f"  - {problem.message}") for problem in report.problems[1:shown]]
+    lines += [Text(f"  - {printable(problem.message)}") for problem in report.problems[1:shown]]
     if len(report.problems) > shown:
         lines.append(Text(f"  ... and {len(report.problems) - shown} more", style="dim"))
     return lines

@@ -12,6 +12,7 @@ A URL is checked once, here; anything wrong is an `InvalidUrlError` naming the p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -38,15 +39,25 @@ class StoreUrl:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+#: The longest busy_timeout a URL may ask for, in seconds (PostgreSQL's lock_timeout
+#: holds at most about 24 days in milliseconds).
+_MAX_BUSY_TIMEOUT = 86_400.0
+
+
 def _number(options: dict[str, str], name: str, default: float, *, whole: bool = False) -> float:
     if name not in options:
         return default
     try:
         value = int(options[name]) if whole else float(options[name])
     except ValueError:
-        raise InvalidUrlError(f"{name}={options[name]!r} is not a number") from None
-    if value <= 0:
-        raise InvalidUrlError(f"{name} must be positive, not {options[name]}")
+        kind = "a whole number" if whole else "a number"
+        raise InvalidUrlError(f"{name}={options[name]!r} is not {kind}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidUrlError(f"{name} must be a positive, finite number, not {options[name]}")
+    if name == "busy_timeout" and value > _MAX_BUSY_TIMEOUT:
+        raise InvalidUrlError(
+            f"busy_timeout is at most {_MAX_BUSY_TIMEOUT:.0f} seconds (a day), not {options[name]}"
+        )
     return value
 
 
@@ -55,7 +66,11 @@ def parse_url(url: str) -> StoreUrl:
     given: object = url  # also reached from untyped callers (the CLI, the environment)
     if not isinstance(given, str) or not url.strip():
         raise InvalidUrlError("a database URL is a non-empty string, e.g. sqlite:///runs.db")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - checks the port's digits and range
+    except ValueError as exc:  # a bracket left open, a port out of range
+        raise InvalidUrlError(f"the database URL cannot be read: {exc}") from None
     scheme = parts.scheme.lower()
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if scheme == "sqlite":
@@ -72,7 +87,10 @@ def parse_url(url: str) -> StoreUrl:
         durability = options.get("durability", "full")
         if durability not in ("full", "normal"):
             raise InvalidUrlError(f"durability is 'full' or 'normal', not {durability!r}")
-        target = raw if raw == ":memory:" else str(Path(raw).expanduser())
+        try:
+            target = raw if raw == ":memory:" else str(Path(raw).expanduser())
+        except RuntimeError:  # ~name of a user this machine does not know
+            raise InvalidUrlError(f"the home folder in {raw!r} is not known on this machine") from None
         return StoreUrl(
             backend="sqlite",
             target=target,

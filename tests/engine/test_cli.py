@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flowtrail import SyncOrchestrator
+from flowtrail.core import states as s
 from flowtrail.engine.demo import run_pipeline
 from tests.conftest import Databases, open_databases
 
@@ -169,6 +170,45 @@ def test_runs_table_names_each_run_and_its_state(db: Path) -> None:
 def test_the_database_comes_from_the_environment(db: Path) -> None:
     ran = flowtrail("runs", "--json", FLOWTRAIL_DATABASE_URL=f"sqlite:///{db}")
     assert len(ran.json()) == 5
+
+
+# --- strings from the log are shown, never acted on ------------------------------------------
+
+_MARKUP_NAMES = ("oops[/bold]", "[bold red]markup[/bold red]", ":smile: [link=http://x]y[/link]")
+_CONTROL_STATE = "\x1b[31mRED\x1b[0m\x1b]0;pwned\x07 nul\x00 csi\x9b"
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> tuple[Path, str]:
+    """A log whose runs are named in rich markup, one with a state named in control characters."""
+    path = tmp_path / "hostile.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for name in _MARKUP_NAMES:
+            run = orch.create_flow_run(name, name=name, state=s.Pending())
+        orch.propose_state(run.id, s.Running(name=_CONTROL_STATE))
+    return path, str(run.id)
+
+
+def _assert_shown_as_given(ran: Ran) -> None:
+    assert ran.code == 0, ran.err
+    assert "Traceback" not in ran.err
+    for name in _MARKUP_NAMES:
+        assert name in ran.out
+    assert "\\x1b[31mRED\\x1b[0m\\x1b]0;pwned\\x07 nul\\x00 csi\\x9b" in ran.out
+    assert not any(c in ran.out for c in "\x1b\x00\x07\x9b")
+
+
+def test_runs_shows_names_in_markup_and_escapes_control_characters(hostile: tuple[Path, str]) -> None:
+    _assert_shown_as_given(flowtrail("runs", database=hostile[0], COLUMNS="400"))
+
+
+def test_history_shows_names_in_markup_and_escapes_control_characters(hostile: tuple[Path, str]) -> None:
+    path, run_id = hostile
+    ran = flowtrail("history", run_id, database=path, COLUMNS="400")
+    assert ran.code == 0, ran.err
+    assert _MARKUP_NAMES[-1] in ran.out  # in the title, and the creation's row
+    assert "\\x1b[31mRED" in ran.out
+    assert not any(c in ran.out for c in "\x1b\x00\x07\x9b")
 
 
 def test_history_shows_every_decision_with_its_rule(db: Path) -> None:
@@ -340,6 +380,20 @@ def test_a_run_id_that_is_not_a_uuid_is_one_sentence(db: Path) -> None:
 
 def test_a_bad_url_is_one_sentence() -> None:
     assert_user_error(flowtrail("--database", "mysql://somewhere/db", "runs"), "mysql")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///{db}?busy_timeout=nan",
+        "sqlite:///{db}?busy_timeout=1e300",
+        "postgresql://h/db?busy_timeout=inf",
+        "postgres://[::1",
+        "sqlite:///~no-such-user-here/runs.db",
+    ],
+)
+def test_a_url_that_python_cannot_read_is_one_sentence(url: str, db: Path) -> None:
+    assert_user_error(flowtrail("--database", url.format(db=db), "runs"))
 
 
 def test_an_empty_url_in_the_environment_is_one_sentence() -> None:
