@@ -37,6 +37,7 @@ from flowtrail.store.drivers import Translate, run_sync
 from flowtrail.store.scripts import LogSql
 from flowtrail.store.sqlite_schema import (
     SQL,
+    check_contents,
     check_file,
     check_filesystem,
     connect_options,
@@ -83,6 +84,7 @@ class _Options(StoreOptions):
             if not allow_network_filesystem:
                 check_filesystem(file)
             check_file(file)
+            check_contents(file, create=create)
 
     @classmethod
     def from_url(cls, url: str, overrides: dict[str, Any]) -> _Options:

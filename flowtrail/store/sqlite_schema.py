@@ -16,6 +16,7 @@ from pathlib import Path
 from flowtrail.core.effects import Script
 from flowtrail.core.errors import (
     CorruptLogError,
+    LogNotFoundError,
     StoreBusyError,
     StoreError,
     StoreUnavailableError,
@@ -227,6 +228,42 @@ def check_file(path: Path) -> None:
         expected = page_size * pages
         if size < expected:
             raise CorruptLogError(f"{path} is truncated: {size} bytes, where its header counts {expected}")
+
+
+def check_contents(path: Path, *, create: bool) -> None:
+    """Refuse a SQLite file holding another program's tables before anything is written
+    to it, and, where no log may be created (``create=False``), one holding no log.
+
+    Opening a file to write sets its journal mode, which another program's database, or
+    an empty file, must never get from a command that only reads. This look is
+    read-only; a file it cannot read that way (locked, its WAL out of reach) is left to
+    the checks made once it is open.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        if not create:
+            raise LogNotFoundError(f"there is no flowtrail log in {path}: the file is empty")
+        return
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {str(row[0]) for row in probe.execute(SCHEMA.list_tables)}
+        finally:
+            probe.close()
+    except sqlite3.Error:
+        return
+    if "flowtrail_meta" in tables:
+        return
+    foreign = tables - SCHEMA.own_tables
+    if foreign:
+        raise CorruptLogError(
+            f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(foreign)[:5])})"
+        )
+    if not create:
+        raise LogNotFoundError(f"there is no flowtrail log in {path} yet")
 
 
 # --- sqlite3's errors, in flowtrail's words -------------------------------------------------------

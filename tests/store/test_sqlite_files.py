@@ -12,6 +12,7 @@ import pytest
 from flowtrail.core import (
     CorruptLogError,
     InvalidUrlError,
+    LogNotFoundError,
     SchemaVersionError,
     StoreError,
     UnsupportedFilesystemError,
@@ -199,6 +200,34 @@ def test_a_database_of_another_application_is_refused_untouched(tmp_path: Path) 
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     connection.close()
     assert tables == {"users"}
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_database_of_another_application_keeps_every_byte_and_its_journal_mode(
+    tmp_path: Path, create: bool
+) -> None:
+    db = tmp_path / "other.db"
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE users (name TEXT)")
+    connection.execute("INSERT INTO users VALUES ('ann')")
+    connection.commit()
+    connection.close()
+    before = db.read_bytes()
+    with pytest.raises(CorruptLogError, match="not a flowtrail database"):
+        SyncSQLiteStore(db, create=create)
+    with pytest.raises(CorruptLogError, match="not a flowtrail database"):
+        asyncio.run(SQLiteStore.open_path(db, create=create))
+    assert db.read_bytes() == before  # the journal mode (header bytes 18-19) included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_an_empty_file_opened_only_to_read_is_left_empty(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    db.touch()
+    with pytest.raises(LogNotFoundError):
+        SyncSQLiteStore(db, create=False)
+    assert db.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
 
 
 # --- damaged files ---------------------------------------------------------------------------------
