@@ -8,8 +8,12 @@ and exit 2; ``verify`` exits 1 when it finds a problem. Output is a table on a t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -348,13 +352,47 @@ def export(settings: Settings, run_id: str | None, everything: bool, output: str
     that `flowtrail verify --file` checks with no database."""
     if everything == (run_id is not None):
         raise UserError("Name one run to export, or pass --all for the whole log")
-    with (
-        opened(settings) as orchestrator,
-        click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out,
-    ):
+    with opened(settings) as orchestrator, _written_whole(output) as out:
         count = orchestrator.export(out, run_id)
     if output != "-":
         click.echo(f"Exported {count} events to {output}.", err=True)
+
+
+@contextmanager
+def _written_whole(output: str) -> Iterator[IO[str]]:
+    """Standard output for ``-``. A file is written whole or not at all: into a new file
+    beside it, moved over it once the export is complete and on disk; a failed or
+    interrupted export leaves what was there. What is not a regular file (a device, a
+    pipe) is written in place."""
+    if output == "-":
+        yield sys.stdout
+        return
+    target = Path(output)
+    if target.exists() and not target.is_file():
+        with target.open("w", encoding="utf-8") as out:
+            yield out
+        return
+    try:
+        handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    except OSError as exc:
+        raise UserError(f"Cannot write the export to {output}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(handle, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask())
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @cli.command()

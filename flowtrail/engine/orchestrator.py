@@ -308,11 +308,11 @@ class SyncOrchestrator(_Base):
 
     def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
         with collector_paused():
+            # One run's records are read before the header is written: an unknown run
+            # writes nothing.
+            chosen = None if run_id is None else self.store.perform(export_records(self._context, run_id))
             writer = ExportWriter(out, log_id=self.log_id(), scope=_scope(run_id))
-            if run_id is None:
-                writer.write_all(self.store.read_all(batch=_CHUNK))
-            else:
-                writer.write_all(self.store.perform(export_records(self._context, run_id)))
+            writer.write_all(self.store.read_all(batch=_CHUNK) if chosen is None else chosen)
             return writer.finish()
 
     def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
@@ -588,12 +588,15 @@ class Orchestrator(_Base):
         export that `flowtrail.engine.exports.verify_export` checks with no database;
         returns the events written."""
         with collector_paused():
+            chosen = (
+                None if run_id is None else await self.store.perform(export_records(self._context, run_id))
+            )
             writer = ExportWriter(out, log_id=await self.log_id(), scope=_scope(run_id))
-            if run_id is None:
+            if chosen is None:
                 async for record in self.store.read_all(batch=_CHUNK):
                     writer.write(record)
             else:
-                writer.write_all(await self.store.perform(export_records(self._context, run_id)))
+                writer.write_all(chosen)
             return writer.finish()
 
     async def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:

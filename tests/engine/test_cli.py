@@ -315,6 +315,42 @@ def test_an_export_of_the_whole_log_verifies_without_the_database(db: Path, tmp_
     assert (ran.code, ran.out.split(":")[0]) == (0, "verified 47 events in 9 runs")
 
 
+_UNKNOWN_RUN = "01a21031-0000-7000-8000-000000000000"
+
+
+def test_an_export_of_an_unknown_run_writes_nothing(db: Path) -> None:
+    assert_user_error(flowtrail("export", _UNKNOWN_RUN, database=db), _UNKNOWN_RUN)
+
+
+def test_a_failed_export_leaves_the_file_it_would_have_replaced(db: Path, tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text("an earlier export\n")
+    assert_user_error(flowtrail("export", _UNKNOWN_RUN, "-o", str(earlier), database=db), _UNKNOWN_RUN)
+    assert earlier.read_text() == "an earlier export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "earlier.jsonl"]
+
+
+def test_an_export_replaces_the_file_it_names_whole(db: Path, tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text("an earlier export\n")
+    earlier.chmod(0o640)
+    assert flowtrail("export", "--all", "-o", str(earlier), database=db).code == 0
+    assert json.loads(earlier.read_text().splitlines()[-1])["end"]["events"] == 47
+    assert earlier.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "earlier.jsonl"]
+
+
+def test_an_export_into_a_missing_folder_names_the_path_given(db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "all.jsonl"
+    assert_user_error(flowtrail("export", "--all", "-o", str(target), database=db), str(target))
+
+
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="this system has no /dev/full")
+def test_an_export_to_a_full_device_is_an_error_and_leaves_the_device(db: Path) -> None:
+    assert_user_error(flowtrail("export", "--all", "-o", "/dev/full", database=db), "No space left")
+    assert Path("/dev/full").is_char_device()
+
+
 def test_an_export_describes_itself(db: Path) -> None:
     ran = flowtrail("export", "--all", database=db)
     header = json.loads(ran.out.splitlines()[0])
@@ -418,6 +454,29 @@ def test_a_sqlite_file_of_another_program_is_one_sentence(tmp_path: Path) -> Non
         connection.execute("CREATE TABLE customers (id INTEGER)")
     connection.close()
     assert_user_error(flowtrail("runs", database=other), "not a flowtrail database")
+
+
+@pytest.mark.parametrize(
+    "command", [["runs"], ["verify"], ["history", "01a21031-8d4e-7333-a7e9-aa6fc69fc4ad"]]
+)
+def test_reading_a_database_of_another_program_leaves_every_byte_of_it(
+    tmp_path: Path, command: list[str]
+) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER)")
+    connection.close()
+    before = other.read_bytes()
+    assert_user_error(flowtrail(*command, database=other), "not a flowtrail database")
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_reading_an_empty_file_leaves_it_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert_user_error(flowtrail("runs", database=empty), "no flowtrail log")
+    assert empty.stat().st_size == 0
 
 
 def test_a_database_from_a_newer_flowtrail_is_one_sentence(db: Path) -> None:
