@@ -34,11 +34,18 @@ def check_json(value: object, *, path: str = "data") -> None:
     _check(value, path, 0)
 
 
+#: The whole numbers stored: those of a signed or unsigned 64-bit integer (msgspec's range).
+_SMALLEST_INT = -(2**63)
+_LARGEST_INT = 2**64 - 1
+
+
 def _check(value: object, path: str, depth: int) -> None:
     # Ordered by how common each kind is in run data; bool is an int, so it passes early.
     if value is None or isinstance(value, str | bool):
         return
     if isinstance(value, int):
+        if not _SMALLEST_INT <= value <= _LARGEST_INT:
+            raise InvalidDataError(f"{path} is {value}: JSON numbers here are 64-bit integers", path=path)
         return
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -477,7 +477,12 @@ def Paused(
     if timeout_seconds is not None:
         if timestamp is None:
             raise InvalidStateError("Paused(timeout_seconds=...) needs a timestamp to count from")
-        pause_timeout = timestamp + timedelta(seconds=timeout_seconds)
+        try:
+            pause_timeout = timestamp + timedelta(seconds=timeout_seconds)
+        except (OverflowError, TypeError, ValueError):
+            raise InvalidStateError(
+                f"Paused(timeout_seconds={timeout_seconds!r}) is not a number of seconds a date can be moved by"
+            ) from None
     if pause_timeout is None and state_details is not None:
         pause_timeout = state_details.pause_timeout
     return _make(

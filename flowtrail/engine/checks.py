@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
@@ -25,6 +26,15 @@ __all__ = [
 
 _MAX_NAME = 512
 _MAX_DELAYS = 50
+_MAX_TAGS = 1_000
+_MAX_RETRIES = 1_000_000
+#: A hundred years: a retry scheduled further off than that is a mistake, and one past
+#: year 9999 cannot be written down at all.
+_MAX_DELAY = 100 * 365 * 24 * 3600
+#: Unicode categories a name may not hold: control characters and lone surrogates.
+#: (Other characters Python does not call printable, such as a no-break space or the
+#: joiner inside an emoji, are fine; the CLI writes them out as escapes.)
+_CONTROL = frozenset({"Cc", "Cs"})
 
 
 def run_id_of(value: object, what: str = "run id") -> UUID:
@@ -44,7 +54,7 @@ def check_name(value: object, what: str) -> str:
         raise InvalidInputError(
             f"{what} is a non-empty string of at most {_MAX_NAME} characters, not {value!r}"
         )
-    if not value.isprintable():
+    if not value.isprintable() and any(unicodedata.category(c) in _CONTROL for c in value):
         raise InvalidInputError(f"{what} {value!r} holds control characters")
     return value
 
@@ -66,20 +76,31 @@ def check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(tags, str):
         raise InvalidInputError("tags are a list of strings, not one string")
-    return tuple(dict.fromkeys(check_name(tag, "a tag") for tag in tags))
+    given: object = tags  # untyped callers pass anything
+    if not isinstance(given, Iterable) or isinstance(given, bytes | Mapping):
+        raise InvalidInputError(f"tags are a list of strings, not {tags!r}")
+    unique = tuple(dict.fromkeys(check_name(tag, "a tag") for tag in tags))
+    if len(unique) > _MAX_TAGS:
+        raise InvalidInputError(f"a run carries at most {_MAX_TAGS} tags, not {len(unique)}")
+    return unique
 
 
 def check_retries(retries: object) -> int | None:
     if retries is None:
         return None
-    if type(retries) is not int or retries < 0:
-        raise InvalidInputError(f"retries is a whole number from 0, not {retries!r}")
+    if type(retries) is not int or not 0 <= retries <= _MAX_RETRIES:
+        raise InvalidInputError(f"retries is a whole number from 0 to {_MAX_RETRIES}, not {retries!r}")
     return retries
 
 
 def _delay(value: object) -> int | float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"a retry delay is a finite number of seconds from 0, not {value!r}")
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= _MAX_DELAY
+    ):
+        raise InvalidInputError(f"a retry delay is a number of seconds from 0 to {_MAX_DELAY}, not {value!r}")
     return value
 
 

@@ -12,6 +12,8 @@ new view, a bounded number of times.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import uuid
 from collections import OrderedDict
@@ -137,6 +139,45 @@ class _Turn:
             cache.put(view)
 
 
+#: The longest key the log stores (`flowtrail.store.api`).
+_MAX_STORED_KEY = 512
+
+
+def _stored_key(kind: str, *parts: str) -> str:
+    """The key an append is made idempotent on, for ``kind`` and its parts.
+
+    Spelled ``kind:part:part`` where that spelling names one list of parts only: the
+    parts after the first hold no ":", and a single part (a caller's own key) does not
+    read as a run id followed by two more. Else, or where it is too long or not
+    printable for the log, ``kind#`` and the SHA-256 of the parts in JSON. Keys that were
+    spelled plainly before are spelled the same way, so a log keeps recognising them.
+    """
+    plain = ":".join((kind, *parts))
+    ambiguous = any(":" in part for part in parts[1:]) or (len(parts) == 1 and _reads_as_task_key(parts[0]))
+    if not ambiguous and len(plain) <= _MAX_STORED_KEY and plain.isprintable():
+        return plain
+    return f"{kind}#{hashlib.sha256(json.dumps(parts).encode()).hexdigest()}"
+
+
+def _reads_as_task_key(key: str) -> bool:
+    first, colons = key.partition(":")[0], key.count(":")
+    if colons != 2:
+        return False
+    try:
+        uuid.UUID(first)
+    except ValueError:
+        return False
+    return True
+
+
+def _text_or_number(value: object, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidInputError(f"{what} is a string or a whole number, not {value!r}")
+
+
 def _accepted(decision: Decision) -> bool:
     return decision.status is SetStateStatus.ACCEPT
 
@@ -204,7 +245,7 @@ class Context:
         key = (
             None
             if idempotency_key is None
-            else f"propose:{target}:{check_name(idempotency_key, 'an idempotency key')}"
+            else _stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
         )
         for attempt in range(self.max_attempts):
             view = yield from self.load(target, fresh=attempt > 0)
@@ -388,7 +429,7 @@ class Context:
             deployment_id=None if deployment_id is None else run_id_of(deployment_id, "deployment id"),
             infrastructure_pid=None
             if infrastructure_pid is None
-            else check_name(str(infrastructure_pid), "pid"),
+            else check_name(_text_or_number(infrastructure_pid, "infrastructure_pid"), "pid"),
             retries=check_retries(retries),
             retry_delay=check_retry_delay(retry_delay, many=False),
             idempotency_key=idempotency_key,
@@ -402,7 +443,7 @@ class Context:
         key = (
             None
             if idempotency_key is None
-            else f"flow-run:{check_name(idempotency_key, 'an idempotency key')}"
+            else _stored_key("flow-run", check_name(idempotency_key, "an idempotency key"))
         )
         return (yield from self._create(created, initial, key, following))
 
@@ -423,7 +464,7 @@ class Context:
         """Create a task run; one per (flow run, task key, dynamic key), however often asked."""
         flow_run = None if flow_run_id is None else run_id_of(flow_run_id, "flow run id")
         key_of_task = check_name(task_key, "task_key")
-        dynamic = check_name(str(dynamic_key), "dynamic_key")
+        dynamic = check_name(_text_or_number(dynamic_key, "dynamic_key"), "dynamic_key")
         if flow_run is not None:
             yield from self.load_kind(flow_run, RunKind.FLOW)
         jitter = retry_jitter_factor
@@ -443,12 +484,12 @@ class Context:
             idempotency_key=idempotency_key,
         )
         if flow_run is not None:
-            key: str | None = f"task-run:{flow_run}:{key_of_task}:{dynamic}"
+            key: str | None = _stored_key("task-run", str(flow_run), key_of_task, dynamic)
         else:
             key = (
                 None
                 if idempotency_key is None
-                else f"task-run:{check_name(idempotency_key, 'an idempotency key')}"
+                else _stored_key("task-run", check_name(idempotency_key, "an idempotency key"))
             )
         initial = None if state is None else check_state(state)
         return (yield from self._create(created, initial, key))
@@ -525,7 +566,9 @@ class Context:
             changes["retry_delay"] = check_retry_delay(retry_delay, many=False)
         if infrastructure_pid is not UNSET:
             changes["infrastructure_pid"] = (
-                None if infrastructure_pid is None else check_name(str(infrastructure_pid), "pid")
+                None
+                if infrastructure_pid is None
+                else check_name(_text_or_number(infrastructure_pid, "infrastructure_pid"), "pid")
             )
         if flow_version is not UNSET:
             changes["flow_version"] = (

@@ -22,6 +22,7 @@ from uuid import UUID
 from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
+from flowtrail.core.errors import InvalidInputError
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
@@ -54,6 +55,13 @@ _CHUNK = 5_000
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _position(position: object) -> int:
+    """A global position to look at the log as of: a whole number from 0."""
+    if type(position) is not int or position < 0:
+        raise InvalidInputError(f"a position is a whole number from 0, not {position!r}")
+    return position
 
 
 def _scope(run_id: UUID | str | None) -> str:
@@ -303,8 +311,9 @@ class SyncOrchestrator(_Base):
         return applied
 
     def as_of(self, position: int) -> RunSnapshot:
+        at = _position(position)
         with collector_paused():
-            return self.store.perform(snapshot_script(self.store.sql, position, batch=_CHUNK))
+            return self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
 
     def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
         with collector_paused():
@@ -580,8 +589,9 @@ class Orchestrator(_Base):
 
     async def as_of(self, position: int) -> RunSnapshot:
         """The run views as they were when the log ended at ``position``."""
+        at = _position(position)
         with collector_paused():
-            return await self.store.perform(snapshot_script(self.store.sql, position, batch=_CHUNK))
+            return await self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
 
     async def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
         """Write the log, or one run with the runs above and below it, to ``out`` as an

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from flowtrail.core.effects import Fetch, Row, Script
-from flowtrail.core.errors import InvalidInputError
+from flowtrail.core.errors import InvalidIdError, InvalidInputError
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
 from flowtrail.projections.runs import decode_view
@@ -66,13 +66,14 @@ def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
 
     Prefect's ``load_subflow_run`` once sorted ascending (the earliest child) and later
     descending; a retried parent that created a fresh child must find that child, so
-    the most recent (by expected start time, then by id) is the one returned.
+    the most recent (by expected start time, then by id) is the one returned. A child
+    given no state yet has no expected start time: its creation time stands in for it.
     """
     return _one(
         (
             yield Fetch(
                 "SELECT view FROM flow_runs WHERE parent_task_run_id = ? "
-                "ORDER BY expected_start_time DESC NULLS LAST, id DESC LIMIT 1",
+                "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1",
                 (str(parent_task_run_id),),
             )
         )
@@ -86,12 +87,54 @@ def task_runs_of(flow_run_id: UUID) -> Script[list[RunView]]:
     return [decode_view(bytes(row[0])) for row in rows]
 
 
+#: The most values one filter takes, and the largest offset (past it, no row is left).
+MAX_FILTER_VALUES = 1_000
+MAX_OFFSET = 2**62
+
+
 def _values(name: str, given: Iterable[object] | None) -> list[object] | None:
     if given is None:
         return None
     if isinstance(given, str | bytes):
         raise InvalidInputError(f"{name} is a list of values, not a single string")
-    return list(given)
+    if not isinstance(given, Iterable):
+        raise InvalidInputError(f"{name} is a list of values, not {given!r}")
+    values = list(given)
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidInputError(f"{name} holds at most {MAX_FILTER_VALUES} values, not {len(values)}")
+    return values
+
+
+def _texts(name: str, given: Iterable[object] | None) -> list[object] | None:
+    """Strings to match; one holding NUL matches nothing in any dialect, and is refused."""
+    values = _values(name, given)
+    for value in values or ():
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidInputError(f"{name} holds strings without NUL characters, not {value!r}")
+    return values
+
+
+def _run_ids(name: str, given: Iterable[object] | None) -> list[object] | None:
+    """Run ids as the views spell them, from UUIDs or any string form of one."""
+    values = _values(name, given)
+    if values is None:
+        return None
+    spelled: list[object] = []
+    for value in values:
+        parsed = value if isinstance(value, UUID) else _uuid(value)
+        if parsed is None:
+            raise InvalidIdError(f"{name} holds {value!r}, which is not a UUID")
+        spelled.append(str(parsed))
+    return spelled
+
+
+def _uuid(value: object) -> UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
 
 
 def read_flow_runs(
@@ -112,8 +155,8 @@ def read_flow_runs(
         raise InvalidInputError(f"unknown sort {sort!r}; one of {', '.join(FlowRunSort)}") from None
     if limit is not None and (type(limit) is not int or limit < 0):
         raise InvalidInputError(f"limit is a whole number from 0, not {limit!r}")
-    if type(offset) is not int or offset < 0:
-        raise InvalidInputError(f"offset is a whole number from 0, not {offset!r}")
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInputError(f"offset is a whole number from 0 to {MAX_OFFSET}, not {offset!r}")
     where: list[str] = []
     params: list[object] = []
 
@@ -129,13 +172,21 @@ def read_flow_runs(
         except ValueError as exc:
             raise InvalidInputError(f"unknown state type in state_types: {exc}") from None
     any_of("state_type", types)
-    any_of("state_name", _values("state_names", state_names))
-    any_of("flow_name", _values("flow_names", flow_names))
-    parents = _values("parent_task_run_ids", parent_task_run_ids)
-    any_of("parent_task_run_id", None if parents is None else [str(p) for p in parents])
-    for tag in _values("tags", tags) or []:
+    any_of("state_name", _texts("state_names", state_names))
+    any_of("flow_name", _texts("flow_names", flow_names))
+    any_of("parent_task_run_id", _run_ids("parent_task_run_ids", parent_task_run_ids))
+    wanted = list(dict.fromkeys(_texts("tags", tags) or ()))
+    if len(wanted) == 1:
         where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
-        params.append(tag)
+    elif wanted:
+        # Runs carrying every tag: one scan of the tags asked for, counted per run (a run
+        # holds each tag once), rather than a subquery nested per tag.
+        where.append(
+            f"id IN (SELECT run_id FROM run_tags WHERE tag IN ({', '.join('?' * len(wanted))}) "
+            "GROUP BY run_id HAVING count(*) = ?)"
+        )
+        wanted.append(len(wanted))
+    params.extend(wanted)
     sql = "SELECT view FROM flow_runs"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -331,6 +331,21 @@ def test_find_subflow_run_returns_the_most_recent_child(orch: Orch) -> None:
     assert orch.find_subflow_run(uuid4()) is None
 
 
+def test_a_child_created_without_a_state_is_still_the_most_recent(orch: Orch) -> None:
+    parent = orch.create_flow_run("parent", state=states.Running())
+    tracker = orch.create_task_run(parent.id, task_key="child")
+    orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending(timestamp=orch.clock()))
+    orch.clock.advance(60)
+    later = orch.create_flow_run("child", parent_task_run_id=tracker.id)
+    found = orch.find_subflow_run(tracker.id)
+    assert found is not None
+    assert found.id == later.id
+    with orch.as_of(orch.last_position()) as snapshot:
+        seen = snapshot.find_subflow_run(tracker.id)
+    assert seen is not None
+    assert seen.id == later.id
+
+
 # --- reading -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,163 @@
+"""What the Orchestrator takes at its edge: every value it cannot keep is a typed error
+before anything is written, and keys name one run only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from flowtrail import states
+from flowtrail.core import InvalidDataError, InvalidIdError, InvalidInputError, InvalidStateError
+from tests.engine.conftest import Orch
+
+
+def _refused(orch: Orch, error: type[Exception], call: Any, *args: Any, **kwargs: Any) -> None:
+    before = orch.last_position()
+    with pytest.raises(error):
+        call(*args, **kwargs)
+    assert orch.last_position() == before
+
+
+# --- task runs are one per (flow run, task key, dynamic key) -------------------------------------
+
+
+def test_task_keys_holding_colons_name_different_task_runs(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    one = orch.create_task_run(flow.id, task_key="a:b", dynamic_key="c")
+    other = orch.create_task_run(flow.id, task_key="a", dynamic_key="b:c")
+    assert one.id != other.id
+    assert orch.create_task_run(flow.id, task_key="a:b", dynamic_key="c").id == one.id
+
+
+def test_a_task_run_without_a_flow_run_never_stands_for_one_in_a_flow_run(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    loose = orch.create_task_run(None, task_key="zzz", idempotency_key=f"{flow.id}:q:0")
+    inside = orch.create_task_run(flow.id, task_key="q", dynamic_key="0")
+    assert inside.id != loose.id
+    assert inside.flow_run_id == flow.id
+
+
+def test_the_longest_task_key_and_dynamic_key_still_name_one_task_run(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    key = "k" * 512
+    first = orch.create_task_run(flow.id, task_key=key, dynamic_key="d" * 512)
+    assert orch.create_task_run(flow.id, task_key=key, dynamic_key="d" * 512).id == first.id
+
+
+def test_task_keys_without_colons_keep_their_plain_spelling(orch: Orch) -> None:
+    """Logs written before keep recognising their task runs."""
+    from flowtrail.engine.operations import _stored_key
+
+    assert _stored_key("task-run", "0192-x", "extract", "3") == "task-run:0192-x:extract:3"
+
+
+@pytest.mark.parametrize("dynamic_key", [None, True, 1.5, object()])
+def test_a_dynamic_key_is_text_or_a_whole_number(orch: Orch, dynamic_key: object) -> None:
+    flow = orch.create_flow_run("etl")
+    _refused(orch, InvalidInputError, orch.create_task_run, flow.id, task_key="t", dynamic_key=dynamic_key)
+
+
+def test_an_infrastructure_pid_is_text_or_a_whole_number(orch: Orch) -> None:
+    _refused(orch, InvalidInputError, orch.create_flow_run, "etl", infrastructure_pid=[1])
+
+
+# --- numbers a run could never use ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [1e15, 1e300, 10**15])
+def test_a_retry_delay_past_a_century_is_refused_at_creation(orch: Orch, delay: float) -> None:
+    _refused(orch, InvalidInputError, orch.create_flow_run, "etl", retries=1, retry_delay=delay)
+
+
+def test_a_task_runs_retry_delays_past_a_century_are_refused_at_creation(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    _refused(
+        orch, InvalidInputError, orch.create_task_run, flow.id, task_key="t", retries=1, retry_delay=[10**15]
+    )
+
+
+def test_a_run_with_the_longest_retry_delay_can_still_fail_into_a_retry(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", retries=1, retry_delay=100 * 365 * 24 * 3600, state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    result = orch.propose_state(run.id, states.Failed())
+    assert result.state is not None
+    assert result.state.name == "AwaitingRetry"
+
+
+def test_retries_beyond_a_million_are_refused(orch: Orch) -> None:
+    _refused(orch, InvalidInputError, orch.create_flow_run, "etl", retries=10**30)
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 2**70])
+def test_parameters_hold_64_bit_whole_numbers_only(orch: Orch, value: int) -> None:
+    _refused(orch, InvalidDataError, orch.create_flow_run, "etl", parameters={"a": value})
+
+
+def test_a_pause_further_off_than_a_date_can_be_is_an_invalid_state() -> None:
+    with pytest.raises(InvalidStateError):
+        states.Paused(timeout_seconds=1e300, timestamp=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+# --- names: control characters no, any other character yes ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["👨\u200d👩\u200d👧", "night\u00a0ly", "東京\u3000夜"])
+def test_names_and_tags_may_hold_any_character_but_a_control_character(orch: Orch, name: str) -> None:
+    run = orch.create_flow_run(name, name=name, tags=[name])
+    view = orch.read_flow_run(run.id)
+    assert (view.flow_name, view.name, view.tags) == (name, name, (name,))
+    assert [r.id for r in orch.read_flow_runs(tags=[name], flow_names=[name])] == [run.id]
+
+
+def test_tags_are_a_list(orch: Orch) -> None:
+    _refused(orch, InvalidInputError, orch.create_flow_run, "etl", tags=5)
+
+
+def test_a_run_carries_at_most_a_thousand_tags(orch: Orch) -> None:
+    _refused(orch, InvalidInputError, orch.create_flow_run, "etl", tags=[f"t{i}" for i in range(1001)])
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def test_runs_carrying_every_one_of_many_tags_are_found_in_one_query(orch: Orch) -> None:
+    many = [f"t{i}" for i in range(300)]
+    every = orch.create_flow_run("etl", tags=many)
+    orch.create_flow_run("etl", tags=many[:-1])
+    assert [r.id for r in orch.read_flow_runs(tags=many)] == [every.id]
+    assert [r.id for r in orch.read_flow_runs(tags=[*many, many[0]])] == [every.id]
+
+
+def test_parent_task_run_ids_match_in_any_spelling_of_a_uuid(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    task = orch.create_task_run(flow.id, task_key="sub")
+    child = orch.create_flow_run("child", parent_task_run_id=task.id)
+    for spelling in (task.id, str(task.id), str(task.id).upper(), task.id.hex):
+        assert [r.id for r in orch.read_flow_runs(parent_task_run_ids=[spelling])] == [child.id]
+
+
+@pytest.mark.parametrize(
+    ("filters", "error"),
+    [
+        ({"parent_task_run_ids": ["zzz"]}, InvalidIdError),
+        ({"parent_task_run_ids": 5}, InvalidInputError),
+        ({"flow_names": [1]}, InvalidInputError),
+        ({"tags": [None]}, InvalidInputError),
+        ({"tags": ["a\x00"]}, InvalidInputError),
+        ({"state_names": ["a\x00"]}, InvalidInputError),
+        ({"offset": 2**63}, InvalidInputError),
+    ],
+)
+def test_a_filter_the_log_cannot_hold_is_a_typed_error(
+    orch: Orch, filters: dict[str, Any], error: type
+) -> None:
+    with pytest.raises(error):
+        orch.read_flow_runs(**filters)
+
+
+@pytest.mark.parametrize("position", [-1, "3", None, 2.5, True])
+def test_as_of_takes_a_whole_number_from_zero(orch: Orch, position: object) -> None:
+    with pytest.raises(InvalidInputError):
+        orch.as_of(position)  # type: ignore[arg-type]
