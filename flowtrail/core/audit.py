@@ -14,10 +14,20 @@ Given recorded events in position order, the auditor checks, for each one:
 
 It reports problems in position order, the first bad position first, each with a
 sentence saying what disagrees. Memory grows with the number of runs, not events.
+
+Each hash chains one run's events, so someone able to rewrite the database could
+change a run's events and compute its chain again. What catches that is an anchor
+kept elsewhere: the *log digest*, the SHA-256 of every event's hash in position order
+up to a position, which a whole-log check reports (``AuditReport.log_digest``) and an
+export ends with. ``verify(anchor=(position, digest))`` then fails if any event up to
+that position was changed, removed, added or reordered since, or the log ends before
+it. (An anchor may also be the hash of the event at the position, as before: that pins
+the log's length and the chain of that event's run only.)
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable
 
@@ -49,6 +59,10 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     problems: tuple[Problem, ...]
     last_position: int
     truncated: bool = False
+    #: The log digest (hex) at ``last_position``: the SHA-256 of every event's hash in
+    #: position order, for a check of a whole log from its start (else None). Kept
+    #: elsewhere, it is the anchor a later `verify` checks the log against.
+    log_digest: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,6 +113,9 @@ class Auditor:
         self._contiguous = contiguous
         self._anchor = anchor
         self._anchor_seen: bytes | None = None
+        self._anchor_digest: bytes | None = None
+        # The log digest covers a whole log only: checked from its first position on.
+        self._digest = hashlib.sha256() if contiguous and first_position == 1 else None
         self._expected_position = first_position
         self._last_position = first_position - 1
         self._max = max_problems
@@ -111,7 +128,10 @@ class Auditor:
         # append (same recording time): (the copy's proposal, source position, recorded_at).
         self._mirrors: dict[str, deque[tuple[Proposal, int, int]]] = {}
 
-    def _problem(self, kind: str, message: str, event: RecordedEvent | None) -> None:
+    def _problem(
+        self, kind: str, message: str, event: RecordedEvent | None, *, position: int | None = None
+    ) -> None:
+        """A problem at ``event`` (or, with no event to name, at ``position`` if known)."""
         if len(self._problems) >= self._max:
             self._truncated = True
             return
@@ -119,7 +139,7 @@ class Auditor:
             Problem(
                 kind=kind,
                 message=message,
-                position=None if event is None else event.position,
+                position=position if event is None else event.position,
                 stream_id=None if event is None else event.stream_id,
             )
         )
@@ -129,13 +149,26 @@ class Auditor:
         self._checked += 1
         if not _well_typed(recorded):
             # A table rebuilt by hand can hold anything: name the row rather than fail on it.
+            position = recorded.position
+            whole = type(position) is int
             self._problem(
-                "row", f"the row at position {recorded.position!r} holds a value of the wrong type", None
+                "row",
+                f"the row at position {position!r} holds a value of the wrong type",
+                None,
+                position=position if whole else None,
             )
+            if whole:
+                # It still takes its place in the log: the events after it are not missing.
+                self._last_position = max(self._last_position, position)
+                self._expected_position = max(self._expected_position, position + 1)
             return
         self._check_position(recorded)
+        if self._digest is not None:
+            self._digest.update(recorded.hash)
         if self._anchor is not None and recorded.position == self._anchor[0]:
             self._anchor_seen = recorded.hash
+            if self._digest is not None:
+                self._anchor_digest = self._digest.digest()
         stream = self._streams.get(recorded.stream_id)
         if stream is None:
             stream = self._streams[recorded.stream_id] = _Stream()
@@ -296,6 +329,7 @@ class Auditor:
             problems=tuple(self._problems),
             last_position=self._last_position,
             truncated=self._truncated,
+            log_digest=None if self._digest is None else self._digest.hexdigest(),
         )
 
     def _check_anchor(self, position: int, seal: bytes) -> None:
@@ -306,10 +340,11 @@ class Auditor:
                 "events were cut from its end",
                 None,
             )
-        elif self._anchor_seen != seal:
+        elif seal not in (self._anchor_seen, self._anchor_digest):
             self._problem(
                 "anchor",
-                f"the event at the anchored position {position} does not carry the anchored hash",
+                f"the log up to the anchored position {position} is not the one anchored: "
+                "an event up to it was changed, removed, added or reordered since",
                 None,
             )
 

@@ -4,16 +4,19 @@
     {"position": 1, "stream_id": ..., "version": 1, "event_type": ..., "schema_version": 1,
      "recorded_at": ..., "data": "<the event's stored JSON, as text>", "hash": "<hex>"}
     ...
-    {"end": {"events": N, "last_position": P, "last_hash": "<hex>"}}
+    {"end": {"events": N, "last_position": P, "last_hash": "<hex>", "log_digest": "<hex>"}}
 
 Each event keeps its stored bytes exactly (``data`` is text, not re-encoded JSON), so its
 hash can be recomputed. The last line is an anchor: an export whose tail was cut off, or
-which was extended, no longer matches it. (Anyone able to rewrite the whole file can
-rewrite the end line too: keep the last hash somewhere else to catch that.)
+which was extended, no longer matches it. An export of the whole log also ends with the
+log digest (see `flowtrail.core.audit`), which changes with any event of any run.
+(Anyone able to rewrite the whole file can rewrite the end line too: keep the digest
+somewhere else to catch that.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -39,6 +42,7 @@ class ExportWriter:
         self._out = out
         self.count = 0
         self._last: RecordedEvent | None = None
+        self._digest = hashlib.sha256() if scope == "all" else None
         header = {
             "format": FORMAT,
             "version": VERSION,
@@ -62,6 +66,8 @@ class ExportWriter:
         self._out.write(json.dumps(line) + "\n")
         self.count += 1
         self._last = record
+        if self._digest is not None:
+            self._digest.update(record.hash)
 
     def write_all(self, records: Iterable[RecordedEvent]) -> None:
         for record in records:
@@ -74,6 +80,8 @@ class ExportWriter:
             "last_position": last.position if last else 0,
             "last_hash": last.hash.hex() if last else "",
         }
+        if self._digest is not None:
+            end["log_digest"] = self._digest.hexdigest()
         self._out.write(json.dumps({"end": end}) + "\n")
         return self.count
 
@@ -162,6 +170,14 @@ def verify_export(lines: Iterable[str]) -> AuditReport:
                 f"{end.get('events')} or another last hash: events were added or removed",
             )
         )
+    elif "log_digest" in end and end["log_digest"] != report.log_digest:
+        problems.append(
+            Problem(
+                kind="anchor",
+                message="the export's events are not those its end line's log digest was made of: "
+                "an event was changed, removed, added or reordered",
+            )
+        )
     problems.sort(key=lambda p: (p.position is None, p.position or 0))
     return AuditReport(
         events_checked=report.events_checked,
@@ -169,4 +185,5 @@ def verify_export(lines: Iterable[str]) -> AuditReport:
         problems=tuple(problems),
         last_position=report.last_position,
         truncated=report.truncated,
+        log_digest=report.log_digest,
     )

@@ -200,13 +200,23 @@ def report_lines(report: AuditReport, *, shown: int = 10) -> list[Text]:
     """An audit report in words: one line when the log is sound, else its problems."""
     checked = f"{_count(report.events_checked, 'event')} in {_count(report.streams_checked, 'run')}"
     if report.ok:
-        return [
+        lines = [
             Text.assemble(
                 ("verified ", "bold green"),
                 f"{checked}: every hash chain is intact and every recorded decision is the one "
                 "its policy makes again",
             )
         ]
+        if report.log_digest is not None and report.last_position:
+            lines.append(
+                Text(
+                    f"log digest at position {report.last_position}: {report.log_digest} "
+                    f"(kept elsewhere, `verify --anchor {report.last_position}:<digest>` shows "
+                    "any later change to the events up to it)",
+                    style="dim",
+                )
+            )
+        return lines
     lines = [
         Text.assemble(
             ("verification failed ", "bold red"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import msgspec
@@ -86,6 +87,16 @@ def test_a_flipped_byte_is_named_at_its_position() -> None:
     flipped[40] ^= 0x01
     records[6] = msgspec.structs.replace(target, data=bytes(flipped))
     assert first_problem_position(records) == target.position
+
+
+def test_a_row_holding_a_value_of_the_wrong_type_is_named_and_nothing_after_it_is_missing() -> None:
+    records = sample_log().records
+    target = records[6]
+    records[6] = msgspec.structs.replace(target, recorded_at=float(target.recorded_at))
+    report = verify(records)
+    assert [(p.kind, p.position) for p in report.problems if p.kind in ("row", "position")] == [
+        ("row", target.position)
+    ]
 
 
 def test_a_removed_event_is_named_at_the_gap() -> None:
@@ -290,3 +301,73 @@ def test_a_row_holding_a_value_of_the_wrong_type_is_named_not_raised() -> None:
     report = verify(records)
     assert report.problems[0].kind == "row"
     assert "position 3" in report.problems[0].message
+
+
+# --- the log digest: an anchor for every run at once -----------------------------------------
+
+
+def _forged_result(records: Records) -> Records:
+    """The first run's completed result changed, and every chain computed again: nothing a
+    policy decides differs, so only an anchor kept elsewhere can show it."""
+    index = next(
+        i
+        for i, r in enumerate(records)
+        if r.event_type == "state_proposed"
+        and (e := r.decode())
+        and isinstance(e, StateProposed)
+        and e.proposal.state.type is StateType.COMPLETED
+    )
+
+    def richer(event: StateProposed) -> StateProposed:
+        state = msgspec.structs.replace(event.proposal.state, message="forged")
+        written = (
+            msgspec.structs.replace(event.decision.state, message="forged") if event.decision.state else None
+        )
+        return msgspec.structs.replace(
+            event,
+            proposal=msgspec.structs.replace(event.proposal, state=state),
+            decision=msgspec.structs.replace(event.decision, state=written),
+        )
+
+    forged = list(records)
+    forged[index] = with_event(forged[index], richer)
+    return reseal(forged)
+
+
+def test_a_whole_log_check_reports_the_digest_of_every_events_hash_in_order() -> None:
+    records = sample_log().records
+    report = verify(records)
+    assert report.log_digest == hashlib.sha256(b"".join(r.hash for r in records)).hexdigest()
+
+
+def test_a_check_of_some_runs_reports_no_log_digest() -> None:
+    records = sample_log().records
+    assert verify(records[2:], first_position=3).log_digest is None
+    assert verify(records, contiguous=False).log_digest is None
+
+
+def test_a_run_rewritten_with_its_chain_recomputed_passes_without_an_anchor() -> None:
+    assert verify(_forged_result(sample_log().records)).ok
+
+
+def test_the_log_digest_as_anchor_catches_a_run_rewritten_with_its_chain_recomputed() -> None:
+    records = sample_log().records
+    digest = bytes.fromhex(verify(records).log_digest or "")
+    forged = _forged_result(records)
+    report = verify(forged, anchor=(records[-1].position, digest))
+    assert [p.kind for p in report.problems] == ["anchor"]
+    assert "changed, removed, added or reordered" in report.problems[0].message
+
+
+def test_the_log_digest_at_an_earlier_position_still_holds_after_more_events() -> None:
+    records = sample_log().records
+    digest = bytes.fromhex(verify(records[:5]).log_digest or "")
+    assert verify(records, anchor=(5, digest)).ok
+
+
+def test_the_log_digest_as_anchor_catches_events_cut_from_the_end() -> None:
+    records = sample_log().records
+    digest = bytes.fromhex(verify(records).log_digest or "")
+    report = verify(records[:-1], anchor=(records[-1].position, digest))
+    assert [p.kind for p in report.problems] == ["anchor"]
+    assert "cut from its end" in report.problems[0].message

@@ -103,3 +103,43 @@ def test_sync_and_async_exports_of_one_log_are_identical(tmp_path: object) -> No
         assert exported(reader) == sync_lines
     finally:
         reader.close()
+
+
+def test_a_whole_export_ends_with_the_log_digest_a_verify_of_the_log_reports(orch: Orch) -> None:
+    small_log(orch)
+    end = json.loads(exported(orch)[-1])["end"]
+    assert end["log_digest"] == orch.verify().log_digest
+
+
+def test_an_export_of_one_run_carries_no_log_digest(orch: Orch) -> None:
+    runs = small_log(orch)
+    assert "log_digest" not in json.loads(exported(orch, runs["other"])[-1])["end"]
+
+
+def test_an_export_rewritten_with_its_chains_and_last_hash_recomputed_is_caught_by_its_digest() -> None:
+    """A forger who recomputes every chain and the end line's last hash, but not the digest."""
+    from flowtrail.engine.exports import ExportWriter
+    from tests.core.test_audit import _forged_result, sample_log
+
+    records = sample_log().records
+    forged = io.StringIO()
+    writer = ExportWriter(forged, log_id="log", scope="all")
+    writer.write_all(_forged_result(records))
+    writer.finish()
+    lines = forged.getvalue().splitlines()
+    end = json.loads(lines[-1])
+    end["end"]["log_digest"] = verify_export(io.StringIO(_whole(records))).log_digest  # the honest one
+    lines[-1] = json.dumps(end)
+    report = verify_export(lines)
+    assert [p.kind for p in report.problems] == ["anchor"]
+    assert "log digest" in report.problems[0].message
+
+
+def _whole(records: list) -> str:  # type: ignore[type-arg]
+    from flowtrail.engine.exports import ExportWriter
+
+    out = io.StringIO()
+    writer = ExportWriter(out, log_id="log", scope="all")
+    writer.write_all(records)
+    writer.finish()
+    return out.getvalue()
