@@ -78,8 +78,11 @@ class _Group(click.Group):
 
 
 def _sentence(exc: FlowtrailError) -> str:
+    """The error as a sentence: capitalised where it starts with a plain word, and left
+    alone where it starts with a name (a file, an option) that must read as given."""
     text = str(exc) or type(exc).__name__
-    return text[0].upper() + text[1:] if text[0].islower() else text
+    first = text.split(" ", 1)[0]
+    return text[0].upper() + text[1:] if first.isalpha() and first.islower() else text
 
 
 @dataclass
@@ -262,7 +265,16 @@ def history(settings: Settings, run_id: str, as_json: bool) -> None:
 def subflow(settings: Settings, parent_task_run_id: str, as_json: bool) -> None:
     """The flow run a parent task run started (the most recent one)."""
     with opened(settings) as orchestrator:
-        task = orchestrator.read_task_run(parent_task_run_id)
+        try:
+            task = orchestrator.read_task_run(parent_task_run_id)
+        except RunNotFoundError:
+            flow = _flow_run_or_none(orchestrator, parent_task_run_id)
+            if flow is None:
+                raise
+            raise UserError(
+                f"{flow.id} is a flow run ({flow.name}); subflow takes the id of the task run "
+                "that started a flow run, as listed under 'parent task run'"
+            ) from None
         found = orchestrator.find_subflow_run(task.id)
     if found is None:
         raise UserError(f"Task run {task.id} ({task.name}) started no flow run")
@@ -271,6 +283,13 @@ def subflow(settings: Settings, parent_task_run_id: str, as_json: bool) -> None:
     else:
         out = console()
         out.print(runs_table([found], title=f"The subflow run of task run {task.name}", width=out.width))
+
+
+def _flow_run_or_none(orchestrator: SyncOrchestrator, run_id: str) -> RunView | None:
+    try:
+        return orchestrator.read_flow_run(run_id)
+    except RunNotFoundError:
+        return None
 
 
 # -- audit and recovery ------------------------------------------------------------------------
@@ -294,16 +313,29 @@ def _report(report: AuditReport, as_json: bool) -> NoReturn:
     type=click.Path(dir_okay=False, allow_dash=True),
     help="Verify an export (no database needed); - reads standard input.",
 )
+@click.option(
+    "--anchor",
+    metavar="POSITION:DIGEST",
+    help="A log digest kept from an earlier verify (or an export's end line): the log must "
+    "still hold every event up to POSITION unchanged.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def verify(settings: Settings, run_id: str | None, export_file: str | None, as_json: bool) -> None:
+def verify(
+    settings: Settings, run_id: str | None, export_file: str | None, anchor: str | None, as_json: bool
+) -> None:
     """Re-check the log: hash chains, positions, and every decision re-decided.
 
-    Exits 0 when the log is sound and 1 when it is not, naming the first problem.
+    Exits 0 when the log is sound and 1 when it is not, naming the first problem. A
+    check of the whole log prints its digest: kept elsewhere, it is the --anchor that
+    shows any later change to the events up to it.
     """
+    anchored = None if anchor is None else _anchor(anchor)
     if export_file is not None:
-        if run_id is not None:
-            raise UserError("--run and --file do not go together: an export is verified whole")
+        if run_id is not None or anchored is not None:
+            raise UserError(
+                "--run and --anchor do not go with --file: an export is verified whole, against its end line"
+            )
         with click.open_file(export_file, encoding="utf-8", errors="strict") as lines:
             try:
                 report = verify_export(lines)
@@ -312,8 +344,21 @@ def verify(settings: Settings, run_id: str | None, export_file: str | None, as_j
                 raise UserError(f"{name} is not a flowtrail export: it is not UTF-8 text") from None
         _report(report, as_json)
     with opened(settings) as orchestrator:
-        report = orchestrator.verify(run_id)
+        report = orchestrator.verify(run_id, anchor=anchored)
     _report(report, as_json)
+
+
+def _anchor(text: str) -> tuple[int, bytes]:
+    position, _, digest = text.partition(":")
+    try:
+        seal = bytes.fromhex(digest)
+        if not position.isdigit() or len(seal) != 32:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"--anchor is POSITION:DIGEST, a position and 64 hexadecimal digits, not {text!r}"
+        ) from None
+    return int(position), seal
 
 
 @cli.command()

@@ -241,9 +241,21 @@ def test_subflow_finds_the_run_a_task_run_started(db: Path) -> None:
     assert ran.json()["id"] == extract["id"]
 
 
-def test_subflow_of_a_flow_run_id_is_an_error(db: Path) -> None:
+def test_subflow_of_a_flow_run_id_says_it_takes_a_task_run(db: Path) -> None:
     extract = run_of(db, "extract")
-    assert_user_error(flowtrail("subflow", extract["id"], database=db), "No run with id")
+    assert_user_error(
+        flowtrail("subflow", extract["id"], database=db), f"{extract['id']} is a flow run", "task run"
+    )
+
+
+def test_subflow_of_an_unknown_id_is_an_error(db: Path) -> None:
+    assert_user_error(flowtrail("subflow", _UNKNOWN_RUN, database=db), "No run with id")
+
+
+def test_an_error_starting_with_a_file_name_keeps_its_spelling(tmp_path: Path) -> None:
+    text = tmp_path / "text.db"
+    text.write_text("not a database at all, but long enough to have a header of a hundred bytes " * 3)
+    assert_user_error(flowtrail("runs", database=text), f"flowtrail: {text} is not a SQLite database")
 
 
 # -- verify, rebuild, export, as-of -----------------------------------------------------------------
@@ -565,3 +577,19 @@ def test_the_commands_work_on_a_postgresql_log(pg: Databases, tmp_path: Path) ->
 def test_an_unreachable_postgresql_server_is_one_sentence() -> None:
     ran = flowtrail("--database", "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "runs")
     assert_user_error(ran, "Cannot connect to PostgreSQL")
+
+
+def test_verify_prints_the_log_digest_that_a_later_verify_checks_as_its_anchor(db: Path) -> None:
+    ran = flowtrail("verify", database=db)
+    assert ran.code == 0
+    digest = ran.out.split("log digest at position 47: ")[1].split()[0]
+    assert flowtrail("verify", "--anchor", f"47:{digest}", database=db).code == 0
+    wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
+    failed = flowtrail("verify", "--anchor", f"47:{wrong}", database=db)
+    assert failed.code == 1
+    assert "is not the one anchored" in failed.out
+
+
+@pytest.mark.parametrize("anchor", ["47", "x:00", "47:abc", f"-1:{'0' * 64}"])
+def test_a_malformed_anchor_is_one_sentence(db: Path, anchor: str) -> None:
+    assert_user_error(flowtrail("verify", "--anchor", anchor, database=db), "--anchor is POSITION:DIGEST")
