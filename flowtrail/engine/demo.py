@@ -110,6 +110,29 @@ def run_pipeline(url: str, *, day: str = "2026-11-23") -> DemoRun:
 # -- showing it ---------------------------------------------------------------------------------
 
 
+#: How the demo marks the logs it makes, so that --replace removes no other log.
+_DEMO = "flowtrail demo"
+_MADE_BY_READ = "SELECT value FROM flowtrail_meta WHERE key = 'made_by'"
+_MADE_BY_WRITE = "INSERT INTO flowtrail_meta (key, value) VALUES ('made_by', ?)"
+
+
+def _mark(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(_MADE_BY_WRITE, (_DEMO,))
+
+
+def _looks_like_a_demo(connection: sqlite3.Connection) -> bool:
+    """A demo log made before the demo marked its logs: a few dozen events, every flow
+    run one of the demo's flows."""
+    events = connection.execute("SELECT count(*) FROM events").fetchone()[0]
+    flows = {row[0] for row in connection.execute("SELECT DISTINCT flow_name FROM flow_runs")}
+    return events <= _DEMO_EVENTS and bool(flows) and flows <= _DEMO_FLOWS
+
+
+_DEMO_EVENTS = 200
+_DEMO_FLOWS = frozenset({"nightly-etl", "extract", "build-report", "publish", "load"})
+
+
 def _fresh(path: Path, *, replace: bool) -> None:
     """Make room for the demo's log at ``path``: only ever removes a flowtrail database."""
     if not path.exists():
@@ -124,10 +147,16 @@ def _fresh(path: Path, *, replace: bool) -> None:
             tables = {
                 row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
+            made_by = connection.execute(_MADE_BY_READ).fetchall() if "flowtrail_meta" in tables else []
+            demo_made = made_by == [(_DEMO,)] or (not made_by and _looks_like_a_demo(connection))
     except sqlite3.Error:
-        tables = set()
+        tables, demo_made = set(), False
     if "flowtrail_meta" not in tables:
         raise InvalidInputError(f"{path} is not a flowtrail database: the demo will not replace it")
+    if not demo_made:
+        raise InvalidInputError(
+            f"{path} is a flowtrail log the demo did not make: the demo replaces only its own logs"
+        )
     for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         leftover.unlink(missing_ok=True)
 
@@ -155,6 +184,7 @@ def show_demo(path: Path, *, replace: bool) -> None:
     )
     with out.status("running nightly-etl and its subflows ..."):
         run = run_pipeline(url)
+    _mark(path)
     with SyncOrchestrator.open(url) as orchestrator:
         out.print(runs_table(orchestrator.read_flow_runs(limit=None), title="The runs", width=out.width))
         for page in run.pages:

@@ -129,6 +129,22 @@ def test_the_demo_will_not_replace_a_file_that_is_not_a_flowtrail_log(tmp_path: 
     assert precious.read_text() == "years of work"
 
 
+def test_the_demo_will_not_replace_a_flowtrail_log_it_did_not_make(tmp_path: Path) -> None:
+    production = tmp_path / "production.db"
+    with SyncOrchestrator.open(f"sqlite:///{production}") as orch:
+        orch.create_flow_run("payroll", state=s.Pending())
+    before = production.read_bytes()
+    assert_user_error(flowtrail("demo", "--path", str(production), "--replace"), "the demo did not make")
+    assert production.read_bytes() == before
+
+
+def test_the_demo_replaces_a_log_it_made(demo: tuple[Path, Ran], tmp_path: Path) -> None:
+    again = tmp_path / "again.db"
+    shutil.copyfile(demo[0], again)
+    ran = flowtrail("demo", "--path", str(again), "--replace", HOME=str(tmp_path))
+    assert ran.code == 0, ran.err
+
+
 # -- runs, history, subflow ---------------------------------------------------------------------
 
 
@@ -593,3 +609,14 @@ def test_verify_prints_the_log_digest_that_a_later_verify_checks_as_its_anchor(d
 @pytest.mark.parametrize("anchor", ["47", "x:00", "47:abc", f"-1:{'0' * 64}"])
 def test_a_malformed_anchor_is_one_sentence(db: Path, anchor: str) -> None:
     assert_user_error(flowtrail("verify", "--anchor", anchor, database=db), "--anchor is POSITION:DIGEST")
+
+
+def test_the_demo_replaces_a_log_an_earlier_demo_made_before_demo_logs_were_marked(
+    demo: tuple[Path, Ran], tmp_path: Path
+) -> None:
+    earlier = tmp_path / "earlier.db"
+    shutil.copyfile(demo[0], earlier)
+    with sqlite3.connect(earlier) as connection:
+        connection.execute("DELETE FROM flowtrail_meta WHERE key = 'made_by'")
+    connection.close()
+    assert flowtrail("demo", "--path", str(earlier), "--replace", HOME=str(tmp_path)).code == 0
