@@ -311,6 +311,12 @@ class Auditor:
                 recorded,
             )
 
+    def views(self) -> dict[str, RunView]:
+        """Each run's view as its events checked so far fold it, by stream id."""
+        return {
+            stream_id: stream.view for stream_id, stream in self._streams.items() if stream.view is not None
+        }
+
     def finish(self) -> AuditReport:
         """The report on everything checked so far."""
         if self._anchor is not None:

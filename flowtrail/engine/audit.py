@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from flowtrail.core.audit import Auditor, AuditReport, verify
+import msgspec
+
+from flowtrail.core.audit import Auditor, AuditReport, Problem, verify
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Execute, Fetch, Row, Script
+from flowtrail.core.errors import InvalidInputError
 from flowtrail.core.events import RunKind
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.operations import Context
 from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
+from flowtrail.projections.runs import RunViews, stored_view_differences
 from flowtrail.store.scripts import record_of
 
 __all__ = ["export_records", "log_id", "prepare_catch_up", "related_streams", "verify_script"]
@@ -76,7 +80,10 @@ def log_id(context: Context) -> Script[str | None]:
 def verify_script(
     context: Context, run_id: UUID | str | None, *, anchor: tuple[int, bytes] | None = None
 ) -> Script[AuditReport]:
-    """Verify the whole log, or one run with the runs related to it."""
+    """Verify the whole log, or one run with the runs related to it; a check of the whole
+    log also compares the stored views (while current) with the runs' folds."""
+    if run_id is not None and anchor is not None:
+        raise InvalidInputError("an anchor is checked against the whole log: verify without a run id")
     if run_id is not None:
         streams = yield from related_streams(context, run_id_of(run_id))
         records: list[RecordedEvent] = []
@@ -91,8 +98,48 @@ def verify_script(
         for row in rows:
             auditor.check(record_of(row))
         if len(rows) < _BATCH:
-            return auditor.finish()
+            break
         position = rows[-1][0] + 1
+    report = auditor.finish()
+    views: list[Problem] = []
+    if (yield from views_are_current()):
+        for stream_id, what in (yield from stored_view_differences(auditor.views())):
+            if "no such run" in what and (
+                yield from _appended_since(context, stream_id, report.last_position)
+            ):
+                continue  # created after the events were read
+            views.append(
+                Problem(
+                    kind="view",
+                    message=f"the stored view of run {stream_id} is not what its events fold to: {what} "
+                    "(a rebuild writes the views again)",
+                    stream_id=stream_id,
+                )
+            )
+            if len(views) >= _MAX_VIEW_PROBLEMS:
+                break
+    if not views:
+        return report
+    return msgspec.structs.replace(report, problems=(*report.problems, *views))
+
+
+#: View problems reported at most (the first few say what a rebuild would fix).
+_MAX_VIEW_PROBLEMS = 100
+
+
+def views_are_current() -> Script[bool]:
+    """Whether the run views reflect the log (not dropped or marked stale by a rebuild)."""
+    projection = RunViews()
+    rows: list[Row] = yield Fetch(
+        "SELECT value FROM flowtrail_meta WHERE key = ?", (f"projection:{projection.name}",)
+    )
+    return bool(rows) and rows[0][0] == str(projection.version)
+
+
+def _appended_since(context: Context, stream_id: str, position: int) -> Script[bool]:
+    rows: list[Row] = yield Fetch("SELECT min(position) FROM events WHERE stream_id = ?", (stream_id,))
+    first = rows[0][0] if rows else None
+    return isinstance(first, int) and first > position
 
 
 def prepare_catch_up(projection: Projection, dialect: Dialect) -> Script[object]:

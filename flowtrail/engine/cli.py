@@ -324,7 +324,8 @@ def _report(report: AuditReport, as_json: bool) -> NoReturn:
 def verify(
     settings: Settings, run_id: str | None, export_file: str | None, anchor: str | None, as_json: bool
 ) -> None:
-    """Re-check the log: hash chains, positions, and every decision re-decided.
+    """Re-check the log: hash chains, positions, every decision re-decided, and the
+    stored views against the runs' events.
 
     Exits 0 when the log is sound and 1 when it is not, naming the first problem. A
     check of the whole log prints its digest: kept elsewhere, it is the --anchor that

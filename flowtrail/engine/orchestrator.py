@@ -553,7 +553,9 @@ class Orchestrator(_Base):
         self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes] | None = None
     ) -> AuditReport:
         """Re-check the log (or one run and the runs its decisions read): chains,
-        positions, every decision re-decided, facts, subflow mirrors."""
+        positions, every decision re-decided, facts, subflow mirrors; for the whole log,
+        also the stored views (while current) against the runs' folds, and ``anchor``,
+        a log digest (or an event's hash) kept elsewhere, against the log."""
         with collector_paused():
             return await self.store.perform(verify_script(self._context, run_id, anchor=anchor))
 

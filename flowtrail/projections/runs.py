@@ -25,7 +25,15 @@ from flowtrail.core.events import Event, FlowRunCreated, RunKind, TaskRunCreated
 from flowtrail.core.fold import RunView, evolve
 from flowtrail.core.projection import Dialect
 
-__all__ = ["RunViews", "decode_view", "encode_view", "fold_into", "load_views", "write_views"]
+__all__ = [
+    "RunViews",
+    "decode_view",
+    "encode_view",
+    "fold_into",
+    "load_views",
+    "stored_view_differences",
+    "write_views",
+]
 
 # The run ids and other UUIDs in a view take 16 bytes each, not 36 characters: a ninth
 # of an average row less to write in every append and rebuild, and a faster decode. A
@@ -176,6 +184,86 @@ def write_views(
     tags = [(tag, run_id) for run_id, view in created for tag in view.tags]
     if tags:
         yield ExecuteMany(_TAG_INSERT, tags)
+
+
+_FLOW_COLUMNS = (
+    "id, name, flow_name, state_type, state_name, parent_task_run_id, expected_start_time, "
+    "next_scheduled_start_time, start_time, end_time, created_at, version, view"
+)
+_TASK_COLUMNS = "id, flow_run_id, task_key, dynamic_key, name, state_type, state_name, expected_start_time, created_at, version, view"
+_FLOW_FIELDS = _FLOW_COLUMNS.split(", ")
+_TASK_FIELDS = _TASK_COLUMNS.split(", ")
+#: Rows read a page at a time.
+_PAGE = 2_000
+
+
+def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[str, str]]]:
+    """How the stored views differ from ``folded``, each run's view as its events fold
+    it: (run id, what differs), runs in id order. Compares every column of each row, the
+    view in it and the flow runs' tags. A row at a later version than its fold is a run
+    appended to since the events were read, and is passed over."""
+    differences: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for table, columns, fields, row_of in (
+        ("flow_runs", _FLOW_COLUMNS, _FLOW_FIELDS, _flow_row),
+        ("task_runs", _TASK_COLUMNS, _TASK_FIELDS, _task_row),
+    ):
+        after = ""
+        while True:
+            rows: list[Row] = yield Fetch(
+                f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT ?", (after, _PAGE)
+            )
+            for row in rows:
+                run_id = str(row[0])
+                seen.add(run_id)
+                view = folded.get(run_id)
+                if view is None:
+                    differences.append((run_id, f"{table} holds a row for it, but the log has no such run"))
+                    continue
+                stored_version = row[-2]
+                if isinstance(stored_version, int) and stored_version > view.version:
+                    continue
+                expected = row_of(run_id, view, b"")
+                for name, have, want in zip(fields[:-1], row[:-1], expected[:-1], strict=True):
+                    if have != want:
+                        differences.append(
+                            (run_id, f"its row's {name} is {have!r}, where its events give {want!r}")
+                        )
+                        break
+                else:
+                    if bytes(row[-1]) == encode_view(view):
+                        continue  # as written (a view from before 16-byte ids is decoded)
+                    try:
+                        stored = decode_view(bytes(row[-1]))
+                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError):
+                        differences.append((run_id, "its row's view does not decode"))
+                        continue
+                    if stored != view:
+                        field = next(
+                            (
+                                f.name
+                                for f in msgspec.structs.fields(RunView)
+                                if getattr(stored, f.name) != getattr(view, f.name)
+                            ),
+                            "view",
+                        )
+                        differences.append((run_id, f"its stored view's {field} is not what its events give"))
+            if len(rows) < _PAGE:
+                break
+            after = str(rows[-1][0])
+    differences += [
+        (run_id, "the log holds it, but no view row does") for run_id in sorted(set(folded) - seen)
+    ]
+    tags: list[Row] = yield Fetch("SELECT tag, run_id FROM run_tags")
+    stored_tags = {(str(tag), str(run_id)) for tag, run_id in tags}
+    folded_tags = {
+        (tag, run_id) for run_id, view in folded.items() if view.kind is RunKind.FLOW for tag in view.tags
+    }
+    for tag, run_id in sorted(stored_tags - folded_tags):
+        differences.append((run_id, f"run_tags gives it the tag {tag!r}, which its events do not"))
+    for tag, run_id in sorted(folded_tags - stored_tags):
+        differences.append((run_id, f"its events give it the tag {tag!r}, which run_tags lacks"))
+    return differences
 
 
 class RunViews:

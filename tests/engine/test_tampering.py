@@ -226,3 +226,72 @@ def test_a_cut_off_tail_needs_an_anchor_to_be_noticed(
         report = orch.verify(anchor=(head.position, head.hash))  # ...unless an anchor says how long it was
         assert report.first_problem is not None
         assert report.first_problem.kind == "anchor"
+
+
+# --- the stored views, against the runs' folds ------------------------------------------------
+
+
+def _view_problems(original: Path, tmp_path: Path, tamper: Tamper) -> list[tuple[str | None, str]]:
+    for orch in _tampered(original, tmp_path, tamper):
+        report = orch.verify()
+        assert all(p.kind == "view" for p in report.problems), report.problems
+        return [(p.stream_id, p.message) for p in report.problems]
+    raise AssertionError
+
+
+def _a_flow_run(connection: sqlite3.Connection) -> str:
+    return str(connection.execute("SELECT id FROM flow_runs WHERE flow_name = 'child'").fetchone()[0])
+
+
+def test_a_view_row_whose_state_column_was_edited_is_named(original: Path, tmp_path: Path) -> None:
+    edited: list[str] = []
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        edited.append(_a_flow_run(connection))
+        connection.execute("UPDATE flow_runs SET state_type = 'FAILED' WHERE id = ?", (edited[0],))
+
+    problems = _view_problems(original, tmp_path, tamper)
+    assert len(problems) == 1
+    assert problems[0][0] == edited[0]
+    assert "state_type is 'FAILED', where its events give 'COMPLETED'" in problems[0][1]
+
+
+def test_a_view_swapped_for_another_runs_is_named(original: Path, tmp_path: Path) -> None:
+    def tamper(connection: sqlite3.Connection) -> None:
+        child = _a_flow_run(connection)
+        other = connection.execute("SELECT view FROM flow_runs WHERE flow_name = 'parent'").fetchone()[0]
+        connection.execute("UPDATE flow_runs SET view = ? WHERE id = ?", (other, child))
+
+    problems = _view_problems(original, tmp_path, tamper)
+    assert len(problems) == 1
+    assert "stored view's id is not what its events give" in problems[0][1]
+
+
+def test_a_tag_added_by_hand_and_a_row_of_no_run_are_named(original: Path, tmp_path: Path) -> None:
+    def tamper(connection: sqlite3.Connection) -> None:
+        child = _a_flow_run(connection)
+        connection.execute("INSERT INTO run_tags (tag, run_id) VALUES ('vip', ?)", (child,))
+        row = connection.execute("SELECT * FROM task_runs LIMIT 1").fetchone()
+        marks = ", ".join("?" * len(row))
+        connection.execute(
+            f"INSERT INTO task_runs VALUES ({marks})", ("ffffffff" + str(row[0])[8:], *row[1:])
+        )
+
+    messages = [message for _, message in _view_problems(original, tmp_path, tamper)]
+    assert any("holds a row for it, but the log has no such run" in m for m in messages)
+    assert any("run_tags gives it the tag 'vip'" in m for m in messages)
+
+
+def test_views_marked_stale_are_not_compared(original: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    shutil.copy(original, copy)
+    with sqlite3.connect(copy) as connection:
+        connection.execute("UPDATE flow_runs SET state_type = 'FAILED'")
+        connection.execute("UPDATE flowtrail_meta SET value = '1:stale' WHERE key = 'projection:runs'")
+    connection.close()
+    with SyncOrchestrator.open(f"sqlite:///{copy}", rebuild_stale=False) as orch:
+        assert orch.verify().ok
+        with sqlite3.connect(copy) as connection:
+            connection.execute("UPDATE flowtrail_meta SET value = '1' WHERE key = 'projection:runs'")
+        connection.close()
+        assert {p.kind for p in orch.verify().problems} == {"view"}
