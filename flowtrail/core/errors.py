@@ -201,10 +201,14 @@ class OrchestrationError(FlowtrailError):
 
 
 class RunNotFoundError(OrchestrationError, LookupError):
-    """No run has this id."""
+    """No run has this id (or, with ``wanted``, no run of that kind: ``found`` says what
+    the run with this id is)."""
 
-    def __init__(self, run_id: object) -> None:
-        super().__init__(f"no run with id {run_id}")
+    def __init__(self, run_id: object, *, wanted: str | None = None, found: str | None = None) -> None:
+        if wanted is not None and found is not None:
+            super().__init__(f"no {wanted} with id {run_id}: it is a {found}")
+        else:
+            super().__init__(f"no run with id {run_id}")
         self.run_id = run_id
 
 

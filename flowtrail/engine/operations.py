@@ -170,6 +170,13 @@ def _reads_as_task_key(key: str) -> bool:
     return True
 
 
+def _of_kind(view: RunView, kind: RunKind) -> RunView:
+    """The view, if its run is of ``kind``; else RunNotFoundError saying what it is."""
+    if view.kind is not kind:
+        raise RunNotFoundError(view.id, wanted=f"{kind.value} run", found=f"{view.kind.value} run")
+    return view
+
+
 def _text_or_number(value: object, what: str) -> str:
     if isinstance(value, str):
         return value
@@ -219,10 +226,7 @@ class Context:
         return view
 
     def load_kind(self, run_id: UUID, kind: RunKind) -> Script[RunView]:
-        view = yield from self.load(run_id, fresh=True)
-        if view.kind is not kind:
-            raise RunNotFoundError(run_id)
-        return view
+        return _of_kind((yield from self.load(run_id, fresh=True)), kind)
 
     def records_of(self, run_id: UUID, from_version: int = 1) -> Script[list[RecordedEvent]]:
         rows: list[Row] = yield Fetch(self.sql.read_stream, (str(run_id), from_version))
@@ -530,7 +534,9 @@ class Context:
         self, run_id: UUID, make: Callable[[datetime], Event], kind: RunKind | None
     ) -> Script[RunView]:
         for attempt in range(self.max_attempts):
-            view = yield from (self.load_kind(run_id, kind) if kind else self.load(run_id, fresh=attempt > 0))
+            view = yield from self.load(run_id, fresh=attempt > 0)
+            if kind is not None:
+                _of_kind(view, kind)
             event = make(self.clock())
             try:
                 yield Append([StreamWrite(str(run_id), [event], view.version)], known={str(run_id): view})
@@ -542,10 +548,11 @@ class Context:
         raise ContentionError(run_id, self.max_attempts)
 
     def set_name(self, run_id: object, name: object) -> Script[RunView]:
+        """Rename a flow run (Prefect's set_flow_run_name; a task run id is an error)."""
         target, new = run_id_of(run_id), check_name(name, "name")
         return (
             yield from self._amend(
-                target, lambda at: RunRenamed(run_id=target, name=new, renamed_at=at), None
+                target, lambda at: RunRenamed(run_id=target, name=new, renamed_at=at), RunKind.FLOW
             )
         )
 
@@ -574,6 +581,9 @@ class Context:
             changes["flow_version"] = (
                 None if flow_version is None else check_name(flow_version, "flow_version")
             )
+
+        if not changes:  # nothing to record: the run as it is
+            return (yield from self.load_kind(target, RunKind.FLOW))
 
         def make(at: datetime) -> Event:
             return RunSettingsUpdated(run_id=target, updated_at=at, **changes)  # type: ignore[arg-type]

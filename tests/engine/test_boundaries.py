@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from flowtrail import states
-from flowtrail.core import InvalidDataError, InvalidIdError, InvalidInputError, InvalidStateError
+from flowtrail.core import (
+    InvalidDataError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidStateError,
+    RunNotFoundError,
+)
 from tests.engine.conftest import Orch
 
 
@@ -161,3 +167,28 @@ def test_a_filter_the_log_cannot_hold_is_a_typed_error(
 def test_as_of_takes_a_whole_number_from_zero(orch: Orch, position: object) -> None:
     with pytest.raises(InvalidInputError):
         orch.as_of(position)  # type: ignore[arg-type]
+
+
+# --- runs of the wrong kind, and changes of nothing ----------------------------------------------
+
+
+def test_renaming_a_task_run_as_a_flow_run_says_what_it_is(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    task = orch.create_task_run(flow.id, task_key="t")
+    before = orch.last_position()
+    with pytest.raises(RunNotFoundError, match=f"no flow run with id {task.id}: it is a task run"):
+        orch.set_flow_run_name(task.id, "renamed")
+    assert orch.last_position() == before
+
+
+def test_a_flow_run_named_as_a_parent_task_run_says_what_it_is(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl")
+    with pytest.raises(RunNotFoundError, match="it is a flow run"):
+        orch.create_flow_run("child", parent_task_run_id=flow.id)
+
+
+def test_updating_a_flow_run_with_no_change_records_nothing(orch: Orch) -> None:
+    flow = orch.create_flow_run("etl", retries=1)
+    before = orch.last_position()
+    assert orch.update_flow_run(flow.id).id == flow.id
+    assert orch.last_position() == before
