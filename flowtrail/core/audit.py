@@ -37,7 +37,14 @@ from flowtrail.core.chain import GENESIS, RecordedEvent
 from flowtrail.core.errors import CodecError, CorruptLogError, PolicyNotFoundError
 from flowtrail.core.events import Decision, Event, Proposal, RunKind, StateProposed
 from flowtrail.core.fold import RunView, evolve, flow_run_facts
-from flowtrail.core.policies import MarkLateRunsPolicy, decide, default_policy, mirror_proposal, policy_named
+from flowtrail.core.policies import (
+    MIRROR_PROPOSER,
+    MarkLateRunsPolicy,
+    decide,
+    default_policy,
+    mirror_proposal,
+    policy_named,
+)
 
 __all__ = ["AuditReport", "Auditor", "Problem", "verify"]
 
@@ -242,6 +249,15 @@ class Auditor:
     def _check_mirror(self, recorded: RecordedEvent, event: Event) -> None:
         owed = self._mirrors.get(recorded.stream_id)
         if not owed:
+            child = _mirrored_child(event)
+            if child is not None and child in self._streams:
+                # The subflow's events are checked here too, and none owes this copy.
+                self._problem(
+                    "mirror",
+                    f"position {recorded.position} copies a state of subflow run {child} onto its parent "
+                    "task run, but that run wrote no such state just before: the original was removed or changed",
+                    recorded,
+                )
             return
         proposal, source, recorded_at = owed.popleft()
         if not owed:
@@ -353,6 +369,17 @@ class Auditor:
                 "an event up to it was changed, removed, added or reordered since",
                 None,
             )
+
+
+def _mirrored_child(event: Event) -> str | None:
+    """The subflow run whose state ``event`` copies onto its parent task run, if it is such a copy."""
+    if not isinstance(event, StateProposed):
+        return None
+    proposal = event.proposal
+    child = proposal.state.state_details.child_flow_run_id
+    if proposal.proposer != MIRROR_PROPOSER or not proposal.force or child is None:
+        return None
+    return str(child)
 
 
 def _facts_text(facts: object) -> str:

@@ -23,6 +23,7 @@ from flowtrail.core.rules import ALL_STATES, Rule, Transform, Transition, Verdic
 from flowtrail.core.states import StateType
 
 __all__ = [
+    "MIRROR_PROPOSER",
     "CoreFlowPolicy",
     "CoreTaskPolicy",
     "MarkLateRunsPolicy",
@@ -230,6 +231,10 @@ def decide(view: RunView, proposal: Proposal, facts: Facts, policy: Policy | Non
     )
 
 
+#: Who proposes the copy of a subflow's state onto its parent task run.
+MIRROR_PROPOSER = "subflow-mirror"
+
+
 def mirror_proposal(flow_run: RunView, decision: Decision, proposal: Proposal) -> Proposal | None:
     """Prefect's UpdateSubflowParentTask: the proposal to force onto the parent task run.
 
@@ -246,5 +251,5 @@ def mirror_proposal(flow_run: RunView, decision: Decision, proposal: Proposal) -
         state=msgspec.structs.replace(written, state_details=details),
         proposed_at=proposal.proposed_at,
         force=True,
-        proposer="subflow-mirror",
+        proposer=MIRROR_PROPOSER,
     )

@@ -295,3 +295,30 @@ def test_views_marked_stale_are_not_compared(original: Path, tmp_path: Path) -> 
             connection.execute("UPDATE flowtrail_meta SET value = '1' WHERE key = 'projection:runs'")
         connection.close()
         assert {p.kind for p in orch.verify().problems} == {"view"}
+
+
+def test_a_subflows_newest_state_removed_is_caught_by_verifying_that_run_alone(
+    original: Path, tmp_path: Path
+) -> None:
+    """Its copy on the parent task run is still there: the evidence is in the selection."""
+    removed: list[str] = []
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        child = _a_flow_run(connection)
+        removed.append(child)
+        last = connection.execute(
+            "SELECT max(position) FROM events WHERE stream_id = ?", (child,)
+        ).fetchone()[0]
+        connection.execute("DELETE FROM events WHERE position = ?", (last,))
+
+    for orch in _tampered(original, tmp_path, tamper):
+        report = orch.verify(removed[0])
+        assert [p.kind for p in report.problems] == ["mirror"]
+        assert f"copies a state of subflow run {removed[0]}" in report.problems[0].message
+
+
+def test_a_parent_task_run_verified_alone_passes_with_the_copies_of_its_subflows_states(original: Path) -> None:
+    with SyncOrchestrator.open(f"sqlite:///{original}") as orch:
+        tracker = next(r for r in orch.read_flow_runs(flow_names=["child"])).parent_task_run_id
+        assert tracker is not None
+        assert orch.verify(tracker).ok
