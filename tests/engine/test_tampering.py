@@ -317,7 +317,7 @@ def test_a_subflows_newest_state_removed_is_caught_by_verifying_that_run_alone(
         assert f"copies a state of subflow run {removed[0]}" in report.problems[0].message
 
 
-def test_a_parent_task_run_verified_alone_passes_with_the_copies_of_its_subflows_states(original: Path) -> None:
+def test_a_parent_task_run_verified_alone_passes_with_its_subflows_copies(original: Path) -> None:
     with SyncOrchestrator.open(f"sqlite:///{original}") as orch:
         tracker = next(r for r in orch.read_flow_runs(flow_names=["child"])).parent_task_run_id
         assert tracker is not None
