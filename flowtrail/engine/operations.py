@@ -143,31 +143,35 @@ class _Turn:
 _MAX_STORED_KEY = 512
 
 
-def _stored_key(kind: str, *parts: str) -> str:
+def _stored_key(kind: str, *parts: str, ambiguous: bool = False) -> str:
     """The key an append is made idempotent on, for ``kind`` and its parts.
 
-    Spelled ``kind:part:part`` where that spelling names one list of parts only: the
-    parts after the first hold no ":", and a single part (a caller's own key) does not
-    read as a run id followed by two more. Else, or where it is too long or not
-    printable for the log, ``kind#`` and the SHA-256 of the parts in JSON. Keys that were
-    spelled plainly before are spelled the same way, so a log keeps recognising them.
+    Spelled ``kind:part:part`` (each part formatted as an f-string formats it, as keys
+    always were), unless the caller says that spelling could also be another list of
+    parts (``ambiguous``), or it is too long or not printable for the log: then
+    ``kind#`` and the SHA-256 of the parts in JSON. Keys spelled plainly before are
+    spelled the same way, so a log keeps recognising them.
     """
-    plain = ":".join((kind, *parts))
-    ambiguous = any(":" in part for part in parts[1:]) or (len(parts) == 1 and _reads_as_task_key(parts[0]))
+    plain = ":".join(f"{part}" for part in (kind, *parts))
     if not ambiguous and len(plain) <= _MAX_STORED_KEY and plain.isprintable():
         return plain
-    return f"{kind}#{hashlib.sha256(json.dumps(parts).encode()).hexdigest()}"
+    return f"{kind}#{hashlib.sha256(json.dumps([f'{part}' for part in parts]).encode()).hexdigest()}"
 
 
-def _reads_as_task_key(key: str) -> bool:
-    first, colons = key.partition(":")[0], key.count(":")
-    if colons != 2:
-        return False
+def _task_run_key(flow_run: uuid.UUID, task_key: str, dynamic: str) -> str:
+    """A task run's key in its flow run: one per (flow run, task key, dynamic key)."""
+    return _stored_key("task-run", str(flow_run), task_key, dynamic, ambiguous=":" in f"{task_key}{dynamic}")
+
+
+def _loose_task_run_key(key: str) -> str:
+    """A task run's key outside any flow run, never the spelling of one inside a flow run
+    (``task-run:<run id>:<task key>:<dynamic key>``)."""
+    first, _, rest = f"{key}".partition(":")
     try:
-        uuid.UUID(first)
+        in_a_flow_run = str(uuid.UUID(first)) == first and rest.count(":") == 1
     except ValueError:
-        return False
-    return True
+        in_a_flow_run = False
+    return _stored_key("task-run", key, ambiguous=in_a_flow_run)
 
 
 def _of_kind(view: RunView, kind: RunKind) -> RunView:
@@ -179,7 +183,7 @@ def _of_kind(view: RunView, kind: RunKind) -> RunView:
 
 def _text_or_number(value: object, what: str) -> str:
     if isinstance(value, str):
-        return value
+        return str(value)  # a str subclass (an enum) as str() spells it, as it always was
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise InvalidInputError(f"{what} is a string or a whole number, not {value!r}")
@@ -488,12 +492,12 @@ class Context:
             idempotency_key=idempotency_key,
         )
         if flow_run is not None:
-            key: str | None = _stored_key("task-run", str(flow_run), key_of_task, dynamic)
+            key: str | None = _task_run_key(flow_run, key_of_task, dynamic)
         else:
             key = (
                 None
                 if idempotency_key is None
-                else _stored_key("task-run", check_name(idempotency_key, "an idempotency key"))
+                else _loose_task_run_key(check_name(idempotency_key, "an idempotency key"))
             )
         initial = None if state is None else check_state(state)
         return (yield from self._create(created, initial, key))

@@ -3,6 +3,8 @@ before anything is written, and keys name one run only."""
 
 from __future__ import annotations
 
+import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +18,7 @@ from flowtrail.core import (
     InvalidStateError,
     RunNotFoundError,
 )
+from flowtrail.engine.operations import _loose_task_run_key, _stored_key, _task_run_key
 from tests.engine.conftest import Orch
 
 
@@ -52,11 +55,34 @@ def test_the_longest_task_key_and_dynamic_key_still_name_one_task_run(orch: Orch
     assert orch.create_task_run(flow.id, task_key=key, dynamic_key="d" * 512).id == first.id
 
 
-def test_task_keys_without_colons_keep_their_plain_spelling(orch: Orch) -> None:
-    """Logs written before keep recognising their task runs."""
-    from flowtrail.engine.operations import _stored_key
+_RUN = uuid.UUID("01a21031-8d4e-7333-a7e9-aa6fc69fc4ad")
 
-    assert _stored_key("task-run", "0192-x", "extract", "3") == "task-run:0192-x:extract:3"
+
+class _Key(str, enum.Enum):  # noqa: UP042 - a str mixin, spelled by f-strings unlike StrEnum
+    DAILY = "daily"
+
+
+@pytest.mark.parametrize(
+    ("spelled", "before"),
+    [
+        (lambda: _task_run_key(_RUN, "extract", "3"), f"task-run:{_RUN}:extract:3"),
+        (lambda: _stored_key("flow-run", f"{_RUN}:daily:2026-01-01"), f"flow-run:{_RUN}:daily:2026-01-01"),
+        (lambda: _stored_key("flow-run", _Key.DAILY), f"flow-run:{_Key.DAILY}"),
+        (lambda: _stored_key("propose", str(_RUN), "attempt:1"), f"propose:{_RUN}:attempt:1"),
+        (lambda: _loose_task_run_key("nightly:3"), "task-run:nightly:3"),
+        (lambda: _loose_task_run_key(f"{str(_RUN).upper()}:x:y"), f"task-run:{str(_RUN).upper()}:x:y"),
+        (lambda: _loose_task_run_key(f"{_RUN}:x:y:z"), f"task-run:{_RUN}:x:y:z"),
+    ],
+)
+def test_keys_that_name_one_run_keep_the_spelling_logs_hold(spelled: Any, before: str) -> None:
+    """Logs written before keep recognising their runs and proposals."""
+    assert spelled() == before
+
+
+def test_only_keys_that_could_name_two_runs_are_spelled_as_a_digest() -> None:
+    assert _task_run_key(_RUN, "a:b", "c").startswith("task-run#")
+    assert _loose_task_run_key(f"{_RUN}:q:0").startswith("task-run#")
+    assert _stored_key("flow-run", "k" * 600).startswith("flow-run#")
 
 
 @pytest.mark.parametrize("dynamic_key", [None, True, 1.5, object()])
@@ -192,3 +218,10 @@ def test_updating_a_flow_run_with_no_change_records_nothing(orch: Orch) -> None:
     before = orch.last_position()
     assert orch.update_flow_run(flow.id).id == flow.id
     assert orch.last_position() == before
+
+
+def test_a_proposer_may_not_take_the_name_of_the_subflow_copies(tmp_path: Any) -> None:
+    from flowtrail import SyncOrchestrator
+
+    with pytest.raises(InvalidInputError, match="subflow-mirror"):
+        SyncOrchestrator.open(f"sqlite:///{tmp_path}/x.db", proposer="subflow-mirror")
