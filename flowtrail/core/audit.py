@@ -123,6 +123,8 @@ class Auditor:
         self._anchor_digest: bytes | None = None
         # The log digest covers a whole log only: checked from its first position on.
         self._digest = hashlib.sha256() if contiguous and first_position == 1 else None
+        if anchor is not None and anchor[0] == 0 and self._digest is not None:
+            self._anchor_digest = self._digest.digest()  # the log before its first event
         self._expected_position = first_position
         self._last_position = first_position - 1
         self._max = max_problems

@@ -409,11 +409,11 @@ def _written_whole(output: str) -> Iterator[IO[str]]:
     """Standard output for ``-``. A file is written whole or not at all: into a new file
     beside it, moved over it once the export is complete and on disk; a failed or
     interrupted export leaves what was there. What is not a regular file (a device, a
-    pipe) is written in place."""
+    pipe) is written in place, and a symbolic link is written through."""
     if output == "-":
         yield sys.stdout
         return
-    target = Path(output)
+    target = Path(os.path.realpath(output))  # through a symbolic link, to the file it names
     if target.exists() and not target.is_file():
         with target.open("w", encoding="utf-8") as out:
             yield out

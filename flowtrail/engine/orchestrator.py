@@ -24,6 +24,7 @@ from msgspec import UNSET
 from flowtrail.core.audit import AuditReport
 from flowtrail.core.errors import InvalidInputError
 from flowtrail.core.fold import RunView
+from flowtrail.core.policies import MIRROR_PROPOSER
 from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.audit import export_records, log_id, verify_script
@@ -64,6 +65,14 @@ def _position(position: object) -> int:
     return position
 
 
+def _proposer(proposer: str) -> str:
+    """A proposer's name, checked before anything is opened."""
+    if proposer == MIRROR_PROPOSER:
+        # The audit tells the copies of subflow states by this name.
+        raise InvalidInputError(f"{MIRROR_PROPOSER!r} names flowtrail's own copies; pick another proposer")
+    return proposer
+
+
 def _scope(run_id: UUID | str | None) -> str:
     return "all" if run_id is None else f"run:{run_id_of(run_id)}"
 
@@ -75,7 +84,7 @@ class _Base:
 
     def __init__(self, *, clock: Clock | None, max_attempts: int, proposer: str, sql: Any) -> None:
         self._context = Context(
-            sql=sql, clock=clock or _utc_now, max_attempts=max_attempts, proposer=proposer
+            sql=sql, clock=clock or _utc_now, max_attempts=max_attempts, proposer=_proposer(proposer)
         )
         self._entered: list[AbstractContextManager[None]] = []
 
@@ -108,6 +117,7 @@ class SyncOrchestrator(_Base):
         **options: Any,
     ) -> SyncOrchestrator:
         """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
+        _proposer(proposer)
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
@@ -640,6 +650,7 @@ class _Opening:
 
     async def _open(self) -> Orchestrator:
         cls, url, clock, rebuild_stale, proposer, options = self._args
+        _proposer(proposer)
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url

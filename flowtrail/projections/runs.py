@@ -260,7 +260,10 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
         (tag, run_id) for run_id, view in folded.items() if view.kind is RunKind.FLOW for tag in view.tags
     }
     for tag, run_id in sorted(stored_tags - folded_tags):
-        differences.append((run_id, f"run_tags gives it the tag {tag!r}, which its events do not"))
+        if run_id in folded:
+            differences.append((run_id, f"run_tags gives it the tag {tag!r}, which its events do not"))
+        else:
+            differences.append((run_id, f"run_tags gives it the tag {tag!r}, but the log has no such run"))
     for tag, run_id in sorted(folded_tags - stored_tags):
         differences.append((run_id, f"its events give it the tag {tag!r}, which run_tags lacks"))
     return differences

@@ -371,3 +371,11 @@ def test_the_log_digest_as_anchor_catches_events_cut_from_the_end() -> None:
     report = verify(records[:-1], anchor=(records[-1].position, digest))
     assert [p.kind for p in report.problems] == ["anchor"]
     assert "cut from its end" in report.problems[0].message
+
+
+def test_the_digest_of_an_empty_log_anchors_position_zero() -> None:
+    empty = verify([])
+    assert empty.log_digest == hashlib.sha256(b"").hexdigest()
+    anchor = (0, bytes.fromhex(empty.log_digest or ""))
+    assert verify([], anchor=anchor).ok
+    assert verify(sample_log().records, anchor=anchor).ok

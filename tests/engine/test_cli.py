@@ -620,3 +620,14 @@ def test_the_demo_replaces_a_log_an_earlier_demo_made_before_demo_logs_were_mark
         connection.execute("DELETE FROM flowtrail_meta WHERE key = 'made_by'")
     connection.close()
     assert flowtrail("demo", "--path", str(earlier), "--replace", HOME=str(tmp_path)).code == 0
+
+
+def test_an_export_through_a_symbolic_link_replaces_the_file_it_names(db: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "target.jsonl").write_text("an earlier export\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real / "target.jsonl")
+    assert flowtrail("export", "--all", "-o", str(link), database=db).code == 0
+    assert link.is_symlink()
+    assert json.loads((real / "target.jsonl").read_text().splitlines()[-1])["end"]["events"] == 47

@@ -322,3 +322,48 @@ def test_a_parent_task_run_verified_alone_passes_with_its_subflows_copies(origin
         tracker = next(r for r in orch.read_flow_runs(flow_names=["child"])).parent_task_run_id
         assert tracker is not None
         assert orch.verify(tracker).ok
+
+
+# --- appends made while a check reads the log are no problems --------------------------------
+
+
+def _after_fetch(orch: SyncOrchestrator, matches: Callable[[object], bool], then: Callable[[], None]) -> None:
+    """Run ``then`` once, right after the first fetch ``matches``: an append by another
+    process landing between two of the check's reads."""
+    perform = orch.store._perform_effect
+    done: list[bool] = []
+
+    def wrapped(effect: object) -> object:
+        result = perform(effect)  # type: ignore[arg-type]
+        if not done and matches(effect):
+            done.append(True)
+            then()
+        return result
+
+    orch.store._perform_effect = wrapped  # type: ignore[method-assign]
+
+
+def test_a_subflow_state_written_while_its_run_is_verified_alone_is_no_problem(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as other:
+        parent = orch.create_flow_run("parent", state=states.Running())
+        tracker = orch.create_task_run(parent.id, task_key="child")
+        child = orch.create_flow_run("child", parent_task_run_id=tracker.id, state=states.Pending())
+        _after_fetch(
+            orch,
+            lambda e: isinstance(e, tuple) and e[0] == SQL.read_stream and e[1][0] == str(child.id),
+            lambda: other.propose_state(child.id, states.Running()),
+        )
+        assert orch.verify(child.id).ok
+
+
+def test_a_tagged_run_created_while_the_views_are_compared_is_no_problem(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as other:
+        orch.create_flow_run("etl", tags=["nightly"], state=states.Pending())
+        _after_fetch(
+            orch,
+            lambda e: isinstance(e, tuple) and "FROM flow_runs WHERE id > ?" in str(e[0]),
+            lambda: other.create_flow_run("etl", tags=["nightly"], state=states.Pending()),
+        )
+        assert orch.verify().ok
