@@ -19,6 +19,7 @@ caller needs to act on them (run id, stream, position, event type)::
     │   ├── ConcurrencyConflictError      the stream moved on since it was read
     │   ├── StoreBusyError                another process held the write lock too long
     │   ├── StoreUnavailableError         the database cannot be reached right now
+    │   ├── StoreAccessError              this process may not write the file or its folder
     │   ├── LogNotFoundError              no log where one was to be opened, not created
     │   ├── CorruptLogError               the file or the rows are not a sound log
     │   ├── SchemaVersionError            the database was written by a newer flowtrail
@@ -69,6 +70,7 @@ __all__ = [
     "RunAlreadyExistsError",
     "RunNotFoundError",
     "SchemaVersionError",
+    "StoreAccessError",
     "StoreBusyError",
     "StoreError",
     "StoreUnavailableError",
@@ -171,6 +173,11 @@ class StoreBusyError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The database cannot be reached (connection lost, server restarting)."""
+
+
+class StoreAccessError(StoreError):
+    """This process may not write the database file, or the folder SQLite keeps its
+    write-ahead log beside it in (file permissions, a read-only mount)."""
 
 
 class LogNotFoundError(StoreError):

@@ -37,6 +37,7 @@ from flowtrail.store.drivers import Translate, run_sync
 from flowtrail.store.scripts import LogSql
 from flowtrail.store.sqlite_schema import (
     SQL,
+    check_access,
     check_contents,
     check_file,
     check_filesystem,
@@ -81,6 +82,7 @@ class _Options(StoreOptions):
             if not create and not file.exists():
                 raise LogNotFoundError(f"there is no flowtrail log at {file}")
             ensure_directory(file)
+            check_access(file)
             if not allow_network_filesystem:
                 check_filesystem(file)
             check_file(file)

@@ -17,6 +17,7 @@ from flowtrail.core.effects import Script
 from flowtrail.core.errors import (
     CorruptLogError,
     LogNotFoundError,
+    StoreAccessError,
     StoreBusyError,
     StoreError,
     StoreUnavailableError,
@@ -315,3 +316,17 @@ def is_memory(path: str) -> bool:
 
 def ensure_directory(path: Path) -> None:
     os.makedirs(path.parent, exist_ok=True)
+
+
+def check_access(path: Path) -> None:
+    """Refuse, naming what, a file or folder this process may not write: SQLite opens a
+    log to write it, and keeps its write-ahead log and shared memory beside it, even
+    for reading (a failure there said only "unable to open database file")."""
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreAccessError(
+            f"the folder {folder} cannot be written by this process: SQLite keeps a log's "
+            "write-ahead files beside it, even to read it (copy the log somewhere writable)"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreAccessError(f"{path} cannot be read and written by this process (its permissions)")

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -631,3 +632,57 @@ def test_an_export_through_a_symbolic_link_replaces_the_file_it_names(db: Path, 
     assert flowtrail("export", "--all", "-o", str(link), database=db).code == 0
     assert link.is_symlink()
     assert json.loads((real / "target.jsonl").read_text().splitlines()[-1])["end"]["events"] == 47
+
+
+# --- a log this process may not write --------------------------------------------------------
+
+_RUNUSER = shutil.which("runuser")
+
+
+def _nobody_can_run_flowtrail() -> bool:
+    """Whether this machine lets the user nobody run this flowtrail (root can switch to it,
+    and the interpreter is not in a folder only root may enter)."""
+    if os.geteuid() != 0 or _RUNUSER is None or ENTRY_POINT is None:
+        return False
+    done = subprocess.run(
+        [_RUNUSER, "-u", "nobody", "--", ENTRY_POINT, "--version"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_a_log_this_user_may_not_write_is_one_sentence_naming_it(db: Path, where: str) -> None:
+    if not _nobody_can_run_flowtrail():
+        pytest.skip("needs root, runuser, and an interpreter the user nobody may run")
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        shared.chmod(0o777 if where == "file" else 0o755)
+        log = shared / "log.db"
+        shutil.copyfile(db, log)
+        log.chmod(0o644)
+        done = subprocess.run(
+            [
+                str(_RUNUSER),
+                "-u",
+                "nobody",
+                "--",
+                str(ENTRY_POINT),
+                "--database",
+                f"sqlite:///{log}",
+                "verify",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(shared)},
+        )
+        ran = Ran(done)
+        assert_user_error(
+            ran, "cannot be" + (" written by this process" if where == "folder" else " read and written")
+        )
+    finally:
+        shutil.rmtree(shared)
