@@ -27,7 +27,7 @@ import msgspec
 import structlog
 
 from flowtrail.core.audit import AuditReport
-from flowtrail.core.errors import FlowtrailError, LogNotFoundError, RunNotFoundError
+from flowtrail.core.errors import FlowtrailError, LogNotFoundError, RunNotFoundError, StoreAccessError
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
 from flowtrail.engine.context import default_url
@@ -128,8 +128,11 @@ def cli(ctx: click.Context, database: str | None, verbose: bool) -> None:
 
 
 @contextmanager
-def opened(settings: Settings) -> Iterator[SyncOrchestrator]:
-    """The orchestrator on an existing log (a missing SQLite file is an error, not a new log)."""
+def opened(settings: Settings, *, write: bool = False) -> Iterator[SyncOrchestrator]:
+    """The orchestrator on an existing log (a missing SQLite file is an error, not a new log).
+
+    A command that only reads opens a SQLite log this process may not write (an
+    auditor's copy in a read-only folder) read-only."""
     url = settings.url
     target = parse_url(url)
     if target.backend == "sqlite" and target.target != ":memory:" and not Path(target.target).exists():
@@ -138,7 +141,12 @@ def opened(settings: Settings) -> Iterator[SyncOrchestrator]:
             "first, or name one with --database"
         )
     try:
-        orchestrator = SyncOrchestrator.open(url, create=False)
+        try:
+            orchestrator = SyncOrchestrator.open(url, create=False)
+        except StoreAccessError:
+            if write or target.backend != "sqlite":
+                raise
+            orchestrator = SyncOrchestrator.open(url, create=False, read_only=True)
     except LogNotFoundError:
         raise UserError(
             f"There is no flowtrail log at {_shown(url)}: run a flow or `flowtrail migrate` first"
@@ -374,7 +382,7 @@ def _anchor(text: str) -> tuple[int, bytes]:
 def rebuild(settings: Settings, workers: int | None) -> None:
     """Drop the read views and rebuild them from the log, with a progress bar."""
     out = console()
-    with opened(settings) as orchestrator:
+    with opened(settings, write=True) as orchestrator:
         applied, seconds = rebuild_with_progress(orchestrator, out, workers=workers)
     rate = applied / seconds if seconds > 0 else 0.0
     out.print(

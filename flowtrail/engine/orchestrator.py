@@ -121,7 +121,7 @@ class SyncOrchestrator(_Base):
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
-        if rebuild_stale and store.stale_projections:
+        if rebuild_stale and store.stale_projections and not store.read_only:
             orchestrator.rebuild()
         return orchestrator
 
@@ -654,7 +654,7 @@ class _Opening:
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
-        if rebuild_stale and store.stale_projections:
+        if rebuild_stale and store.stale_projections and not store.read_only:
             await orchestrator.rebuild()
         return orchestrator
 

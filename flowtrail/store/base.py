@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Append, Effect, Fetch, Join, OnWriter, Script
-from flowtrail.core.errors import FlowtrailError, InvalidInputError
+from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store.api import (
@@ -93,6 +93,8 @@ class StoreOptions:
         self.projections = tuple(projections)
         #: Create the log if there is none (else `LogNotFoundError`).
         self.create = bool(create)
+        #: Read the log only: every write is a `StoreAccessError` (SQLite's ``mode=ro``).
+        self.read_only = False
 
     def prepare(
         self,
@@ -130,6 +132,13 @@ class _Backend:
     sql: LogSql
     stale_projections: list[str]
 
+    _options: StoreOptions
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the log was opened to be read only (``mode=ro``)."""
+        return self._options.read_only
+
     @staticmethod
     def mark_stale(projection: Projection) -> Script[None]:
         return mark_stale_script(projection)
@@ -137,6 +146,13 @@ class _Backend:
     @staticmethod
     def mark_current(projection: Projection) -> Script[None]:
         return mark_current_script(projection)
+
+
+def _writable(options: StoreOptions) -> None:
+    if options.read_only:
+        raise StoreAccessError(
+            "this log is open read-only (mode=ro): it can be read and verified, not written"
+        )
 
 
 # --- sync ------------------------------------------------------------------------------------------
@@ -166,6 +182,8 @@ class SyncLogStore(_Backend):
 
     def run(self, script: Script[T], *, write: bool = False) -> T:
         """Run a script on the writer (``write=True``) or the reader connection."""
+        if write:
+            _writable(self._options)
         connection = self._writer if write else self._reader
         with self._write_lock if write else self._read_lock:
             try:
@@ -288,6 +306,8 @@ class AsyncLogStore(_Backend):
 
     async def run(self, script: Script[T], *, write: bool = False) -> T:
         """Run a script on the writer (``write=True``) or the reader connection."""
+        if write:
+            _writable(self._options)
         connection = self._writer if write else self._reader
         async with self._write_lock if write else self._read_lock:
             try:

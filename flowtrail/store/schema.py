@@ -23,6 +23,7 @@ __all__ = [
     "SchemaDefinition",
     "mark_current_script",
     "mark_stale_script",
+    "schema_check_script",
     "schema_script",
 ]
 
@@ -114,6 +115,37 @@ def schema_script(
         yield Rollback()
         raise
     yield Commit()
+    return stale
+
+
+def schema_check_script(definition: SchemaDefinition, projections: Sequence[Projection]) -> Script[list[str]]:
+    """What opening a log read-only checks, writing nothing: that it is a flowtrail log
+    at this flowtrail's schema version; returns the projections not current."""
+    tables = {str(row[0]) for row in (yield Fetch(definition.list_tables))}
+    if "flowtrail_meta" not in tables:
+        if tables - definition.own_tables:
+            raise CorruptLogError(
+                f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(tables)[:5])})"
+            )
+        raise LogNotFoundError("there is no flowtrail log here")
+    rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'")
+    if not rows or not str(rows[0][0]).isdigit():
+        raise CorruptLogError("the flowtrail_meta table holds no schema version")
+    version = int(rows[0][0])
+    if version != SCHEMA_VERSION:
+        newer = "a newer" if version > SCHEMA_VERSION else "an older"
+        raise SchemaVersionError(
+            f"this database has schema version {version}, written by {newer} flowtrail; this one reads "
+            f"version {SCHEMA_VERSION}"
+            + ("" if version > SCHEMA_VERSION else ": open it once to write, to migrate it")
+        )
+    stale = []
+    for projection in projections:
+        marks = yield Fetch(
+            "SELECT value FROM flowtrail_meta WHERE key = ?", (f"projection:{projection.name}",)
+        )
+        if not marks or marks[0][0] != str(projection.version):
+            stale.append(projection.name)
     return stale
 
 

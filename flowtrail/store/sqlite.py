@@ -41,9 +41,11 @@ from flowtrail.store.sqlite_schema import (
     check_contents,
     check_file,
     check_filesystem,
+    check_readable,
     connect_options,
     ensure_directory,
     is_memory,
+    schema_check_script,
     schema_script,
     translate,
 )
@@ -67,8 +69,15 @@ class _Options(StoreOptions):
         projections: Sequence[Projection] = (),
         create: bool = True,
         allow_network_filesystem: bool = False,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(max_event_bytes=max_event_bytes, projections=projections, create=create)
+        super().__init__(
+            max_event_bytes=max_event_bytes, projections=projections, create=create and not read_only
+        )
+        self.read_only = bool(read_only)
+        #: Read without the WAL's shared memory (SQLite's ``immutable``): a read-only
+        #: open in a folder this process may not write, where SQLite could not make it.
+        self.immutable = False
         if durability not in ("full", "normal"):
             raise InvalidInputError(f"durability is 'full' or 'normal', not {durability!r}")
         if busy_timeout <= 0:
@@ -77,16 +86,21 @@ class _Options(StoreOptions):
         self.memory = is_memory(self.path)
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
+        if self.read_only and self.memory:
+            raise InvalidInputError("an in-memory log cannot be opened read-only")
         if not self.memory:
             file = Path(self.path)
-            if not create and not file.exists():
+            if not self.create and not file.exists():
                 raise LogNotFoundError(f"there is no flowtrail log at {file}")
-            ensure_directory(file)
-            check_access(file)
+            if self.read_only:
+                self.immutable = check_readable(file)
+            else:
+                ensure_directory(file)
+                check_access(file)
             if not allow_network_filesystem:
                 check_filesystem(file)
             check_file(file)
-            check_contents(file, create=create)
+            check_contents(file, create=self.create)
 
     @classmethod
     def from_url(cls, url: str, overrides: dict[str, Any]) -> _Options:
@@ -98,6 +112,7 @@ class _Options(StoreOptions):
             "durability": parsed.durability,
             "busy_timeout": parsed.busy_timeout,
             "max_event_bytes": parsed.max_event_bytes,
+            "read_only": parsed.read_only,
             **overrides,
         }
         return cls(parsed.target, **settings)
@@ -120,7 +135,11 @@ class _Connection:
     def connect(cls, options: _Options) -> _Connection:
         try:
             connection = sqlite3.connect(
-                options.path, isolation_level=None, check_same_thread=False, timeout=options.busy_timeout
+                _target(options),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=options.busy_timeout,
+                uri=options.read_only,
             )
             _configure(connection, options)
         except sqlite3.Error as exc:
@@ -158,8 +177,15 @@ class _Connection:
         self._connection.close()
 
 
+def _target(options: _Options) -> str:
+    """What sqlite3.connect opens: the path, or for a read-only open its ``file:`` URI."""
+    if not options.read_only:
+        return options.path
+    return f"{Path(options.path).resolve().as_uri()}?mode=ro{'&immutable=1' if options.immutable else ''}"
+
+
 def _configure(connection: sqlite3.Connection, options: _Options) -> None:
-    if not options.memory:
+    if not options.memory and not options.read_only:
         connection.execute("PRAGMA journal_mode = WAL")
     for statement in connect_options(options.durability, options.busy_timeout):
         connection.execute(statement)
@@ -190,8 +216,12 @@ class SyncSQLiteStore(_File, SyncLogStore):
         # An in-memory database lives in its one connection, which reads as well.
         reader = None if opened.memory else _Connection.connect(opened)
         super().__init__(opened, writer, reader, translate=translate)
-        self.stale_projections = self.run(
-            schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
+        self.stale_projections = (
+            self.run(schema_check_script(opened.projections))
+            if opened.read_only
+            else self.run(
+                schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
+            )
         )
 
     @classmethod
@@ -233,7 +263,7 @@ class _AsyncConnection:
         connection = None
         try:
             connection = await aiosqlite.connect(
-                options.path, isolation_level=None, timeout=options.busy_timeout
+                _target(options), isolation_level=None, timeout=options.busy_timeout, uri=options.read_only
             )
             await _on_thread(connection, _configure, connection._conn, options)
         except sqlite3.Error as exc:
@@ -287,8 +317,12 @@ class SQLiteStore(_File, AsyncLogStore):
             raise
         store = cls(opened, writer, reader, translate=translate, max_group=max_group)
         try:
-            store.stale_projections = await store.run(
-                schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
+            store.stale_projections = (
+                await store.run(schema_check_script(opened.projections))
+                if opened.read_only
+                else await store.run(
+                    schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
+                )
             )
         except BaseException:
             await asyncio.shield(store.close())

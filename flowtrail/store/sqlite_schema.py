@@ -31,6 +31,7 @@ from flowtrail.store.schema import (
     mark_current_script,
     mark_stale_script,
 )
+from flowtrail.store.schema import schema_check_script as shared_schema_check_script
 from flowtrail.store.schema import schema_script as shared_schema_script
 
 __all__ = [
@@ -156,6 +157,11 @@ SCHEMA = SchemaDefinition(
     own_tables=frozenset({"sqlite_sequence", "sqlite_stat1"}),
     migrations=MIGRATIONS,
 )
+
+
+def schema_check_script(projections: Sequence[Projection]) -> Script[list[str]]:
+    """The read-only open's check (see `flowtrail.store.schema.schema_check_script`)."""
+    return shared_schema_check_script(SCHEMA, projections)
 
 
 def schema_script(
@@ -316,6 +322,26 @@ def is_memory(path: str) -> bool:
 
 def ensure_directory(path: Path) -> None:
     os.makedirs(path.parent, exist_ok=True)
+
+
+def check_readable(path: Path) -> bool:
+    """Check a log to be opened read-only; whether SQLite must read it as immutable.
+
+    In a folder this process may not write, SQLite cannot make the WAL's shared memory,
+    so it reads the file alone (``immutable``), which is right only while no write-ahead
+    file holds commits not yet in it: such a log is refused.
+    """
+    if not os.access(path, os.R_OK):
+        raise StoreAccessError(f"{path} cannot be read by this process (its permissions)")
+    if os.access(path.parent, os.W_OK | os.X_OK):
+        return False
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreAccessError(
+            f"{path} has commits in {wal.name} that SQLite reads only by writing beside it, and its folder "
+            "cannot be written: copy the log with its -wal file into a folder this process can write"
+        )
+    return True
 
 
 def check_access(path: Path) -> None:

@@ -3,7 +3,7 @@
 - ``sqlite:///runs.db`` (relative), ``sqlite:////var/lib/runs.db`` (absolute),
   ``sqlite:///~/runs.db``, ``sqlite:///:memory:``; options as query parameters:
   ``?durability=normal`` (default ``full``), ``?busy_timeout=5`` (seconds),
-  ``?max_event_bytes=1048576``.
+  ``?max_event_bytes=1048576``, ``?mode=ro`` (read only: an auditor's copy).
 - ``postgresql://user@host:5432/db`` (or ``postgres://``), with ``?schema=name``
   (default ``flowtrail``) and libpq's own parameters.
 
@@ -21,7 +21,7 @@ from flowtrail.core.errors import InvalidUrlError
 
 __all__ = ["StoreUrl", "parse_url"]
 
-_SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes"}
+_SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes", "mode"}
 _FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes", "busy_timeout"}
 
 
@@ -37,6 +37,8 @@ class StoreUrl:
     max_event_bytes: int = 1024 * 1024
     schema: str = "flowtrail"
     extra: dict[str, str] = field(default_factory=dict)
+    #: SQLite ``?mode=ro``: read the log, never write it (see `SyncSQLiteStore`).
+    read_only: bool = False
 
 
 #: The longest busy_timeout a URL may ask for, in seconds (PostgreSQL's lock_timeout
@@ -87,6 +89,9 @@ def parse_url(url: str) -> StoreUrl:
         durability = options.get("durability", "full")
         if durability not in ("full", "normal"):
             raise InvalidUrlError(f"durability is 'full' or 'normal', not {durability!r}")
+        mode = options.get("mode", "rw")
+        if mode not in ("ro", "rw"):
+            raise InvalidUrlError(f"mode is 'ro' (read only) or 'rw', not {mode!r}")
         try:
             target = raw if raw == ":memory:" else str(Path(raw).expanduser())
         except RuntimeError:  # ~name of a user this machine does not know
@@ -97,6 +102,7 @@ def parse_url(url: str) -> StoreUrl:
             durability=durability,
             busy_timeout=_number(options, "busy_timeout", 5.0),
             max_event_bytes=int(_number(options, "max_event_bytes", 1024 * 1024, whole=True)),
+            read_only=mode == "ro",
         )
     if scheme in ("postgresql", "postgres"):
         mine = {k: v for k, v in options.items() if k in _FLOWTRAIL_PG_OPTIONS}

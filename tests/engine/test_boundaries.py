@@ -225,3 +225,21 @@ def test_a_proposer_may_not_take_the_name_of_the_subflow_copies(tmp_path: Any) -
 
     with pytest.raises(InvalidInputError, match="subflow-mirror"):
         SyncOrchestrator.open(f"sqlite:///{tmp_path}/x.db", proposer="subflow-mirror")
+
+
+def test_an_orchestrator_opened_read_only_verifies_and_reads_but_records_nothing(tmp_path: Any) -> None:
+    from flowtrail import SyncOrchestrator
+    from flowtrail.core import StoreAccessError
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch:
+        run = orch.create_flow_run("etl", state=states.Pending())
+    before = (tmp_path / "log.db").read_bytes()
+    with SyncOrchestrator.open(f"{url}?mode=ro") as reader:
+        assert reader.verify().ok
+        assert reader.read_flow_run(run.id).state is not None
+        with pytest.raises(StoreAccessError):
+            reader.propose_state(run.id, states.Running())
+        with pytest.raises(StoreAccessError):
+            reader.rebuild()
+    assert (tmp_path / "log.db").read_bytes() == before

@@ -654,7 +654,7 @@ def _nobody_can_run_flowtrail() -> bool:
 
 
 @pytest.mark.parametrize("where", ["folder", "file"])
-def test_a_log_this_user_may_not_write_is_one_sentence_naming_it(db: Path, where: str) -> None:
+def test_a_log_this_user_may_not_write_is_read_and_verified_but_not_rebuilt(db: Path, where: str) -> None:
     if not _nobody_can_run_flowtrail():
         pytest.skip("needs root, runuser, and an interpreter the user nobody may run")
     shared = Path(tempfile.mkdtemp(dir="/tmp"))
@@ -663,8 +663,10 @@ def test_a_log_this_user_may_not_write_is_one_sentence_naming_it(db: Path, where
         log = shared / "log.db"
         shutil.copyfile(db, log)
         log.chmod(0o644)
-        done = subprocess.run(
-            [
+        before = log.read_bytes()
+
+        def as_nobody(*args: str) -> Ran:
+            command = [
                 str(_RUNUSER),
                 "-u",
                 "nobody",
@@ -672,17 +674,25 @@ def test_a_log_this_user_may_not_write_is_one_sentence_naming_it(db: Path, where
                 str(ENTRY_POINT),
                 "--database",
                 f"sqlite:///{log}",
-                "verify",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={"PATH": os.environ.get("PATH", ""), "HOME": str(shared)},
-        )
-        ran = Ran(done)
-        assert_user_error(
-            ran, "cannot be" + (" written by this process" if where == "folder" else " read and written")
-        )
+            ]
+            environment = {"PATH": os.environ.get("PATH", ""), "HOME": str(shared)}
+            return Ran(
+                subprocess.run(
+                    [*command, *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                    env=environment,
+                )
+            )
+
+        verified = as_nobody("verify")
+        assert verified.code == 0, verified.err
+        assert verified.out.startswith("verified 47 events")
+        assert as_nobody("runs", "--json").code == 0
+        refused = "cannot be written by this process" if where == "folder" else "cannot be read and written"
+        assert_user_error(as_nobody("rebuild"), refused)
+        assert log.read_bytes() == before
     finally:
         shutil.rmtree(shared)

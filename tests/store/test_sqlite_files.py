@@ -11,9 +11,11 @@ import pytest
 
 from flowtrail.core import (
     CorruptLogError,
+    InvalidInputError,
     InvalidUrlError,
     LogNotFoundError,
     SchemaVersionError,
+    StoreAccessError,
     StoreError,
     UnsupportedFilesystemError,
     verify,
@@ -338,3 +340,50 @@ def test_the_log_has_an_identity(tmp_path: Path) -> None:
         log_id = store.run(_fetch("SELECT value FROM flowtrail_meta WHERE key = 'log_id'"))
     assert isinstance(log_id, str)
     assert len(log_id) == 36
+
+
+# --- read-only opens ------------------------------------------------------------------------------
+
+
+def test_a_log_opened_read_only_is_read_and_refuses_every_write(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    _filled(db, 3)
+    before = db.read_bytes()
+    with SyncSQLiteStore.open(f"sqlite:///{db}?mode=ro") as store:
+        assert store.read_only
+        assert len(list(store.read_all())) == store.last_position() > 0
+        stream, events = new_stream()
+        with pytest.raises(StoreAccessError, match="read-only"):
+            store.append(stream, events, 0)
+    assert db.read_bytes() == before
+
+
+def test_an_async_log_opened_read_only_refuses_an_append(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    _filled(db, 2)
+    before = db.read_bytes()
+
+    async def attempt() -> None:
+        store = await SQLiteStore.open(f"sqlite:///{db}?mode=ro")
+        try:
+            assert await store.last_position() > 0
+            stream, events = new_stream()
+            with pytest.raises(StoreAccessError, match="read-only"):
+                await store.append(stream, events, 0)
+        finally:
+            await store.close()
+
+    asyncio.run(attempt())
+    assert db.read_bytes() == before
+
+
+def test_a_read_only_open_never_creates_a_log(tmp_path: Path) -> None:
+    with pytest.raises(LogNotFoundError):
+        SyncSQLiteStore.open(f"sqlite:///{tmp_path / 'absent.db'}?mode=ro")
+    assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:?mode=ro", "sqlite:///runs.db?mode=rwc"])
+def test_a_read_only_mode_that_cannot_hold_is_a_typed_error(url: str) -> None:
+    with pytest.raises((InvalidInputError, InvalidUrlError)):
+        SyncSQLiteStore.open(url)
