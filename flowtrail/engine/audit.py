@@ -17,6 +17,7 @@ from flowtrail.engine.operations import Context
 from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
 from flowtrail.projections.runs import RunViews, stored_view_differences
+from flowtrail.store.schema import projection_is_current
 from flowtrail.store.scripts import record_of
 
 __all__ = ["export_records", "log_id", "prepare_catch_up", "related_streams", "verify_script"]
@@ -109,7 +110,7 @@ def verify_script(
         position = rows[-1][0] + 1
     report = auditor.finish()
     views: list[Problem] = []
-    if (yield from views_are_current()):
+    if (yield from projection_is_current(_VIEWS)):
         for stream_id, what in (yield from stored_view_differences(auditor.views())):
             if "no such run" in what and (
                 yield from _appended_since(context, stream_id, report.last_position)
@@ -125,7 +126,7 @@ def verify_script(
             )
             if len(views) >= _MAX_VIEW_PROBLEMS:
                 break
-    if views and not (yield from views_are_current()):
+    if views and not (yield from projection_is_current(_VIEWS)):
         views = []  # a rebuild began meanwhile: the rows read were being replaced
     if not views:
         return report
@@ -134,15 +135,7 @@ def verify_script(
 
 #: View problems reported at most (the first few say what a rebuild would fix).
 _MAX_VIEW_PROBLEMS = 100
-
-
-def views_are_current() -> Script[bool]:
-    """Whether the run views reflect the log (not dropped or marked stale by a rebuild)."""
-    projection = RunViews()
-    rows: list[Row] = yield Fetch(
-        "SELECT value FROM flowtrail_meta WHERE key = ?", (f"projection:{projection.name}",)
-    )
-    return bool(rows) and rows[0][0] == str(projection.version)
+_VIEWS = RunViews()
 
 
 def _appended_since(context: Context, stream_id: str, position: int) -> Script[bool]:

@@ -47,6 +47,7 @@ from flowtrail.projections.queries import (
 )
 from flowtrail.projections.runs import RunViews
 from flowtrail.store import open_store, open_sync_store
+from flowtrail.store.api import check_position
 from flowtrail.store.base import AsyncLogStore, SyncLogStore
 
 __all__ = ["Orchestrator", "Progress", "SyncOrchestrator"]
@@ -56,13 +57,6 @@ _CHUNK = 5_000
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _position(position: object) -> int:
-    """A global position to look at the log as of: a whole number from 0."""
-    if type(position) is not int or position < 0:
-        raise InvalidInputError(f"a position is a whole number from 0, not {position!r}")
-    return position
 
 
 def _proposer(proposer: str) -> str:
@@ -321,7 +315,7 @@ class SyncOrchestrator(_Base):
         return applied
 
     def as_of(self, position: int) -> RunSnapshot:
-        at = _position(position)
+        at = check_position(position)
         with collector_paused():
             return self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
 
@@ -601,7 +595,7 @@ class Orchestrator(_Base):
 
     async def as_of(self, position: int) -> RunSnapshot:
         """The run views as they were when the log ended at ``position``."""
-        at = _position(position)
+        at = check_position(position)
         with collector_paused():
             return await self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
 

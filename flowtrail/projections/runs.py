@@ -223,31 +223,9 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
                 stored_version = row[-2]
                 if isinstance(stored_version, int) and stored_version > view.version:
                     continue
-                expected = row_of(run_id, view, b"")
-                for name, have, want in zip(fields[:-1], row[:-1], expected[:-1], strict=True):
-                    if have != want:
-                        differences.append(
-                            (run_id, f"its row's {name} is {have!r}, where its events give {want!r}")
-                        )
-                        break
-                else:
-                    if bytes(row[-1]) == encode_view(view):
-                        continue  # as written (a view from before 16-byte ids is decoded)
-                    try:
-                        stored = decode_view(bytes(row[-1]))
-                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError):
-                        differences.append((run_id, "its row's view does not decode"))
-                        continue
-                    if stored != view:
-                        field = next(
-                            (
-                                f.name
-                                for f in msgspec.structs.fields(RunView)
-                                if getattr(stored, f.name) != getattr(view, f.name)
-                            ),
-                            "view",
-                        )
-                        differences.append((run_id, f"its stored view's {field} is not what its events give"))
+                what = _row_difference(fields, row, row_of(run_id, view, b""), view)
+                if what is not None:
+                    differences.append((run_id, what))
             if len(rows) < _PAGE:
                 break
             after = str(rows[-1][0])
@@ -267,6 +245,30 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
     for tag, run_id in sorted(folded_tags - stored_tags):
         differences.append((run_id, f"its events give it the tag {tag!r}, which run_tags lacks"))
     return differences
+
+
+def _row_difference(
+    fields: Sequence[str], row: Row, expected: tuple[object, ...], view: RunView
+) -> str | None:
+    """How a stored row differs from the row of ``view`` (``expected``, its view blob
+    left out), or None: the first column, else the first field of the view in it."""
+    for name, have, want in zip(fields[:-1], row[:-1], expected[:-1], strict=True):
+        if have != want:
+            return f"its row's {name} is {have!r}, where its events give {want!r}"
+    data = bytes(row[-1])
+    if data == encode_view(view):
+        return None  # as written (a view from before 16-byte ids is decoded below)
+    try:
+        stored = decode_view(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError):
+        return "its row's view does not decode"
+    if stored == view:
+        return None
+    field = next(
+        (f.name for f in msgspec.structs.fields(RunView) if getattr(stored, f.name) != getattr(view, f.name)),
+        "view",
+    )
+    return f"its stored view's {field} is not what its events give"
 
 
 class RunViews:

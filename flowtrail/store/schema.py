@@ -22,7 +22,9 @@ __all__ = [
     "PortableLogSql",
     "SchemaDefinition",
     "mark_current_script",
+    "holds_a_log",
     "mark_stale_script",
+    "projection_is_current",
     "schema_check_script",
     "schema_script",
 ]
@@ -118,20 +120,40 @@ def schema_script(
     return stale
 
 
-def schema_check_script(definition: SchemaDefinition, projections: Sequence[Projection]) -> Script[list[str]]:
-    """What opening a log read-only checks, writing nothing: that it is a flowtrail log
-    at this flowtrail's schema version; returns the projections not current."""
-    tables = {str(row[0]) for row in (yield Fetch(definition.list_tables))}
-    if "flowtrail_meta" not in tables:
-        if tables - definition.own_tables:
-            raise CorruptLogError(
-                f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(tables)[:5])})"
-            )
-        raise LogNotFoundError("there is no flowtrail log here")
+def holds_a_log(tables: set[str], definition: SchemaDefinition, *, create: bool, where: str = "here") -> bool:
+    """Given a database's tables: whether it holds a flowtrail log. One that holds none
+    is refused unless a log may be created there: another program's tables are a
+    `CorruptLogError`, and no tables where none may be created a `LogNotFoundError`."""
+    if "flowtrail_meta" in tables:
+        return True
+    foreign = tables - definition.own_tables
+    if foreign:
+        raise CorruptLogError(
+            f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(foreign)[:5])})"
+        )
+    if not create:
+        raise LogNotFoundError(f"there is no flowtrail log {where} yet")
+    return False
+
+
+def _recorded_version() -> Script[int]:
     rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'")
     if not rows or not str(rows[0][0]).isdigit():
         raise CorruptLogError("the flowtrail_meta table holds no schema version")
-    version = int(rows[0][0])
+    return int(rows[0][0])
+
+
+def projection_is_current(projection: Projection) -> Script[bool]:
+    """Whether ``projection``'s tables reflect the log (not marked stale, not dropped)."""
+    rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (f"projection:{projection.name}",))
+    return bool(rows) and rows[0][0] == str(projection.version)
+
+
+def schema_check_script(definition: SchemaDefinition, projections: Sequence[Projection]) -> Script[list[str]]:
+    """What opening a log read-only checks, writing nothing: that it is a flowtrail log
+    at this flowtrail's schema version; returns the projections not current."""
+    holds_a_log({str(row[0]) for row in (yield Fetch(definition.list_tables))}, definition, create=False)
+    version = yield from _recorded_version()
     if version != SCHEMA_VERSION:
         newer = "a newer" if version > SCHEMA_VERSION else "an older"
         raise SchemaVersionError(
@@ -141,11 +163,8 @@ def schema_check_script(definition: SchemaDefinition, projections: Sequence[Proj
         )
     stale = []
     for projection in projections:
-        marks = yield Fetch(
-            "SELECT value FROM flowtrail_meta WHERE key = ?", (f"projection:{projection.name}",)
-        )
-        if not marks or marks[0][0] != str(projection.version):
-            stale.append(projection.name)
+        if not (yield from projection_is_current(projection)):
+            stale.append(projection.name)  # noqa: PERF401 - a script cannot yield inside a comprehension
     return stale
 
 
@@ -153,13 +172,7 @@ def _schema_in_transaction(
     definition: SchemaDefinition, projections: Sequence[Projection], log_id: str, create: bool
 ) -> Script[list[str]]:
     tables = {str(row[0]) for row in (yield Fetch(definition.list_tables))}
-    if "flowtrail_meta" not in tables:
-        if tables - definition.own_tables:
-            raise CorruptLogError(
-                f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(tables)[:5])})"
-            )
-        if not create:
-            raise LogNotFoundError("there is no flowtrail log here yet")
+    if not holds_a_log(tables, definition, create=create):
         for statement in definition.prepare:
             yield Execute(statement)
         for statement in definition.create:
@@ -168,10 +181,7 @@ def _schema_in_transaction(
         yield Execute(_SET_META, ("log_id", log_id))
         version = 1
     else:
-        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = 'schema_version'")
-        if not rows or not str(rows[0][0]).isdigit():
-            raise CorruptLogError("the flowtrail_meta table holds no schema version")
-        version = int(rows[0][0])
+        version = yield from _recorded_version()
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"this database has schema version {version}, written by a newer flowtrail; "

@@ -28,6 +28,7 @@ from flowtrail.store.schema import (
     SCHEMA_VERSION,
     PortableLogSql,
     SchemaDefinition,
+    holds_a_log,
     mark_current_script,
     mark_stale_script,
 )
@@ -262,15 +263,7 @@ def check_contents(path: Path, *, create: bool) -> None:
             probe.close()
     except sqlite3.Error:
         return
-    if "flowtrail_meta" in tables:
-        return
-    foreign = tables - SCHEMA.own_tables
-    if foreign:
-        raise CorruptLogError(
-            f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(foreign)[:5])})"
-        )
-    if not create:
-        raise LogNotFoundError(f"there is no flowtrail log in {path} yet")
+    holds_a_log(tables, SCHEMA, create=create, where=f"in {path}")
 
 
 # --- sqlite3's errors, in flowtrail's words -------------------------------------------------------
