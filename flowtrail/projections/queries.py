@@ -18,7 +18,7 @@ from flowtrail.projections.runs import decode_view
 
 __all__ = ["FlowRunSort", "flow_run_view", "read_flow_runs", "subflow_run", "task_run_view", "task_runs_of"]
 
-#: The most rows one query returns, whatever ``limit`` says.
+#: The most rows the CLI shows at once (the API's ``limit`` has no such bound).
 MAX_LIMIT = 10_000
 
 
@@ -148,13 +148,14 @@ def read_flow_runs(
     limit: int | None = 200,
     offset: int = 0,
 ) -> Script[list[RunView]]:
-    """Flow runs matching every filter given, sorted, a page at a time."""
+    """Flow runs matching every filter given, sorted, a page at a time: at most
+    ``limit`` of them (None: every one) after skipping ``offset``."""
     try:
         order = _ORDER[FlowRunSort(sort)]
     except ValueError:
         raise InvalidInputError(f"unknown sort {sort!r}; one of {', '.join(FlowRunSort)}") from None
-    if limit is not None and (type(limit) is not int or limit < 0):
-        raise InvalidInputError(f"limit is a whole number from 0, not {limit!r}")
+    if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_OFFSET):
+        raise InvalidInputError(f"limit is None or a whole number from 0 to {MAX_OFFSET}, not {limit!r}")
     if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
         raise InvalidInputError(f"offset is a whole number from 0 to {MAX_OFFSET}, not {offset!r}")
     where: list[str] = []
@@ -191,6 +192,6 @@ def read_flow_runs(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
-    params += [min(MAX_LIMIT, MAX_LIMIT if limit is None else limit), offset]
+    params += [MAX_OFFSET if limit is None else limit, offset]
     rows: list[Row] = yield Fetch(sql, params)
     return [decode_view(bytes(row[0])) for row in rows]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
-from flowtrail import SetStateStatus, StateType, states
+from flowtrail import SetStateStatus, StateType, SyncOrchestrator, states
 from flowtrail.core import (
     FlowRunCreated,
     InvalidDataError,
@@ -16,6 +17,9 @@ from flowtrail.core import (
     RunNotFoundError,
     StateProposed,
 )
+from flowtrail.engine.ids import new_run_id
+from flowtrail.store import StreamWrite
+from flowtrail.testing import T0
 from tests.engine.conftest import Orch, parent_with_subflow
 
 Status = SetStateStatus
@@ -400,6 +404,23 @@ def test_a_run_created_without_a_state_sorts_by_the_start_its_first_state_sets(o
 def test_bad_query_arguments_are_typed_errors(orch: Orch, bad: dict[str, object]) -> None:
     with pytest.raises(InvalidInputError):
         orch.read_flow_runs(**bad)
+
+
+def test_a_query_without_a_limit_returns_every_matching_run_however_many(tmp_path: Path) -> None:
+    created = [
+        FlowRunCreated(run_id=new_run_id(), flow_name="etl", name=f"run-{i}", created_at=T0)
+        for i in range(10_001)
+    ]
+    with SyncOrchestrator.open(f"sqlite:///{tmp_path}/many.db", durability="normal") as orch:
+        orch.store.append_many([StreamWrite(str(c.run_id), [c], 0) for c in created])
+        assert len(orch.read_flow_runs(limit=None)) == 10_001
+        assert len(orch.read_flow_runs(limit=10_001)) == 10_001
+        assert len(orch.read_flow_runs(limit=None, offset=2)) == 9_999
+
+
+def test_a_limit_too_large_for_the_database_is_a_typed_error(orch: Orch) -> None:
+    with pytest.raises(InvalidInputError, match="limit"):
+        orch.read_flow_runs(limit=2**63)
 
 
 def test_reading_an_unknown_run_is_a_typed_error(orch: Orch) -> None:
