@@ -41,6 +41,7 @@ from flowtrail.core.errors import (
     UnknownEventTypeError,
     UnsupportedFilesystemError,
     UnsupportedSchemaVersionError,
+    ViewsOutOfDateError,
 )
 from flowtrail.core.events import (
     EVENT_TYPES,
@@ -144,6 +145,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UnsupportedFilesystemError",
     "UnsupportedSchemaVersionError",
+    "ViewsOutOfDateError",
     "chain_hash",
     "decide",
     "decode_event",

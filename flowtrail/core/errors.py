@@ -180,6 +180,13 @@ class StoreAccessError(StoreError):
     write-ahead log beside it in (file permissions, a read-only mount)."""
 
 
+class ViewsOutOfDateError(StoreError):
+    """The run views are not the log's fold (a rebuild that did not finish, an older
+    view format) and are not rebuilt here: the log is open read-only, or was opened with
+    ``rebuild_stale=False``. Queries over many runs need them; one run's reads fold its
+    events instead."""
+
+
 class LogNotFoundError(StoreError):
     """No log where one was opened with ``create=False`` (a read-only look, a typo)."""
 

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from msgspec import UNSET
@@ -33,6 +33,7 @@ from flowtrail.core.errors import (
     InvalidInputError,
     RunAlreadyExistsError,
     RunNotFoundError,
+    ViewsOutOfDateError,
 )
 from flowtrail.core.events import (
     Decision,
@@ -49,6 +50,7 @@ from flowtrail.core.events import (
 )
 from flowtrail.core.fold import RunView, evolve, flow_run_facts
 from flowtrail.core.policies import decide, mirror_proposal
+from flowtrail.core.projection import Projection
 from flowtrail.core.rules import stamp
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.checks import (
@@ -65,11 +67,13 @@ from flowtrail.engine.names import random_run_name
 from flowtrail.engine.results import HistoryEntry, OrchestrationDetails, OrchestrationResult
 from flowtrail.projections.runs import load_views
 from flowtrail.store.api import AppendResult
+from flowtrail.store.schema import projection_is_current
 from flowtrail.store.scripts import LogSql, record_of
 
 __all__ = ["Context", "ViewCache"]
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 class ViewCache:
@@ -213,6 +217,10 @@ class Context:
     cache: ViewCache = field(default_factory=ViewCache)
     max_attempts: int = 25
     proposer: str = "client"
+    #: False while the run views are out of date and not rebuilt (a log opened read-only,
+    #: or with ``rebuild_stale=False``): one run's view is then folded from its events,
+    #: and queries over many runs are refused until the views are found current again.
+    views_current: bool = True
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -222,12 +230,37 @@ class Context:
             cached = self.cache.get(run_id)
             if cached is not None:
                 return cached
-        found = yield from load_views([str(run_id)])
-        view = found.get(str(run_id))
+        view = yield from self.view_of(run_id)
         if view is None:
             raise RunNotFoundError(run_id)
         self.cache.put(view)
         return view
+
+    def view_of(self, run_id: UUID, kind: RunKind | None = None) -> Script[RunView | None]:
+        """The run's view (of ``kind``, if given) from the run views or, while they are out
+        of date, folded from its events; None for no such run."""
+        if self.views_current:
+            found = yield from load_views([str(run_id)])
+            view = found.get(str(run_id))
+        else:
+            view = None
+            for record in (yield from self.records_of(run_id)):
+                view = evolve(view, record.decode())
+        return view if view is None or kind is None or view.kind is kind else None
+
+    def over_views(self, views: Projection, query: Script[T]) -> Script[T]:
+        """A query over many runs' views, refused while they are out of date."""
+        if not self.views_current:
+            if not (yield from projection_is_current(views)):
+                raise ViewsOutOfDateError(
+                    "the run views of this log are out of date (a rebuild that did not finish, or an "
+                    "older view format) and are not rebuilt here, so a query over many runs cannot use "
+                    "them: rebuild them where the log can be written (rebuild(), `flowtrail rebuild`), "
+                    "or query as_of(last_position()) (`flowtrail as-of POSITION runs`), which folds "
+                    "them from the log"
+                )
+            self.views_current = True  # rebuilt meanwhile, by another process
+        return (yield from query)
 
     def load_kind(self, run_id: UUID, kind: RunKind) -> Script[RunView]:
         return _of_kind((yield from self.load(run_id, fresh=True)), kind)

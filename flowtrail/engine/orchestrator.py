@@ -7,7 +7,9 @@ every method is a line that hands a script to the store. Open one from a URL::
     async with Orchestrator.open("sqlite:///runs.db") as orch: ...
 
 Opening a log whose run views are stale (a crash during a rebuild, an older view
-format) rebuilds them first, unless ``rebuild_stale=False``.
+format) rebuilds them first, unless ``rebuild_stale=False`` or the log is opened
+read-only: then one run's view is folded from its events, and queries over many runs
+raise `ViewsOutOfDateError` until the views are rebuilt (here or by another process).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from collections.abc import Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, TypeVar
 from uuid import UUID
 
 from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
+from flowtrail.core.effects import Script
 from flowtrail.core.errors import InvalidInputError
+from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.policies import MIRROR_PROPOSER
 from flowtrail.core.projection import Projection
@@ -53,6 +57,7 @@ from flowtrail.store.base import AsyncLogStore, SyncLogStore
 __all__ = ["Orchestrator", "Progress", "SyncOrchestrator"]
 
 _CHUNK = 5_000
+T = TypeVar("T")
 
 
 def _utc_now() -> datetime:
@@ -85,6 +90,19 @@ class _Base:
     def _reset_cache(self) -> None:
         self._context.cache = ViewCache()
 
+    def _trust_views(self, store: SyncLogStore | AsyncLogStore) -> None:
+        """Read the run views as they are unless the store found them out of date."""
+        self._context.views_current = self._views.name not in store.stale_projections
+
+    def _view(self, run_id: UUID | str, kind: RunKind) -> Script[RunView | None]:
+        target = run_id_of(run_id)
+        if self._context.views_current:
+            return flow_run_view(target) if kind is RunKind.FLOW else task_run_view(target)
+        return self._context.view_of(target, kind)
+
+    def _over_views(self, query: Script[T]) -> Script[T]:
+        return query if self._context.views_current else self._context.over_views(self._views, query)
+
 
 class SyncOrchestrator(_Base):
     """flowtrail's API with plain calls; see `Orchestrator` for what each method does."""
@@ -99,6 +117,7 @@ class SyncOrchestrator(_Base):
     ) -> None:
         super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
         self.store = store
+        self._trust_views(store)
 
     @classmethod
     def open(
@@ -244,10 +263,10 @@ class SyncOrchestrator(_Base):
     # -- views ---------------------------------------------------------------------------------
 
     def read_flow_run(self, run_id: UUID | str) -> RunView:
-        return found(self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
+        return found(self.store.perform(self._view(run_id, RunKind.FLOW)), run_id)
 
     def read_task_run(self, run_id: UUID | str) -> RunView:
-        return found(self.store.perform(task_run_view(run_id_of(run_id))), run_id)
+        return found(self.store.perform(self._view(run_id, RunKind.TASK)), run_id)
 
     def read_flow_runs(
         self,
@@ -262,23 +281,25 @@ class SyncOrchestrator(_Base):
         offset: int = 0,
     ) -> list[RunView]:
         return self.store.perform(
-            read_flow_runs(
-                state_types=state_types,
-                state_names=state_names,
-                flow_names=flow_names,
-                tags=tags,
-                parent_task_run_ids=parent_task_run_ids,
-                sort=sort,
-                limit=limit,
-                offset=offset,
+            self._over_views(
+                read_flow_runs(
+                    state_types=state_types,
+                    state_names=state_names,
+                    flow_names=flow_names,
+                    tags=tags,
+                    parent_task_run_ids=parent_task_run_ids,
+                    sort=sort,
+                    limit=limit,
+                    offset=offset,
+                )
             )
         )
 
     def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
-        return self.store.perform(task_runs_of(run_id_of(flow_run_id)))
+        return self.store.perform(self._over_views(task_runs_of(run_id_of(flow_run_id))))
 
     def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
-        return self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
+        return self.store.perform(self._over_views(subflow_run(run_id_of(parent_task_run_id))))
 
     def read_states(self, run_id: UUID | str) -> list[State]:
         return self.store.perform(self._context.read_states(run_id))
@@ -303,6 +324,7 @@ class SyncOrchestrator(_Base):
         workers: int | None = None,
     ) -> int:
         split = split_replay(self.store, workers)
+        self._context.views_current = False  # dropped and refilled meanwhile: fold one run's view
         with collector_paused():
             script = rebuild_script(
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
@@ -312,6 +334,7 @@ class SyncOrchestrator(_Base):
             finally:
                 script.close()  # interrupted: stop its helpers now, not when collected
         self._reset_cache()
+        self._context.views_current = True
         return applied
 
     def as_of(self, position: int) -> RunSnapshot:
@@ -359,6 +382,7 @@ class Orchestrator(_Base):
     ) -> None:
         super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
         self.store = store
+        self._trust_views(store)
 
     @classmethod
     def open(
@@ -505,10 +529,10 @@ class Orchestrator(_Base):
     # -- views ---------------------------------------------------------------------------------
 
     async def read_flow_run(self, run_id: UUID | str) -> RunView:
-        return found(await self.store.perform(flow_run_view(run_id_of(run_id))), run_id)
+        return found(await self.store.perform(self._view(run_id, RunKind.FLOW)), run_id)
 
     async def read_task_run(self, run_id: UUID | str) -> RunView:
-        return found(await self.store.perform(task_run_view(run_id_of(run_id))), run_id)
+        return found(await self.store.perform(self._view(run_id, RunKind.TASK)), run_id)
 
     async def read_flow_runs(
         self,
@@ -524,24 +548,26 @@ class Orchestrator(_Base):
     ) -> list[RunView]:
         """Flow runs matching every filter given (any of the values of each; all tags)."""
         return await self.store.perform(
-            read_flow_runs(
-                state_types=state_types,
-                state_names=state_names,
-                flow_names=flow_names,
-                tags=tags,
-                parent_task_run_ids=parent_task_run_ids,
-                sort=sort,
-                limit=limit,
-                offset=offset,
+            self._over_views(
+                read_flow_runs(
+                    state_types=state_types,
+                    state_names=state_names,
+                    flow_names=flow_names,
+                    tags=tags,
+                    parent_task_run_ids=parent_task_run_ids,
+                    sort=sort,
+                    limit=limit,
+                    offset=offset,
+                )
             )
         )
 
     async def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
-        return await self.store.perform(task_runs_of(run_id_of(flow_run_id)))
+        return await self.store.perform(self._over_views(task_runs_of(run_id_of(flow_run_id))))
 
     async def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
         """The most recent flow run started by this parent task run, or None."""
-        return await self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
+        return await self.store.perform(self._over_views(subflow_run(run_id_of(parent_task_run_id))))
 
     async def read_states(self, run_id: UUID | str) -> list[State]:
         """The run's states in the order they were written."""
@@ -582,6 +608,7 @@ class Orchestrator(_Base):
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
         split = split_replay(self.store, workers)
+        self._context.views_current = False  # dropped and refilled meanwhile: fold one run's view
         with collector_paused():
             script = rebuild_script(
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
@@ -591,6 +618,7 @@ class Orchestrator(_Base):
             finally:
                 script.close()  # cancelled: stop its helpers now, not when collected
         self._reset_cache()
+        self._context.views_current = True
         return applied
 
     async def as_of(self, position: int) -> RunSnapshot:
