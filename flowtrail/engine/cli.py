@@ -43,6 +43,7 @@ from flowtrail.engine.render import (
     runs_table,
     took,
 )
+from flowtrail.engine.replay import MOST_WORKERS
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import MAX_LIMIT, FlowRunSort
 from flowtrail.store.schema import SCHEMA_VERSION
@@ -373,7 +374,7 @@ def _anchor(text: str) -> tuple[int, bytes]:
 @cli.command()
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MOST_WORKERS),
     default=None,
     help="Processes replaying a SQLite file's log, split by run "
     "(default: one per core, at most four, from 100,000 events on; 1: this one alone).",

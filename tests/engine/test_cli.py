@@ -329,8 +329,9 @@ def test_rebuild_split_over_helper_processes_keeps_the_views(db: Path) -> None:
     assert runs_json(db) == before
 
 
-def test_rebuild_with_no_workers_is_a_one_line_error(db: Path) -> None:
-    ran = flowtrail("rebuild", "--workers", "0", database=db)
+@pytest.mark.parametrize("workers", ["0", "33"])
+def test_rebuild_with_workers_out_of_range_is_a_one_line_error(db: Path, workers: str) -> None:
+    ran = flowtrail("rebuild", "--workers", workers, database=db)
     assert ran.code == 2
     assert "Traceback" not in ran.err
     assert "--workers" in ran.err

@@ -25,6 +25,7 @@ from flowtrail.core.chain import to_micros
 from flowtrail.core.effects import Join, OnWriter
 from flowtrail.engine.maintenance import rebuild_script
 from flowtrail.engine.replay import (
+    MOST_WORKERS,
     OWN_WEIGHT,
     ReplayOutcome,
     ReplayTask,
@@ -242,6 +243,16 @@ def test_events_appended_between_the_helpers_start_and_the_drop_reach_the_views(
 def test_a_rebuild_asked_for_no_workers_is_a_typed_error(file_orch: Orch) -> None:
     with pytest.raises(InvalidInputError, match="workers"):
         file_orch.rebuild(workers=0)
+
+
+@pytest.mark.parametrize("workers", [MOST_WORKERS + 1, 1_000, True, 2.0, "2"])
+def test_a_rebuild_asked_for_more_workers_than_it_may_start_changes_nothing(
+    file_orch: Orch, workers: object
+) -> None:
+    run = file_orch.create_flow_run("etl")
+    with pytest.raises(InvalidInputError, match=f"workers is a whole number from 1 to {MOST_WORKERS}"):
+        file_orch.rebuild(workers=workers)
+    assert file_orch.read_flow_runs() == [file_orch.read_flow_run(run.id)]
 
 
 def _spoil_event(path: Path) -> int:
