@@ -32,6 +32,7 @@ from flowtrail.core.errors import (
     FlowtrailError,
     ParameterValidationError,
     ResultNotAvailableError,
+    ViewsOutOfDateError,
 )
 from flowtrail.core.events import SetStateStatus
 from flowtrail.core.fold import RunView
@@ -57,6 +58,8 @@ T = TypeVar("T")
 
 #: Prefect's engine polls a Pending run this often (seconds).
 PENDING_POLL = 0.2
+#: How long a subflow call waits for run views another process is rebuilding (seconds).
+VIEWS_WAIT = 600.0
 
 
 class TerminationSignal(SystemExit):
@@ -350,7 +353,7 @@ class FlowRunScript:
         task_state = task.state
         if task_state is not None and task_state.is_final() and rerunning and not task_state.is_completed():
             return task, None, None  # the child failed in an earlier attempt: a fresh one
-        found: RunView | None = yield Call("find_subflow_run", (task.id,))
+        found = yield from self._subflow_of(task)
         found_state = None if found is None else found.state
         if found is None or found_state is None or task_state is None:
             return task, found, None
@@ -366,6 +369,22 @@ class FlowRunScript:
             self.log.info("reusing the finished subflow run", flow_run_id=str(found.id))
             return task, None, Outcome(state=found_state, run=found)
         return task, found, None
+
+    def _subflow_of(self, task: RunView) -> EngineScript[RunView | None]:
+        """`find_subflow_run`, waiting while another process rebuilds the run views: an
+        answer from views only partly rebuilt could miss the child and start a second."""
+        waited = 0.0
+        while True:
+            try:
+                found: RunView | None = yield Call("find_subflow_run", (task.id,))
+            except ViewsOutOfDateError:
+                if waited >= VIEWS_WAIT:
+                    raise
+                self.log.info("waiting for the run views to be rebuilt", task_run_id=str(task.id))
+                yield Sleep(PENDING_POLL)
+                waited += PENDING_POLL
+                continue
+            return found
 
     def _begin(self) -> EngineScript[None]:
         """Running, waiting while the answer is Pending (or WAIT, inside `_set`)."""

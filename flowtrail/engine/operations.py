@@ -65,6 +65,7 @@ from flowtrail.engine.checks import (
 from flowtrail.engine.ids import new_run_id
 from flowtrail.engine.names import random_run_name
 from flowtrail.engine.results import HistoryEntry, OrchestrationDetails, OrchestrationResult
+from flowtrail.projections.queries import flow_run_view, task_run_view
 from flowtrail.projections.runs import load_views
 from flowtrail.store.api import AppendResult
 from flowtrail.store.schema import projection_is_current
@@ -224,29 +225,41 @@ class Context:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def load(self, run_id: UUID, *, fresh: bool = False) -> Script[RunView]:
-        """The run's view: from the cache unless ``fresh``, else from the run views."""
-        if not fresh:
+    def load(self, run_id: UUID, *, fresh: bool = False, from_log: bool = False) -> Script[RunView]:
+        """The run's view: from the cache unless ``fresh``, else from the run views;
+        folded from its events if ``from_log`` (a retry after a conflict: a rebuild by
+        another process may hold its row behind the log for a while)."""
+        if not fresh and not from_log:
             cached = self.cache.get(run_id)
             if cached is not None:
                 return cached
-        view = yield from self.view_of(run_id)
+        view = yield from (self.folded(run_id) if from_log else self.view_of(run_id))
         if view is None:
             raise RunNotFoundError(run_id)
         self.cache.put(view)
         return view
 
     def view_of(self, run_id: UUID, kind: RunKind | None = None) -> Script[RunView | None]:
-        """The run's view (of ``kind``, if given) from the run views or, while they are out
-        of date, folded from its events; None for no such run."""
+        """The run's view (of ``kind``, if given) from the run views or, where they have
+        no row for it (out of date, or being rebuilt by another process), folded from its
+        events; None for no such run."""
+        view = None
         if self.views_current:
-            found = yield from load_views([str(run_id)])
-            view = found.get(str(run_id))
-        else:
-            view = None
-            for record in (yield from self.records_of(run_id)):
-                view = evolve(view, record.decode())
+            if kind is None:
+                view = (yield from load_views([str(run_id)])).get(str(run_id))
+            else:
+                view = yield from (flow_run_view if kind is RunKind.FLOW else task_run_view)(run_id)
+            if view is not None:
+                return view
+        view = yield from self.folded(run_id)
         return view if view is None or kind is None or view.kind is kind else None
+
+    def folded(self, run_id: UUID) -> Script[RunView | None]:
+        """The run's view folded from its events; None for no such run."""
+        view = None
+        for record in (yield from self.records_of(run_id)):
+            view = evolve(view, record.decode())
+        return view
 
     def over_views(self, views: Projection, query: Script[T]) -> Script[T]:
         """A query over many runs' views, refused while they are out of date."""
@@ -289,7 +302,7 @@ class Context:
             else _stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
         )
         for attempt in range(self.max_attempts):
-            view = yield from self.load(target, fresh=attempt > 0)
+            view = yield from self.load(target, fresh=attempt > 0, from_log=attempt > 0)
             now = self.clock()
             proposal = Proposal(
                 state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
@@ -323,7 +336,7 @@ class Context:
         if not wanted:
             raise InvalidInputError("propose_in_turn needs at least one state")
         for attempt in range(self.max_attempts):
-            view = yield from self.load(target, fresh=attempt > 0)
+            view = yield from self.load(target, fresh=attempt > 0, from_log=attempt > 0)
             turn = _Turn()
             yield from self._in_turn(
                 view, [(s, False) for s in wanted], turn, fresh=attempt > 0, going_on=_retrying
@@ -374,7 +387,7 @@ class Context:
         flow = None
         expect: dict[str, int] = {}
         if view.kind is RunKind.TASK and view.flow_run_id is not None and not proposal.force:
-            enclosing = yield from self.load(view.flow_run_id, fresh=fresh)
+            enclosing = yield from self.load(view.flow_run_id, fresh=fresh, from_log=fresh)
             flow = flow_run_facts(enclosing)
             # The decision read the flow run at this version: it must still be there at commit.
             expect[str(enclosing.id)] = enclosing.version
@@ -404,7 +417,7 @@ class Context:
         mirror = mirror_proposal(view, decision, proposal)
         if mirror is not None and view.parent_task_run_id is not None:
             if parent is None or parent.id != view.parent_task_run_id:
-                parent = yield from self.load(view.parent_task_run_id, fresh=fresh)
+                parent = yield from self.load(view.parent_task_run_id, fresh=fresh, from_log=fresh)
             copied = StateProposed(
                 run_id=parent.id, proposal=mirror, facts=Facts(), decision=decide(parent, mirror, Facts())
             )
@@ -571,7 +584,7 @@ class Context:
         self, run_id: UUID, make: Callable[[datetime], Event], kind: RunKind | None
     ) -> Script[RunView]:
         for attempt in range(self.max_attempts):
-            view = yield from self.load(run_id, fresh=attempt > 0)
+            view = yield from self.load(run_id, fresh=attempt > 0, from_log=attempt > 0)
             if kind is not None:
                 _of_kind(view, kind)
             event = make(self.clock())

@@ -43,10 +43,8 @@ from flowtrail.engine.results import HistoryEntry, OrchestrationResult
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import (
     FlowRunSort,
-    flow_run_view,
     read_flow_runs,
     subflow_run,
-    task_run_view,
     task_runs_of,
 )
 from flowtrail.projections.runs import RunViews
@@ -95,10 +93,7 @@ class _Base:
         self._context.views_current = self._views.name not in store.stale_projections
 
     def _view(self, run_id: UUID | str, kind: RunKind) -> Script[RunView | None]:
-        target = run_id_of(run_id)
-        if self._context.views_current:
-            return flow_run_view(target) if kind is RunKind.FLOW else task_run_view(target)
-        return self._context.view_of(target, kind)
+        return self._context.view_of(run_id_of(run_id), kind)
 
     def _over_views(self, query: Script[T]) -> Script[T]:
         return query if self._context.views_current else self._context.over_views(self._views, query)
@@ -599,7 +594,9 @@ class Orchestrator(_Base):
     ) -> int:
         """Drop the run views and rebuild them from the log; returns the events applied.
 
-        Appends may go on meanwhile (this process's and others'). ``batch`` events are
+        Appends may go on meanwhile (this process's and others'); one run's reads fold
+        its events where its view is not written yet, and queries over many runs raise
+        `ViewsOutOfDateError` until the rebuild ends. ``batch`` events are
         read and folded at a time, outside any transaction, and the views they change
         written a few thousand per write transaction; ``cache_size`` views are kept in
         memory (in all).

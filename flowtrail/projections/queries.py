@@ -11,10 +11,10 @@ from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from flowtrail.core.effects import Fetch, Row, Script
-from flowtrail.core.errors import InvalidIdError, InvalidInputError
+from flowtrail.core.errors import InvalidIdError, InvalidInputError, ViewsOutOfDateError
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
-from flowtrail.projections.runs import decode_view
+from flowtrail.projections.runs import RunViews, decode_view
 
 __all__ = ["FlowRunSort", "flow_run_view", "read_flow_runs", "subflow_run", "task_run_view", "task_runs_of"]
 
@@ -61,6 +61,40 @@ def task_run_view(run_id: UUID) -> Script[RunView | None]:
     return _one((yield Fetch("SELECT view FROM task_runs WHERE id = ?", (str(run_id),))))
 
 
+# A query over many runs reads the views' mark in the same statement as its rows, so
+# that both are of one moment: while a rebuild (here or in another process) refills the
+# tables, or after one that did not finish, they hold only some runs, and an answer
+# missing runs (no subflow found, and a second one started) is worse than none.
+_MARK = f"(SELECT value FROM flowtrail_meta WHERE key = 'projection:{RunViews.name}')"
+#: Tries at a query that found no rows while rows came to match it straight after.
+_TRIES = 10
+
+
+def _current(mark: object) -> None:
+    if mark != str(RunViews.version):
+        raise ViewsOutOfDateError(
+            "the run views of this log are being rebuilt, or a rebuild did not finish, so a query "
+            "over many runs cannot use them until they are whole again (one run's reads fold its "
+            "events meanwhile)"
+        )
+
+
+def _over_views(source: str, tail: str, params: Sequence[object]) -> Script[list[Row]]:
+    """The views of ``SELECT view FROM <source> <tail>`` (``tail``: ORDER BY, LIMIT),
+    with the mark read with them, or, where none came back, with whether any matches."""
+    rows: list[Row] = []
+    for _ in range(_TRIES):
+        rows = yield Fetch(f"SELECT view, {_MARK} FROM {source} {tail}", params)
+        if rows:
+            _current(rows[0][1])
+            return rows
+        ((mark, any_row),) = yield Fetch(f"SELECT {_MARK}, EXISTS (SELECT 1 FROM {source} {tail})", params)
+        _current(mark)
+        if not any_row:
+            return rows
+    return rows
+
+
 def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
     """The most recent flow run whose parent task run is this one.
 
@@ -69,20 +103,18 @@ def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
     the most recent (by expected start time, then by id) is the one returned. A child
     given no state yet has no expected start time: its creation time stands in for it.
     """
-    return _one(
-        (
-            yield Fetch(
-                "SELECT view FROM flow_runs WHERE parent_task_run_id = ? "
-                "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1",
-                (str(parent_task_run_id),),
-            )
-        )
+    ((mark, view),) = yield Fetch(
+        f"SELECT {_MARK}, (SELECT view FROM flow_runs WHERE parent_task_run_id = ? "
+        "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1)",
+        (str(parent_task_run_id),),
     )
+    _current(mark)
+    return None if view is None else decode_view(bytes(view))
 
 
 def task_runs_of(flow_run_id: UUID) -> Script[list[RunView]]:
-    rows: list[Row] = yield Fetch(
-        "SELECT view FROM task_runs WHERE flow_run_id = ? ORDER BY created_at, id", (str(flow_run_id),)
+    rows = yield from _over_views(
+        "task_runs WHERE flow_run_id = ?", "ORDER BY created_at, id", (str(flow_run_id),)
     )
     return [decode_view(bytes(row[0])) for row in rows]
 
@@ -188,10 +220,9 @@ def read_flow_runs(
         )
         wanted.append(len(wanted))
     params.extend(wanted)
-    sql = "SELECT view FROM flow_runs"
+    source = "flow_runs"
     if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+        source += " WHERE " + " AND ".join(where)
     params += [MAX_OFFSET if limit is None else limit, offset]
-    rows: list[Row] = yield Fetch(sql, params)
+    rows = yield from _over_views(source, f"ORDER BY {order} LIMIT ? OFFSET ?", params)
     return [decode_view(bytes(row[0])) for row in rows]

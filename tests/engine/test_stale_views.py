@@ -1,19 +1,27 @@
-"""Run views that are out of date and not rebuilt (a log opened read-only, or with
-``rebuild_stale=False``, after a rebuild cut short): one run's reads fold its events,
-queries over many runs are a typed error, and nothing is written."""
+"""Run views that are not whole: out of date and not rebuilt (a log opened read-only,
+or with ``rebuild_stale=False``, after a rebuild cut short), or being rebuilt by another
+process. One run's reads and proposals fold its events, queries over many runs are a
+typed error (a subflow call waits), and nothing is written."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowtrail import Orchestrator, SyncOrchestrator, states
-from flowtrail.core import RunNotFoundError, ViewsOutOfDateError
+from flowtrail import Orchestrator, SyncOrchestrator, flow, states
+from flowtrail.core import FlowRunCreated, RunNotFoundError, ViewsOutOfDateError
+from flowtrail.engine.ids import new_run_id
 from flowtrail.projections.runs import RunViews
+from flowtrail.store import StreamWrite
+from flowtrail.testing import T0
 from tests.engine.conftest import parent_with_subflow
 from tests.engine.test_cli import assert_user_error, flowtrail
 
@@ -117,3 +125,123 @@ def test_the_cli_lists_no_runs_from_views_out_of_date_but_shows_a_runs_history(l
     shown = flowtrail("--database", read_only, "history", str(log.other.id), "--json")
     assert shown.code == 0, shown.err
     assert len(shown.json()) == len(log.history)
+
+
+# --- views being rebuilt by another process ------------------------------------------------------
+
+
+def _raw(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    with sqlite3.connect(path) as connection:
+        for sql, params in statements:
+            connection.execute(sql, params)
+    connection.close()
+
+
+def _mark(path: Path, value: str) -> None:
+    _raw(path, ("UPDATE flowtrail_meta SET value = ? WHERE key = ?", (value, f"projection:{RunViews.name}")))
+
+
+def test_a_run_a_rebuild_elsewhere_has_not_reached_yet_is_read_and_proposed_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
+        run = elsewhere.create_flow_run("etl", state=states.Pending())
+        view = elsewhere.read_flow_run(run.id)
+        # As another process's rebuild leaves it midway: tables dropped, marked stale.
+        _raw(tmp_path / "log.db", ("DELETE FROM flow_runs", ()))
+        _mark(tmp_path / "log.db", f"{RunViews.version}:stale")
+        assert orch.read_flow_run(run.id) == view
+        assert orch.propose_state(run.id, states.Running()).status.value == "ACCEPT"
+        assert [s.name for s in orch.read_states(run.id)] == ["Pending", "Running"]
+
+
+def test_a_proposal_on_a_view_row_left_behind_its_log_is_decided_on_the_runs_events(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
+        run = elsewhere.create_flow_run("etl", state=states.Pending())
+        ((behind,),) = sqlite3.connect(tmp_path / "log.db").execute("SELECT view FROM flow_runs").fetchall()
+        elsewhere.propose_state(run.id, states.Running())
+        # A rebuild elsewhere has written the run's row as it stood, and not caught up yet.
+        _raw(tmp_path / "log.db", ("UPDATE flow_runs SET view = ?, version = 2", (behind,)))
+        result = orch.propose_state(run.id, states.Completed())
+        assert result.status.value == "ACCEPT"
+        assert [s.name for s in orch.read_states(run.id)] == ["Pending", "Running", "Completed"]
+
+
+def test_queries_over_many_runs_refuse_views_being_rebuilt_and_answer_once_they_are_whole(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch:
+        parent, task, child = parent_with_subflow(orch)  # type: ignore[arg-type]
+        _mark(tmp_path / "log.db", f"{RunViews.version}:stale")
+        for query in (
+            orch.read_flow_runs,
+            lambda: orch.read_flow_runs(flow_names=["nothing-matches"]),
+            lambda: orch.read_task_runs(parent.id),
+            lambda: orch.find_subflow_run(task.id),
+        ):
+            with pytest.raises(ViewsOutOfDateError, match="being rebuilt"):
+                query()
+        _mark(tmp_path / "log.db", str(RunViews.version))
+        found = orch.find_subflow_run(task.id)
+        assert found is not None
+        assert found.id == child.id
+        assert orch.read_flow_runs(flow_names=["nothing-matches"]) == []
+
+
+def test_a_subflow_call_waits_for_views_being_rebuilt_and_starts_one_child(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+
+    @flow
+    def child() -> int:
+        return 1
+
+    @flow
+    def parent() -> int:
+        _mark(path, f"{RunViews.version}:stale")
+        threading.Timer(0.5, _mark, (path, str(RunViews.version))).start()
+        started = time.monotonic()
+        value = child()
+        assert time.monotonic() - started >= 0.4
+        return value
+
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        assert parent() == 1
+        assert [run.state_type for run in orch.read_flow_runs(flow_names=["child"])] == [
+            states.StateType.COMPLETED
+        ]
+
+
+def test_proposals_and_reads_go_on_while_another_process_rebuilds_the_views(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    filler = [
+        FlowRunCreated(run_id=new_run_id(), flow_name="filler", name=f"f{i}", created_at=T0)
+        for i in range(40_000)
+    ]
+    with SyncOrchestrator.open(url, durability="normal") as orch:
+        orch.store.append_many([StreamWrite(str(c.run_id), [c], 0) for c in filler])
+        # Created last, so that the rebuild, which replays in log order, reaches them last.
+        runs = [orch.create_flow_run("etl", state=states.Pending()) for _ in range(100)]
+    mark = f"projection:{RunViews.name}"
+    raw = sqlite3.connect(path)
+    with SyncOrchestrator.open(url) as orch:
+        rebuilding = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"from flowtrail import SyncOrchestrator\nwith SyncOrchestrator.open({url!r}) as orch:\n"
+                "    orch.rebuild(workers=1, batch=200)",
+            ]
+        )
+        while raw.execute("SELECT value FROM flowtrail_meta WHERE key = ?", (mark,)).fetchone()[0] == "1":
+            time.sleep(0.001)
+        for run in runs:
+            assert orch.read_flow_run(run.id).id == run.id
+            assert orch.propose_state(run.id, states.Running()).status.value == "ACCEPT"
+        during = raw.execute("SELECT value FROM flowtrail_meta WHERE key = ?", (mark,)).fetchone()[0]
+        assert rebuilding.wait(timeout=300) == 0
+        raw.close()
+        assert str(during).endswith(":stale"), "the rebuild ended before the proposals did: grow the log"
+        assert {orch.read_flow_run(run.id).state_type for run in runs} == {states.StateType.RUNNING}
+        assert orch.verify().ok
