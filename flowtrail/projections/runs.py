@@ -201,9 +201,11 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
     """How the stored views differ from ``folded``, each run's view as its events fold
     it: (run id, what differs), runs in id order. Compares every column of each row, the
     view in it and the flow runs' tags. A row at a later version than its fold is a run
-    appended to since the events were read, and is passed over."""
+    appended to since the events were read, and is passed over if the log now holds
+    that many events of the run."""
     differences: list[tuple[str, str]] = []
     seen: set[str] = set()
+    ahead: list[tuple[str, int]] = []
     for table, columns, fields, row_of in (
         ("flow_runs", _FLOW_COLUMNS, _FLOW_FIELDS, _flow_row),
         ("task_runs", _TASK_COLUMNS, _TASK_FIELDS, _task_row),
@@ -222,6 +224,7 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
                     continue
                 stored_version = row[-2]
                 if isinstance(stored_version, int) and stored_version > view.version:
+                    ahead.append((run_id, stored_version))
                     continue
                 what = _row_difference(fields, row, row_of(run_id, view, b""), view)
                 if what is not None:
@@ -229,6 +232,15 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
             if len(rows) < _PAGE:
                 break
             after = str(rows[-1][0])
+    for run_id, stored_version in ahead:
+        ((logged,),) = yield Fetch("SELECT max(version) FROM events WHERE stream_id = ?", (run_id,))
+        if stored_version > (logged or 0):
+            differences.append(
+                (
+                    run_id,
+                    f"its view row is at version {stored_version}, but the log holds {logged} of its events",
+                )
+            )
     differences += [
         (run_id, "the log holds it, but no view row does") for run_id in sorted(set(folded) - seen)
     ]

@@ -222,7 +222,11 @@ def test_a_cut_off_tail_needs_an_anchor_to_be_noticed(
         connection.execute("DELETE FROM events WHERE position > ?", (head.position - 3,))
 
     for orch in _tampered(original, tmp_path, truncate):
-        assert orch.verify().ok  # a shorter log is still a sound log...
+        # The views still hold what the cut events did...
+        assert {p.kind for p in orch.verify().problems} == {"view"}
+        assert any("but the log holds" in p.message for p in orch.verify().problems)
+        orch.rebuild()
+        assert orch.verify().ok  # ...but rebuilt from it, a shorter log is a sound log...
         report = orch.verify(anchor=(head.position, head.hash))  # ...unless an anchor says how long it was
         assert report.first_problem is not None
         assert report.first_problem.kind == "anchor"
@@ -254,6 +258,20 @@ def test_a_view_row_whose_state_column_was_edited_is_named(original: Path, tmp_p
     assert len(problems) == 1
     assert problems[0][0] == edited[0]
     assert "state_type is 'FAILED', where its events give 'COMPLETED'" in problems[0][1]
+
+
+def test_a_view_row_whose_version_was_raised_past_its_log_is_named(original: Path, tmp_path: Path) -> None:
+    edited: list[str] = []
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        edited.append(_a_flow_run(connection))
+        connection.execute("UPDATE flow_runs SET version = version + 5 WHERE id = ?", (edited[0],))
+
+    problems = _view_problems(original, tmp_path, tamper)
+    assert len(problems) == 1
+    assert problems[0][0] == edited[0]
+    assert "its view row is at version" in problems[0][1]
+    assert "but the log holds" in problems[0][1]
 
 
 def test_a_view_swapped_for_another_runs_is_named(original: Path, tmp_path: Path) -> None:
