@@ -8,12 +8,13 @@ import msgspec
 
 from flowtrail.core.audit import Auditor, AuditReport, Problem, verify
 from flowtrail.core.chain import RecordedEvent
-from flowtrail.core.effects import Execute, Fetch, Row, Script
+from flowtrail.core.effects import Fetch, Row, Script
 from flowtrail.core.errors import InvalidInputError
 from flowtrail.core.events import RunKind
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.operations import Context
+from flowtrail.projections.catchup import prepare
 from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
 from flowtrail.projections.runs import RunViews, stored_view_differences
@@ -145,10 +146,6 @@ def _appended_since(context: Context, stream_id: str, position: int) -> Script[b
 
 
 def prepare_catch_up(projection: Projection, dialect: Dialect) -> Script[object]:
-    """Create a catch-up projection's tables if they do not exist."""
-
-    def body() -> Script[None]:
-        for statement in projection.schema(dialect):
-            yield Execute(statement)
-
-    return transaction(body())
+    """Create a catch-up projection's tables if they do not exist (replacing those of
+    another version of it), in one write transaction."""
+    return transaction(prepare(projection, dialect))

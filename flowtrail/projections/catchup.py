@@ -19,13 +19,27 @@ from flowtrail.core.effects import Begin, Commit, Execute, ExecuteMany, Fetch, R
 from flowtrail.core.events import Event, StateProposed
 from flowtrail.core.projection import Dialect, Projection
 
-__all__ = ["DecisionStats", "catch_up_step", "checkpoint_of"]
+__all__ = ["DecisionStats", "catch_up_step", "checkpoint_of", "prepare"]
 
 _CHECKPOINT = "SELECT position FROM checkpoints WHERE name = ? AND version = ?"
 _MOVE = (
     "INSERT INTO checkpoints (name, version, position) VALUES (?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET version = excluded.version, position = excluded.position"
 )
+
+
+def prepare(projection: Projection, dialect: Dialect) -> Script[None]:
+    """Make the projection's tables, in the caller's write transaction. Where a
+    checkpoint of another version of it is kept, its rows were made by that version:
+    its tables are dropped and the checkpoint removed first, so that this version
+    applies every event once, from the start, as a rebuild of it would."""
+    rows: list[Row] = yield Fetch("SELECT version FROM checkpoints WHERE name = ?", (projection.name,))
+    if rows and rows[0][0] != projection.version:
+        for table in projection.tables:
+            yield Execute(f"DROP TABLE IF EXISTS {table}")
+        yield Execute("DELETE FROM checkpoints WHERE name = ?", (projection.name,))
+    for statement in projection.schema(dialect):
+        yield Execute(statement)
 
 
 def checkpoint_of(projection: Projection) -> Script[int]:

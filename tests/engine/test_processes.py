@@ -109,6 +109,26 @@ def test_a_catch_up_projection_killed_mid_step_applies_every_event_exactly_once(
         assert orch.catch_up(DecisionStats()) == 0
 
 
+class _DecisionStatsV2(DecisionStats):
+    version = DecisionStats.version + 1
+
+
+def test_a_catch_up_projection_at_a_new_version_counts_every_event_once_from_the_start(
+    databases: Databases,
+) -> None:
+    db = databases.url("new_version")
+    _start("churn", db, "20").communicate(timeout=120)
+    with SyncOrchestrator.open(db) as orch:
+        orch.catch_up(DecisionStats())
+        first = _stats(orch)
+        assert orch.catch_up(_DecisionStatsV2()) == orch.last_position()
+        assert _stats(orch) == first == _count_decisions(orch)
+        assert orch.catch_up(_DecisionStatsV2()) == 0
+        # Back to the first version: its rows are replaced again, not added to.
+        orch.catch_up(DecisionStats())
+        assert _stats(orch) == first
+
+
 def test_views_rebuilt_while_another_process_appends_equal_the_fold(databases: Databases) -> None:
     db = databases.url("online")
     seed = _start("churn", db, "300")
