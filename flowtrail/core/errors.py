@@ -187,6 +187,11 @@ class ViewsOutOfDateError(StoreError):
     events instead."""
 
 
+class RebuildReplacedError(ViewsOutOfDateError):
+    """A rebuild of the run views began while this one ran, and replaces it: this one
+    stops writing, and the views are whole once the other ends."""
+
+
 class LogNotFoundError(StoreError):
     """No log where one was opened with ``create=False`` (a read-only look, a typo)."""
 

@@ -9,8 +9,8 @@ import msgspec
 from flowtrail.core.audit import Auditor, AuditReport, Problem, verify
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Fetch, Row, Script
-from flowtrail.core.errors import InvalidInputError
-from flowtrail.core.events import RunKind
+from flowtrail.core.errors import InvalidInputError, ViewsOutOfDateError
+from flowtrail.core.events import FlowRunCreated, RunKind, TaskRunCreated
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.operations import Context
@@ -45,7 +45,44 @@ def related_streams(context: Context, run_id: UUID) -> Script[list[UUID]]:
 
 
 def descendant_streams(run_id: UUID) -> Script[list[UUID]]:
-    """A flow run's task runs, the subflow runs they started, theirs, and so on down."""
+    """A flow run's task runs, the subflow runs they started, theirs, and so on down:
+    from the run views or, where they are not whole, from the runs' creations."""
+    try:
+        return (yield from _descendants_in_views(run_id))
+    except ViewsOutOfDateError:
+        return (yield from _descendants_in_log(run_id))
+
+
+def _descendants_in_log(run_id: UUID) -> Script[list[UUID]]:
+    rows: list[Row] = yield Fetch(
+        "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
+        "FROM events WHERE version = 1 AND event_type IN (?, ?) ORDER BY position",
+        (FlowRunCreated.__struct_config__.tag, TaskRunCreated.__struct_config__.tag),
+    )
+    below: dict[UUID, list[UUID]] = {}  # a flow run's task runs, a task run's subflow runs
+    for row in rows:
+        event = record_of(row).decode()
+        if isinstance(event, TaskRunCreated):
+            above = event.flow_run_id
+        elif isinstance(event, FlowRunCreated):
+            above = event.parent_task_run_id
+        else:
+            continue
+        if above is not None:
+            below.setdefault(above, []).append(event.run_id)
+    found: list[UUID] = []
+    todo = [run_id]
+    while todo:
+        for task in below.get(todo.pop(), []):
+            found.append(task)
+            for child in below.get(task, []):
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+    return found
+
+
+def _descendants_in_views(run_id: UUID) -> Script[list[UUID]]:
     found: list[UUID] = []
     todo = [run_id]
     while todo:

@@ -58,8 +58,6 @@ T = TypeVar("T")
 
 #: Prefect's engine polls a Pending run this often (seconds).
 PENDING_POLL = 0.2
-#: How long a subflow call waits for run views another process is rebuilding (seconds).
-VIEWS_WAIT = 600.0
 
 
 class TerminationSignal(SystemExit):
@@ -371,20 +369,18 @@ class FlowRunScript:
         return task, found, None
 
     def _subflow_of(self, task: RunView) -> EngineScript[RunView | None]:
-        """`find_subflow_run`, waiting while another process rebuilds the run views: an
-        answer from views only partly rebuilt could miss the child and start a second."""
-        waited = 0.0
-        while True:
-            try:
-                found: RunView | None = yield Call("find_subflow_run", (task.id,))
-            except ViewsOutOfDateError:
-                if waited >= VIEWS_WAIT:
-                    raise
-                self.log.info("waiting for the run views to be rebuilt", task_run_id=str(task.id))
-                yield Sleep(PENDING_POLL)
-                waited += PENDING_POLL
-                continue
-            return found
+        """`find_subflow_run`; where the run views are not whole (another process is
+        rebuilding them, say), the child the task run's state names: a child's states are
+        copied onto its parent task run, naming it, from the first one, which this
+        engine writes as it creates the child."""
+        try:
+            found: RunView | None = yield Call("find_subflow_run", (task.id,))
+        except ViewsOutOfDateError:
+            self.log.info("run views not whole: the subflow is found by its task run's state")
+            current: RunView = yield Call("read_task_run", (task.id,))
+            child = None if current.state is None else current.state.state_details.child_flow_run_id
+            return None if child is None else (yield Call("read_flow_run", (child,)))
+        return found
 
     def _begin(self) -> EngineScript[None]:
         """Running, waiting while the answer is Pending (or WAIT, inside `_set`)."""

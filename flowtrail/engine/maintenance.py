@@ -8,6 +8,7 @@ time and appends go on in between.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -91,7 +92,7 @@ def _rebuild(
     cache_size: int,
     split: SplitReplay | None,
 ) -> Script[int]:
-    rebuild = RunViewsRebuild(views, cache_size=cache_size)
+    rebuild = RunViewsRebuild(views, cache_size=cache_size, token=uuid.uuid4().hex)
     reset = rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)
     head, partitions = 0, 1
     if split is not None:
@@ -163,7 +164,7 @@ def _replay_split(
         yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
         done: list[tuple[str, int]] = yield Join(helpers)
         for file, applied in done:
-            yield OnWriter(copy_rows(views.tables, file))
+            yield OnWriter(copy_rows(views.tables, file, rebuild.still_running()))
             rebuild.applied += applied
     finally:
         helpers.close()

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from msgspec import UNSET
@@ -33,7 +33,6 @@ from flowtrail.core.errors import (
     InvalidInputError,
     RunAlreadyExistsError,
     RunNotFoundError,
-    ViewsOutOfDateError,
 )
 from flowtrail.core.events import (
     Decision,
@@ -50,7 +49,6 @@ from flowtrail.core.events import (
 )
 from flowtrail.core.fold import RunView, evolve, flow_run_facts
 from flowtrail.core.policies import decide, mirror_proposal
-from flowtrail.core.projection import Projection
 from flowtrail.core.rules import stamp
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.checks import (
@@ -65,16 +63,13 @@ from flowtrail.engine.checks import (
 from flowtrail.engine.ids import new_run_id
 from flowtrail.engine.names import random_run_name
 from flowtrail.engine.results import HistoryEntry, OrchestrationDetails, OrchestrationResult
-from flowtrail.projections.queries import flow_run_view, task_run_view
-from flowtrail.projections.runs import load_views
+from flowtrail.projections.queries import stored_view
 from flowtrail.store.api import AppendResult
-from flowtrail.store.schema import projection_is_current
 from flowtrail.store.scripts import LogSql, record_of
 
 __all__ = ["Context", "ViewCache"]
 
 Clock = Callable[[], datetime]
-T = TypeVar("T")
 
 
 class ViewCache:
@@ -218,11 +213,6 @@ class Context:
     cache: ViewCache = field(default_factory=ViewCache)
     max_attempts: int = 25
     proposer: str = "client"
-    #: False while the run views are out of date and not rebuilt (a log opened read-only,
-    #: or with ``rebuild_stale=False``): one run's view is then folded from its events,
-    #: and queries over many runs are refused until the views are found current again.
-    views_current: bool = True
-
     # -- reading -----------------------------------------------------------------------------
 
     def load(self, run_id: UUID, *, fresh: bool = False, from_log: bool = False) -> Script[RunView]:
@@ -240,18 +230,12 @@ class Context:
         return view
 
     def view_of(self, run_id: UUID, kind: RunKind | None = None) -> Script[RunView | None]:
-        """The run's view (of ``kind``, if given) from the run views or, where they have
-        no row for it (out of date, or being rebuilt by another process), folded from its
-        events; None for no such run."""
-        view = None
-        if self.views_current:
-            if kind is None:
-                view = (yield from load_views([str(run_id)])).get(str(run_id))
-            else:
-                view = yield from (flow_run_view if kind is RunKind.FLOW else task_run_view)(run_id)
-            if view is not None:
-                return view
-        view = yield from self.folded(run_id)
+        """The run's view (of ``kind``, if given): its stored row, or where the views are
+        not whole (being rebuilt, here or by another process; stale) or hold no row for
+        it, folded from its events. None for no such run."""
+        view, whole = yield from stored_view(run_id, kind)
+        if view is None or not whole:
+            view = yield from self.folded(run_id)
         return view if view is None or kind is None or view.kind is kind else None
 
     def folded(self, run_id: UUID) -> Script[RunView | None]:
@@ -260,20 +244,6 @@ class Context:
         for record in (yield from self.records_of(run_id)):
             view = evolve(view, record.decode())
         return view
-
-    def over_views(self, views: Projection, query: Script[T]) -> Script[T]:
-        """A query over many runs' views, refused while they are out of date."""
-        if not self.views_current:
-            if not (yield from projection_is_current(views)):
-                raise ViewsOutOfDateError(
-                    "the run views of this log are out of date (a rebuild that did not finish, or an "
-                    "older view format) and are not rebuilt here, so a query over many runs cannot use "
-                    "them: rebuild them where the log can be written (rebuild(), `flowtrail rebuild`), "
-                    "or query as_of(last_position()) (`flowtrail as-of POSITION runs`), which folds "
-                    "them from the log"
-                )
-            self.views_current = True  # rebuilt meanwhile, by another process
-        return (yield from query)
 
     def load_kind(self, run_id: UUID, kind: RunKind) -> Script[RunView]:
         return _of_kind((yield from self.load(run_id, fresh=True)), kind)
@@ -363,9 +333,11 @@ class Context:
         says so. ``fresh``: re-read what the decisions read (after a conflict), once.
         The run's view after the last one decided."""
         if fresh:
+            # Read from the log what the decisions read (a rebuild elsewhere may hold the
+            # rows behind it); the cache then hands the decisions these views.
             for read in (view.parent_task_run_id, view.flow_run_id):
                 if read is not None:
-                    self.cache.drop(read)
+                    yield from self.load(read, from_log=True)
         for state, force in proposals:
             now = self.clock()
             proposal = Proposal(state=stamp(state, now), proposed_at=now, force=force, proposer=self.proposer)

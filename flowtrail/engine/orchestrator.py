@@ -8,24 +8,26 @@ every method is a line that hands a script to the store. Open one from a URL::
 
 Opening a log whose run views are stale (a crash during a rebuild, an older view
 format) rebuilds them first, unless ``rebuild_stale=False`` or the log is opened
-read-only: then one run's view is folded from its events, and queries over many runs
-raise `ViewsOutOfDateError` until the views are rebuilt (here or by another process).
+read-only. Whenever the views are not whole (stale, or being rebuilt here or by another
+process), one run's view is folded from its events, and queries over many runs raise
+`ViewsOutOfDateError` until a rebuild completes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, Self
 from uuid import UUID
 
 from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
 from flowtrail.core.effects import Script
-from flowtrail.core.errors import InvalidInputError
+from flowtrail.core.errors import InvalidInputError, RebuildReplacedError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.policies import MIRROR_PROPOSER
@@ -55,7 +57,6 @@ from flowtrail.store.base import AsyncLogStore, SyncLogStore
 __all__ = ["Orchestrator", "Progress", "SyncOrchestrator"]
 
 _CHUNK = 5_000
-T = TypeVar("T")
 
 
 def _utc_now() -> datetime:
@@ -88,15 +89,8 @@ class _Base:
     def _reset_cache(self) -> None:
         self._context.cache = ViewCache()
 
-    def _trust_views(self, store: SyncLogStore | AsyncLogStore) -> None:
-        """Read the run views as they are unless the store found them out of date."""
-        self._context.views_current = self._views.name not in store.stale_projections
-
     def _view(self, run_id: UUID | str, kind: RunKind) -> Script[RunView | None]:
         return self._context.view_of(run_id_of(run_id), kind)
-
-    def _over_views(self, query: Script[T]) -> Script[T]:
-        return query if self._context.views_current else self._context.over_views(self._views, query)
 
 
 class SyncOrchestrator(_Base):
@@ -112,7 +106,6 @@ class SyncOrchestrator(_Base):
     ) -> None:
         super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
         self.store = store
-        self._trust_views(store)
 
     @classmethod
     def open(
@@ -130,7 +123,8 @@ class SyncOrchestrator(_Base):
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
         if rebuild_stale and store.stale_projections and not store.read_only:
-            orchestrator.rebuild()
+            with contextlib.suppress(RebuildReplacedError):  # another process's makes them whole
+                orchestrator.rebuild()
         return orchestrator
 
     def close(self) -> None:
@@ -276,25 +270,23 @@ class SyncOrchestrator(_Base):
         offset: int = 0,
     ) -> list[RunView]:
         return self.store.perform(
-            self._over_views(
-                read_flow_runs(
-                    state_types=state_types,
-                    state_names=state_names,
-                    flow_names=flow_names,
-                    tags=tags,
-                    parent_task_run_ids=parent_task_run_ids,
-                    sort=sort,
-                    limit=limit,
-                    offset=offset,
-                )
+            read_flow_runs(
+                state_types=state_types,
+                state_names=state_names,
+                flow_names=flow_names,
+                tags=tags,
+                parent_task_run_ids=parent_task_run_ids,
+                sort=sort,
+                limit=limit,
+                offset=offset,
             )
         )
 
     def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
-        return self.store.perform(self._over_views(task_runs_of(run_id_of(flow_run_id))))
+        return self.store.perform(task_runs_of(run_id_of(flow_run_id)))
 
     def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
-        return self.store.perform(self._over_views(subflow_run(run_id_of(parent_task_run_id))))
+        return self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
 
     def read_states(self, run_id: UUID | str) -> list[State]:
         return self.store.perform(self._context.read_states(run_id))
@@ -319,7 +311,6 @@ class SyncOrchestrator(_Base):
         workers: int | None = None,
     ) -> int:
         split = split_replay(self.store, workers)
-        self._context.views_current = False  # dropped and refilled meanwhile: fold one run's view
         with collector_paused():
             script = rebuild_script(
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
@@ -329,7 +320,6 @@ class SyncOrchestrator(_Base):
             finally:
                 script.close()  # interrupted: stop its helpers now, not when collected
         self._reset_cache()
-        self._context.views_current = True
         return applied
 
     def as_of(self, position: int) -> RunSnapshot:
@@ -377,7 +367,6 @@ class Orchestrator(_Base):
     ) -> None:
         super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
         self.store = store
-        self._trust_views(store)
 
     @classmethod
     def open(
@@ -543,26 +532,24 @@ class Orchestrator(_Base):
     ) -> list[RunView]:
         """Flow runs matching every filter given (any of the values of each; all tags)."""
         return await self.store.perform(
-            self._over_views(
-                read_flow_runs(
-                    state_types=state_types,
-                    state_names=state_names,
-                    flow_names=flow_names,
-                    tags=tags,
-                    parent_task_run_ids=parent_task_run_ids,
-                    sort=sort,
-                    limit=limit,
-                    offset=offset,
-                )
+            read_flow_runs(
+                state_types=state_types,
+                state_names=state_names,
+                flow_names=flow_names,
+                tags=tags,
+                parent_task_run_ids=parent_task_run_ids,
+                sort=sort,
+                limit=limit,
+                offset=offset,
             )
         )
 
     async def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
-        return await self.store.perform(self._over_views(task_runs_of(run_id_of(flow_run_id))))
+        return await self.store.perform(task_runs_of(run_id_of(flow_run_id)))
 
     async def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
         """The most recent flow run started by this parent task run, or None."""
-        return await self.store.perform(self._over_views(subflow_run(run_id_of(parent_task_run_id))))
+        return await self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
 
     async def read_states(self, run_id: UUID | str) -> list[State]:
         """The run's states in the order they were written."""
@@ -605,7 +592,6 @@ class Orchestrator(_Base):
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
         split = split_replay(self.store, workers)
-        self._context.views_current = False  # dropped and refilled meanwhile: fold one run's view
         with collector_paused():
             script = rebuild_script(
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
@@ -615,7 +601,6 @@ class Orchestrator(_Base):
             finally:
                 script.close()  # cancelled: stop its helpers now, not when collected
         self._reset_cache()
-        self._context.views_current = True
         return applied
 
     async def as_of(self, position: int) -> RunSnapshot:
@@ -674,7 +659,8 @@ class _Opening:
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
         if rebuild_stale and store.stale_projections and not store.read_only:
-            await orchestrator.rebuild()
+            with contextlib.suppress(RebuildReplacedError):  # another process's makes them whole
+                await orchestrator.rebuild()
         return orchestrator
 
     def __await__(self) -> Generator[Any, None, Orchestrator]:

@@ -345,19 +345,22 @@ class SplitReplay:
             raise
 
 
-def copy_rows(tables: Sequence[str], file: str) -> Script[None]:
+def copy_rows(tables: Sequence[str], file: str, guard: Script[None] | None = None) -> Script[None]:
     """Copy a helper's rows of these tables into the database's, in one transaction.
 
     A row may be there already: an append during the rebuild that brought its run's
     view along (see `RunViews.apply`) wrote it. The helper's row replaces it, as the
     rebuilding process's own rows replace such rows when written: the catch-up that
     ends the rebuild replays every event after the helper's last one, and writes again
-    whole every row an append moved ahead of it meanwhile.
+    whole every row an append moved ahead of it meanwhile. ``guard`` runs first in the
+    transaction (`RunViewsRebuild.still_running`).
     """
     yield Execute("ATTACH DATABASE ? AS replayed", (file,))
     try:
         yield Begin()
         try:
+            if guard is not None:
+                yield from guard
             for table in tables:
                 yield Execute(f'INSERT OR REPLACE INTO main."{table}" SELECT * FROM replayed."{table}"')
         except BaseException:

@@ -12,11 +12,20 @@ from uuid import UUID
 
 from flowtrail.core.effects import Fetch, Row, Script
 from flowtrail.core.errors import InvalidIdError, InvalidInputError, ViewsOutOfDateError
+from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
 from flowtrail.projections.runs import RunViews, decode_view
 
-__all__ = ["FlowRunSort", "flow_run_view", "read_flow_runs", "subflow_run", "task_run_view", "task_runs_of"]
+__all__ = [
+    "FlowRunSort",
+    "flow_run_view",
+    "read_flow_runs",
+    "stored_view",
+    "subflow_run",
+    "task_run_view",
+    "task_runs_of",
+]
 
 #: The most rows the CLI shows at once (the API's ``limit`` has no such bound).
 MAX_LIMIT = 10_000
@@ -73,10 +82,30 @@ _TRIES = 10
 def _current(mark: object) -> None:
     if mark != str(RunViews.version):
         raise ViewsOutOfDateError(
-            "the run views of this log are being rebuilt, or a rebuild did not finish, so a query "
-            "over many runs cannot use them until they are whole again (one run's reads fold its "
-            "events meanwhile)"
+            "the run views of this log are not whole (a rebuild is under way or did not finish, or "
+            "they are of an older format), and a query over many runs needs them: it works again "
+            "once a rebuild completes (rebuild(), `flowtrail rebuild`, where the log can be written). "
+            "Meanwhile one run's reads fold its events, and as_of(position) (`flowtrail as-of "
+            "POSITION runs`) folds every run's"
         )
+
+
+def stored_view(run_id: UUID, kind: RunKind | None = None) -> Script[tuple[RunView | None, bool]]:
+    """The run's stored view (a flow run's or a task run's, or either), and whether the
+    views were whole when it was read (their mark, read in the same statement)."""
+    key: tuple[str, ...] = (str(run_id),)
+    if kind is RunKind.FLOW:
+        sql, params = f"SELECT {_MARK}, (SELECT view FROM flow_runs WHERE id = ?)", key
+    elif kind is RunKind.TASK:
+        sql, params = f"SELECT {_MARK}, (SELECT view FROM task_runs WHERE id = ?)", key
+    else:
+        sql = (
+            f"SELECT {_MARK}, coalesce((SELECT view FROM flow_runs WHERE id = ?), "
+            "(SELECT view FROM task_runs WHERE id = ?))"
+        )
+        params = key * 2
+    ((mark, data),) = yield Fetch(sql, params)
+    return (None if data is None else decode_view(bytes(data))), mark == str(RunViews.version)
 
 
 def _over_views(source: str, tail: str, params: Sequence[object]) -> Script[list[Row]]:

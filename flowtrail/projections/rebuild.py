@@ -21,12 +21,18 @@ from collections.abc import Callable, Sequence
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Rollback, Row, Script
+from flowtrail.core.errors import RebuildReplacedError
 from flowtrail.core.events import FlowRunCreated, TaskRunCreated
 from flowtrail.core.fold import RunView, evolve
 from flowtrail.core.projection import Dialect
 from flowtrail.projections.runs import RunViews, load_views, write_views
 
 __all__ = ["RunViewsRebuild", "transaction"]
+
+_SET_REBUILD = (
+    "INSERT INTO flowtrail_meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 _CREATION_TYPES = frozenset({FlowRunCreated.__struct_config__.tag, TaskRunCreated.__struct_config__.tag})
 
@@ -53,9 +59,17 @@ class RunViewsRebuild:
     """One rebuild of the run views; drive it with `reset`, `feed` and `finish`."""
 
     def __init__(
-        self, projection: RunViews | None = None, *, cache_size: int = 20_000, flush_every: int = 2_000
+        self,
+        projection: RunViews | None = None,
+        *,
+        cache_size: int = 20_000,
+        flush_every: int = 2_000,
+        token: str | None = None,
     ) -> None:
         self.projection = projection or RunViews()
+        #: Names this rebuild in the log (see `reset`); None: the tables are its own
+        #: (a snapshot in memory), no other rebuild can replace it.
+        self.token = token
         self.cache_size = cache_size
         self.flush_every = flush_every
         self.applied = 0
@@ -76,10 +90,30 @@ class RunViewsRebuild:
             for statement in self.projection.table_schema(dialect):
                 yield Execute(statement)
             yield from mark_stale
+            if self.token is not None:
+                yield Execute(_SET_REBUILD, (self._key, self.token))
             rows: list[Row] = yield Fetch(last_position)
             return int(rows[0][0] or 0)
 
         return transaction(body())
+
+    @property
+    def _key(self) -> str:
+        return f"rebuild:{self.projection.name}"
+
+    def still_running(self) -> Script[None]:
+        """In a write transaction before any of this rebuild's writes: raise
+        `RebuildReplacedError` if another rebuild has dropped the tables since this one
+        did. Two rebuilds writing at once would leave the views of the one that began
+        first, marked current by it, with only part of the runs of the other's tables."""
+        if self.token is None:
+            return
+        rows: list[Row] = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (self._key,))
+        if not rows or rows[0][0] != self.token:
+            raise RebuildReplacedError(
+                "another rebuild of the run views began while this one ran, and replaces it: the "
+                "views are whole once it ends"
+            )
 
     def feed(self, records: Sequence[RecordedEvent]) -> Script[None]:
         """Apply a chunk of the log (in position order). The views it changes are
@@ -87,7 +121,11 @@ class RunViewsRebuild:
         is held while rows are written, not while events are decoded and folded."""
         yield from self._apply(records)
         if len(self._dirty) >= self.flush_every:
-            yield from transaction(self._flush(everything=False))
+            yield from transaction(self._guarded(self._flush(everything=False)))
+
+    def _guarded(self, writes: Script[None]) -> Script[None]:
+        yield from self.still_running()
+        yield from writes
 
     def finish(
         self, read_batch: str, record_of: RecordOf, mark_current: Script[None], batch: int = 5_000
@@ -98,6 +136,7 @@ class RunViewsRebuild:
         """
 
         def body() -> Script[None]:
+            yield from self.still_running()
             while True:
                 rows: list[Row] = yield Fetch(read_batch, (self.position + 1, batch))
                 yield from self._apply([record_of(row) for row in rows])

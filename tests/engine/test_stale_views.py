@@ -6,10 +6,10 @@ typed error (a subflow call waits), and nothing is written."""
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from flowtrail import Orchestrator, SyncOrchestrator, flow, states
-from flowtrail.core import FlowRunCreated, RunNotFoundError, ViewsOutOfDateError
+from flowtrail.core import FlowRunCreated, RebuildReplacedError, RunNotFoundError, ViewsOutOfDateError
 from flowtrail.engine.ids import new_run_id
 from flowtrail.projections.runs import RunViews
 from flowtrail.store import StreamWrite
@@ -71,7 +71,7 @@ def test_a_read_only_log_with_views_out_of_date_refuses_queries_over_many_runs(l
             lambda: reader.read_task_runs(log.parent.id),
             lambda: reader.find_subflow_run(log.task.id),
         ):
-            with pytest.raises(ViewsOutOfDateError, match="out of date"):
+            with pytest.raises(ViewsOutOfDateError, match="not whole"):
                 query()
         assert reader.as_of(reader.last_position()).read_flow_runs(tags=["nightly"]) == [
             log.views[log.other.id]
@@ -88,6 +88,20 @@ def test_an_async_read_only_log_with_views_out_of_date_reads_as_the_sync_one(log
             return view, await reader.read_task_run(log.task.id)
 
     assert asyncio.run(read()) == (log.views[log.other.id], log.task_view)
+
+
+def test_an_export_of_a_flow_run_from_views_out_of_date_holds_its_task_runs_and_subflows(
+    log: _Log, tmp_path: Path
+) -> None:
+    with SyncOrchestrator.open(f"{log.url}?mode=ro") as reader:
+        exported = io.StringIO()
+        reader.export(exported, log.parent.id)
+    for run_id in (log.parent.id, log.task.id, log.child.id):
+        assert str(run_id) in exported.getvalue()
+    with SyncOrchestrator.open(log.url) as orch:  # views rebuilt on open
+        again = io.StringIO()
+        orch.export(again, log.parent.id)
+    assert exported.getvalue() == again.getvalue()
 
 
 def test_a_run_of_another_kind_is_not_found_while_views_are_out_of_date(log: _Log) -> None:
@@ -121,7 +135,7 @@ def test_an_orchestrator_told_not_to_rebuild_proposes_on_folded_views_until_it_r
 
 def test_the_cli_lists_no_runs_from_views_out_of_date_but_shows_a_runs_history(log: _Log) -> None:
     read_only = f"{log.url}?mode=ro"
-    assert_user_error(flowtrail("--database", read_only, "runs"), "out of date", "flowtrail rebuild")
+    assert_user_error(flowtrail("--database", read_only, "runs"), "not whole", "flowtrail as-of")
     shown = flowtrail("--database", read_only, "history", str(log.other.id), "--json")
     assert shown.code == 0, shown.err
     assert len(shown.json()) == len(log.history)
@@ -180,7 +194,7 @@ def test_queries_over_many_runs_refuse_views_being_rebuilt_and_answer_once_they_
             lambda: orch.read_task_runs(parent.id),
             lambda: orch.find_subflow_run(task.id),
         ):
-            with pytest.raises(ViewsOutOfDateError, match="being rebuilt"):
+            with pytest.raises(ViewsOutOfDateError, match="a rebuild is under way"):
                 query()
         _mark(tmp_path / "log.db", str(RunViews.version))
         found = orch.find_subflow_run(task.id)
@@ -189,27 +203,80 @@ def test_queries_over_many_runs_refuse_views_being_rebuilt_and_answer_once_they_
         assert orch.read_flow_runs(flow_names=["nothing-matches"]) == []
 
 
-def test_a_subflow_call_waits_for_views_being_rebuilt_and_starts_one_child(tmp_path: Path) -> None:
+def test_a_retried_parent_reuses_its_finished_subflow_while_the_views_are_not_whole(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
+    attempts: list[int] = []
 
     @flow
     def child() -> int:
         return 1
 
-    @flow
+    @flow(retries=1)
     def parent() -> int:
-        _mark(path, f"{RunViews.version}:stale")
-        threading.Timer(0.5, _mark, (path, str(RunViews.version))).start()
-        started = time.monotonic()
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 2:
+            _mark(path, f"{RunViews.version}:stale")  # as a rebuild elsewhere leaves them
         value = child()
-        assert time.monotonic() - started >= 0.4
+        if len(attempts) == 1:
+            raise RuntimeError("the first attempt fails after its subflow")
         return value
 
     with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
         assert parent() == 1
-        assert [run.state_type for run in orch.read_flow_runs(flow_names=["child"])] == [
-            states.StateType.COMPLETED
-        ]
+        _mark(path, str(RunViews.version))
+        (only,) = orch.read_flow_runs(flow_names=["child"])
+        assert [s.name for s in orch.read_states(only.id)] == ["Pending", "Running", "Completed"]
+
+
+def test_a_subflow_call_while_the_views_are_not_whole_starts_its_first_child(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+
+    @flow
+    def child() -> int:
+        return 2
+
+    @flow
+    def parent() -> int:
+        _mark(path, f"{RunViews.version}:stale")
+        return child()
+
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        assert parent() == 2
+        _mark(path, str(RunViews.version))
+        assert len(orch.read_flow_runs(flow_names=["child"])) == 1
+
+
+def test_a_run_whose_row_is_behind_its_log_while_a_rebuild_runs_reads_as_its_events(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
+        run = elsewhere.create_flow_run("etl", state=states.Pending())
+        ((behind,),) = sqlite3.connect(tmp_path / "log.db").execute("SELECT view FROM flow_runs").fetchall()
+        elsewhere.propose_state(run.id, states.Running())
+        _raw(tmp_path / "log.db", ("UPDATE flow_runs SET view = ?, version = 2", (behind,)))
+        _mark(tmp_path / "log.db", f"{RunViews.version}:stale")
+        assert orch.read_flow_run(run.id).state_type is states.StateType.RUNNING
+        assert elsewhere.read_flow_run(run.id).state_type is states.StateType.RUNNING
+
+
+def test_proposals_in_turn_on_a_subflow_whose_parent_task_row_is_behind_are_decided_on_the_events(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
+        parent = elsewhere.create_flow_run("parent", state=states.Pending(), then=[states.Running()])
+        task = elsewhere.create_task_run(parent.id, task_key="child")
+        child = elsewhere.create_flow_run("child", parent_task_run_id=task.id, state=states.Pending())
+        ((behind,),) = (
+            sqlite3.connect(tmp_path / "log.db")
+            .execute("SELECT view FROM task_runs WHERE id = ?", (str(task.id),))
+            .fetchall()
+        )
+        elsewhere.propose_state(child.id, states.Running())
+        # The parent task run's row as a rebuild elsewhere left it, one mirrored state behind.
+        _raw(tmp_path / "log.db", ("UPDATE task_runs SET view = ?, version = version - 1", (behind,)))
+        results = orch.propose_in_turn(child.id, [states.Completed()])
+        assert [r.status.value for r in results] == ["ACCEPT"]
+        assert [s.name for s in orch.read_states(task.id)][-1] == "Completed"
 
 
 def test_proposals_and_reads_go_on_while_another_process_rebuilds_the_views(tmp_path: Path) -> None:
@@ -245,3 +312,52 @@ def test_proposals_and_reads_go_on_while_another_process_rebuilds_the_views(tmp_
         assert str(during).endswith(":stale"), "the rebuild ended before the proposals did: grow the log"
         assert {orch.read_flow_run(run.id).state_type for run in runs} == {states.StateType.RUNNING}
         assert orch.verify().ok
+
+
+def test_a_rebuild_another_began_after_it_stops_writing_and_leaves_the_views_to_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as other:
+        runs = [orch.create_flow_run("etl", state=states.Pending()) for _ in range(60)]
+        replaced: list[int] = []
+
+        def midway(done: int, total: int) -> None:
+            if not replaced:
+                replaced.append(done)
+                other.rebuild(workers=1)  # begins, and ends, while the first one runs
+
+        with pytest.raises(RebuildReplacedError, match="another rebuild"):
+            orch.rebuild(workers=1, batch=10, progress=midway)
+        assert replaced
+        assert {run.id for run in orch.read_flow_runs(limit=None)} == {run.id for run in runs}
+        assert orch.verify().ok
+
+
+def test_opening_a_log_while_another_process_rebuilds_its_views_replaces_that_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    filler = [
+        FlowRunCreated(run_id=new_run_id(), flow_name="filler", name=f"f{i}", created_at=T0)
+        for i in range(40_000)
+    ]
+    with SyncOrchestrator.open(url, durability="normal") as orch:
+        orch.store.append_many([StreamWrite(str(c.run_id), [c], 0) for c in filler])
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from flowtrail import SyncOrchestrator\nwith SyncOrchestrator.open({url!r}) as orch:\n"
+            "    orch.rebuild(workers=1, batch=100)",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    raw = sqlite3.connect(path)
+    mark = f"projection:{RunViews.name}"
+    while raw.execute("SELECT value FROM flowtrail_meta WHERE key = ?", (mark,)).fetchone()[0] == "1":
+        time.sleep(0.001)
+    raw.close()
+    with SyncOrchestrator.open(url) as orch:  # finds the views stale: rebuilds them itself
+        assert len(orch.read_flow_runs(limit=None)) == 40_000
+    _, err = first.communicate(timeout=300)
+    assert first.returncode != 0, "the first rebuild ended before the second began: grow the log"
+    assert "RebuildReplacedError" in err
