@@ -86,7 +86,7 @@ def _current(mark: object) -> None:
             "they are of an older format), and a query over many runs needs them: it works again "
             "once a rebuild completes (rebuild(), `flowtrail rebuild`, where the log can be written). "
             "Meanwhile one run's reads fold its events, and as_of(position) (`flowtrail as-of "
-            "POSITION runs`) folds every run's"
+            "POSITION runs`) gives every run's view folded from the log"
         )
 
 
