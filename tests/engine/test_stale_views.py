@@ -155,6 +155,53 @@ def _mark(path: Path, value: str) -> None:
     _raw(path, ("UPDATE flowtrail_meta SET value = ? WHERE key = ?", (value, f"projection:{RunViews.name}")))
 
 
+def _filled(url: str, runs: int) -> None:
+    """A log of ``runs`` flow runs, each created and nothing more, written at once."""
+    created = [
+        FlowRunCreated(run_id=new_run_id(), flow_name="filler", name=f"f{i}", created_at=T0)
+        for i in range(runs)
+    ]
+    with SyncOrchestrator.open(url, durability="normal") as orch:
+        orch.store.append_many([StreamWrite(str(c.run_id), [c], 0) for c in created])
+
+
+def _rebuilding(path: Path, batch: int) -> subprocess.Popen[str]:
+    """A process rebuilding the log's views, once it has dropped them."""
+    started = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from flowtrail import SyncOrchestrator\nwith SyncOrchestrator.open({f'sqlite:///{path}'!r}) as orch:\n"
+            f"    orch.rebuild(workers=1, batch={batch})",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with sqlite3.connect(path) as raw:
+        while _mark_of(raw) == str(RunViews.version):
+            assert started.poll() is None, started.communicate()[1]
+            time.sleep(0.001)
+    raw.close()
+    return started
+
+
+def _mark_of(raw: sqlite3.Connection) -> str:
+    query = "SELECT value FROM flowtrail_meta WHERE key = ?"
+    return str(raw.execute(query, (f"projection:{RunViews.name}",)).fetchone()[0])
+
+
+def _run_with_its_row_behind(path: Path, orch: SyncOrchestrator) -> Any:
+    """A flow run proposed Running whose row holds it still Pending, as a rebuild writing
+    a fold made before that proposal leaves it until its catch-up."""
+    run = orch.create_flow_run("etl", state=states.Pending())
+    with sqlite3.connect(path) as raw:
+        ((behind,),) = raw.execute("SELECT view FROM flow_runs WHERE id = ?", (str(run.id),)).fetchall()
+    raw.close()
+    orch.propose_state(run.id, states.Running())
+    _raw(path, ("UPDATE flow_runs SET view = ?, version = 2 WHERE id = ?", (behind, str(run.id))))
+    return run
+
+
 def test_a_run_a_rebuild_elsewhere_has_not_reached_yet_is_read_and_proposed_on(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/log.db"
     with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
@@ -171,11 +218,7 @@ def test_a_run_a_rebuild_elsewhere_has_not_reached_yet_is_read_and_proposed_on(t
 def test_a_proposal_on_a_view_row_left_behind_its_log_is_decided_on_the_runs_events(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/log.db"
     with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
-        run = elsewhere.create_flow_run("etl", state=states.Pending())
-        ((behind,),) = sqlite3.connect(tmp_path / "log.db").execute("SELECT view FROM flow_runs").fetchall()
-        elsewhere.propose_state(run.id, states.Running())
-        # A rebuild elsewhere has written the run's row as it stood, and not caught up yet.
-        _raw(tmp_path / "log.db", ("UPDATE flow_runs SET view = ?, version = 2", (behind,)))
+        run = _run_with_its_row_behind(tmp_path / "log.db", elsewhere)
         result = orch.propose_state(run.id, states.Completed())
         assert result.status.value == "ACCEPT"
         assert [s.name for s in orch.read_states(run.id)] == ["Pending", "Running", "Completed"]
@@ -249,10 +292,7 @@ def test_a_subflow_call_while_the_views_are_not_whole_starts_its_first_child(tmp
 def test_a_run_whose_row_is_behind_its_log_while_a_rebuild_runs_reads_as_its_events(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/log.db"
     with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as elsewhere:
-        run = elsewhere.create_flow_run("etl", state=states.Pending())
-        ((behind,),) = sqlite3.connect(tmp_path / "log.db").execute("SELECT view FROM flow_runs").fetchall()
-        elsewhere.propose_state(run.id, states.Running())
-        _raw(tmp_path / "log.db", ("UPDATE flow_runs SET view = ?, version = 2", (behind,)))
+        run = _run_with_its_row_behind(tmp_path / "log.db", elsewhere)
         _mark(tmp_path / "log.db", f"{RunViews.version}:stale")
         assert orch.read_flow_run(run.id).state_type is states.StateType.RUNNING
         assert elsewhere.read_flow_run(run.id).state_type is states.StateType.RUNNING
@@ -282,34 +322,20 @@ def test_proposals_in_turn_on_a_subflow_whose_parent_task_row_is_behind_are_deci
 def test_proposals_and_reads_go_on_while_another_process_rebuilds_the_views(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     url = f"sqlite:///{path}"
-    filler = [
-        FlowRunCreated(run_id=new_run_id(), flow_name="filler", name=f"f{i}", created_at=T0)
-        for i in range(40_000)
-    ]
-    with SyncOrchestrator.open(url, durability="normal") as orch:
-        orch.store.append_many([StreamWrite(str(c.run_id), [c], 0) for c in filler])
-        # Created last, so that the rebuild, which replays in log order, reaches them last.
-        runs = [orch.create_flow_run("etl", state=states.Pending()) for _ in range(100)]
-    mark = f"projection:{RunViews.name}"
-    raw = sqlite3.connect(path)
+    _filled(url, 60_000)
     with SyncOrchestrator.open(url) as orch:
-        rebuilding = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                f"from flowtrail import SyncOrchestrator\nwith SyncOrchestrator.open({url!r}) as orch:\n"
-                "    orch.rebuild(workers=1, batch=200)",
-            ]
-        )
-        while raw.execute("SELECT value FROM flowtrail_meta WHERE key = ?", (mark,)).fetchone()[0] == "1":
-            time.sleep(0.001)
+        # Created last, so that the rebuild, which replays in log order, reaches them last.
+        runs = [orch.create_flow_run("etl", state=states.Pending()) for _ in range(40)]
+        rebuilding = _rebuilding(path, batch=50)
         for run in runs:
             assert orch.read_flow_run(run.id).id == run.id
             assert orch.propose_state(run.id, states.Running()).status.value == "ACCEPT"
-        during = raw.execute("SELECT value FROM flowtrail_meta WHERE key = ?", (mark,)).fetchone()[0]
-        assert rebuilding.wait(timeout=300) == 0
+        with sqlite3.connect(path) as raw:
+            during = _mark_of(raw)
         raw.close()
-        assert str(during).endswith(":stale"), "the rebuild ended before the proposals did: grow the log"
+        _, err = rebuilding.communicate(timeout=300)
+        assert rebuilding.returncode == 0, err
+        assert during.endswith(":stale"), "the rebuild ended before the proposals did: grow the log"
         assert {orch.read_flow_run(run.id).state_type for run in runs} == {states.StateType.RUNNING}
         assert orch.verify().ok
 
@@ -335,27 +361,8 @@ def test_a_rebuild_another_began_after_it_stops_writing_and_leaves_the_views_to_
 def test_opening_a_log_while_another_process_rebuilds_its_views_replaces_that_rebuild(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     url = f"sqlite:///{path}"
-    filler = [
-        FlowRunCreated(run_id=new_run_id(), flow_name="filler", name=f"f{i}", created_at=T0)
-        for i in range(40_000)
-    ]
-    with SyncOrchestrator.open(url, durability="normal") as orch:
-        orch.store.append_many([StreamWrite(str(c.run_id), [c], 0) for c in filler])
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"from flowtrail import SyncOrchestrator\nwith SyncOrchestrator.open({url!r}) as orch:\n"
-            "    orch.rebuild(workers=1, batch=100)",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    raw = sqlite3.connect(path)
-    mark = f"projection:{RunViews.name}"
-    while raw.execute("SELECT value FROM flowtrail_meta WHERE key = ?", (mark,)).fetchone()[0] == "1":
-        time.sleep(0.001)
-    raw.close()
+    _filled(url, 40_000)
+    first = _rebuilding(path, batch=100)
     with SyncOrchestrator.open(url) as orch:  # finds the views stale: rebuilds them itself
         assert len(orch.read_flow_runs(limit=None)) == 40_000
     _, err = first.communicate(timeout=300)
