@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 import msgspec
@@ -11,6 +12,7 @@ from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Fetch, Row, Script
 from flowtrail.core.errors import InvalidInputError, ViewsOutOfDateError
 from flowtrail.core.events import FlowRunCreated, RunKind, TaskRunCreated
+from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.checks import run_id_of
 from flowtrail.engine.operations import Context
@@ -53,32 +55,63 @@ def descendant_streams(run_id: UUID) -> Script[list[UUID]]:
         return (yield from _descendants_in_log(run_id))
 
 
+#: Creations of runs, read a batch at a time from a position on (the primary key).
+_CREATIONS = (
+    "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
+    "FROM events WHERE position > ? AND version = 1 AND event_type IN (?, ?) ORDER BY position LIMIT ?"
+)
+_CREATION_TAGS = (FlowRunCreated.__struct_config__.tag, TaskRunCreated.__struct_config__.tag)
+
+
+def runs_below(parents: set[UUID]) -> Script[list[FlowRunCreated | TaskRunCreated]]:
+    """The creations of the runs right below these (a flow run's task runs, a task run's
+    subflow runs), read from the log a batch at a time: one scan of it, in bounded
+    memory, for when the run views are not whole."""
+    found: list[FlowRunCreated | TaskRunCreated] = []
+    after = 0
+    while True:
+        rows: list[Row] = yield Fetch(_CREATIONS, (after, *_CREATION_TAGS, _BATCH))
+        for row in rows:
+            event = record_of(row).decode()
+            if (isinstance(event, TaskRunCreated) and event.flow_run_id in parents) or (
+                isinstance(event, FlowRunCreated) and event.parent_task_run_id in parents
+            ):
+                found.append(event)
+        if len(rows) < _BATCH:
+            return found
+        after = int(rows[-1][0])
+
+
+def subflow_in_log(context: Context, parent_task_run_id: UUID) -> Script[RunView | None]:
+    """`find_subflow_run` answered from the log: the most recent of the task run's
+    children, each folded from its events (expected start time, else creation time,
+    then id, as the views' query sorts them)."""
+    below = yield from runs_below({parent_task_run_id})
+    children = [event.run_id for event in below if isinstance(event, FlowRunCreated)]
+    best: RunView | None = None
+    for child in children:
+        view = yield from context.folded(child)
+        if view is not None and (best is None or _recency(view) > _recency(best)):
+            best = view
+    return best
+
+
+def _recency(view: RunView) -> tuple[datetime, str]:
+    return (view.expected_start_time or view.created_at, str(view.id))
+
+
 def _descendants_in_log(run_id: UUID) -> Script[list[UUID]]:
-    rows: list[Row] = yield Fetch(
-        "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
-        "FROM events WHERE version = 1 AND event_type IN (?, ?) ORDER BY position",
-        (FlowRunCreated.__struct_config__.tag, TaskRunCreated.__struct_config__.tag),
-    )
-    below: dict[UUID, list[UUID]] = {}  # a flow run's task runs, a task run's subflow runs
-    for row in rows:
-        event = record_of(row).decode()
-        if isinstance(event, TaskRunCreated):
-            above = event.flow_run_id
-        elif isinstance(event, FlowRunCreated):
-            above = event.parent_task_run_id
-        else:
-            continue
-        if above is not None:
-            below.setdefault(above, []).append(event.run_id)
+    """`descendant_streams` from the log: one scan for each level of task runs, and one
+    for each level of subflow runs."""
     found: list[UUID] = []
-    todo = [run_id]
-    while todo:
-        for task in below.get(todo.pop(), []):
-            found.append(task)
-            for child in below.get(task, []):
-                if child not in found:
-                    found.append(child)
-                    todo.append(child)
+    level = {run_id}
+    while level:
+        tasks = [event.run_id for event in (yield from runs_below(level))]
+        children = [event.run_id for event in (yield from runs_below(set(tasks)))] if tasks else []
+        found += tasks
+        fresh = [child for child in children if child not in found]
+        found += fresh
+        level = set(fresh)
     return found
 
 

@@ -370,16 +370,19 @@ class FlowRunScript:
 
     def _subflow_of(self, task: RunView) -> EngineScript[RunView | None]:
         """`find_subflow_run`; where the run views are not whole (another process is
-        rebuilding them, say), the child the task run's state names: a child's states are
-        copied onto its parent task run, naming it, from the first one, which this
-        engine writes as it creates the child."""
+        rebuilding them, say), the same answer read from the log: the child the task
+        run's state names (a child's states are copied onto it, naming it), or else the
+        task run's children found by their creations (one scan of the log)."""
         try:
             found: RunView | None = yield Call("find_subflow_run", (task.id,))
         except ViewsOutOfDateError:
-            self.log.info("run views not whole: the subflow is found by its task run's state")
+            self.log.info("run views not whole: the subflow is looked up in the log")
             current: RunView = yield Call("read_task_run", (task.id,))
-            child = None if current.state is None else current.state.state_details.child_flow_run_id
-            return None if child is None else (yield Call("read_flow_run", (child,)))
+            named = None if current.state is None else current.state.state_details.child_flow_run_id
+            if named is not None:
+                found = yield Call("read_flow_run", (named,))
+            else:
+                found = yield Call("_subflow_in_log", (task.id,))
         return found
 
     def _begin(self) -> EngineScript[None]:

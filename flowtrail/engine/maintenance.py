@@ -8,6 +8,9 @@ time and appends go on in between.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -73,6 +76,32 @@ def rebuild_script(
     return applied
 
 
+def signs_of_life() -> str:
+    """What a rebuild writes with each of its writes: when, on which host, which process."""
+    return f"{time.time()!r} {socket.gethostname()} {os.getpid()}"
+
+
+def running_elsewhere(signs: str | None, *, within: float) -> bool:
+    """Whether the rebuild that left these signs still runs: it wrote ``within`` seconds
+    of now (by either host's clock) and, on this host, its process is still there."""
+    try:
+        when, host, pid = (signs or "").split(" ")
+        ago, process = time.time() - float(when), int(pid)
+    except ValueError:
+        return False
+    if not -within <= ago <= within:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(process, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return process != os.getpid()
+
+
 def _set_cache(statement: str | None) -> Script[None]:
     """Run a page-cache statement on the writer, then on the reader."""
     if statement is not None:
@@ -92,7 +121,7 @@ def _rebuild(
     cache_size: int,
     split: SplitReplay | None,
 ) -> Script[int]:
-    rebuild = RunViewsRebuild(views, cache_size=cache_size, token=uuid.uuid4().hex)
+    rebuild = RunViewsRebuild(views, cache_size=cache_size, token=uuid.uuid4().hex, signs=signs_of_life)
     reset = rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)
     head, partitions = 0, 1
     if split is not None:

@@ -7,8 +7,8 @@ every method is a line that hands a script to the store. Open one from a URL::
     async with Orchestrator.open("sqlite:///runs.db") as orch: ...
 
 Opening a log whose run views are stale (a crash during a rebuild, an older view
-format) rebuilds them first, unless ``rebuild_stale=False`` or the log is opened
-read-only. Whenever the views are not whole (stale, or being rebuilt here or by another
+format) rebuilds them first, unless ``rebuild_stale=False``, the log is opened
+read-only, or another process is rebuilding them (it wrote within `REBUILD_ALIVE_FOR`). Whenever the views are not whole (stale, or being rebuilt here or by another
 process), one run's view is folded from its events, and queries over many runs raise
 `ViewsOutOfDateError` until a rebuild completes.
 """
@@ -33,12 +33,18 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.policies import MIRROR_PROPOSER
 from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
-from flowtrail.engine.audit import export_records, log_id, verify_script
+from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verify_script
 from flowtrail.engine.bulk import collector_paused
 from flowtrail.engine.checks import found, run_id_of
 from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
-from flowtrail.engine.maintenance import Progress, catch_up_script, rebuild_script, snapshot_script
+from flowtrail.engine.maintenance import (
+    Progress,
+    catch_up_script,
+    rebuild_script,
+    running_elsewhere,
+    snapshot_script,
+)
 from flowtrail.engine.operations import Clock, Context, ViewCache
 from flowtrail.engine.replay import split_replay
 from flowtrail.engine.results import HistoryEntry, OrchestrationResult
@@ -49,6 +55,7 @@ from flowtrail.projections.queries import (
     subflow_run,
     task_runs_of,
 )
+from flowtrail.projections.rebuild import last_seen
 from flowtrail.projections.runs import RunViews
 from flowtrail.store import open_store, open_sync_store
 from flowtrail.store.api import check_position
@@ -69,6 +76,16 @@ def _proposer(proposer: str) -> str:
         # The audit tells the copies of subflow states by this name.
         raise InvalidInputError(f"{MIRROR_PROPOSER!r} names flowtrail's own copies; pick another proposer")
     return proposer
+
+
+#: A rebuild in a process on another host that wrote this recently (seconds) is taken to
+#: be running (on this host, its process is looked for): opening the log leaves the
+#: views to it rather than replacing it with a rebuild of its own.
+REBUILD_ALIVE_FOR = 60.0
+
+
+def _nobody_rebuilding(signs: str | None) -> bool:
+    return not running_elsewhere(signs, within=REBUILD_ALIVE_FOR)
 
 
 def _scope(run_id: UUID | str | None) -> str:
@@ -122,8 +139,9 @@ class SyncOrchestrator(_Base):
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
-        if rebuild_stale and store.stale_projections and not store.read_only:
-            with contextlib.suppress(RebuildReplacedError):  # another process's makes them whole
+        stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
+        if stale and _nobody_rebuilding(store.perform(last_seen(cls._views))):
+            with contextlib.suppress(RebuildReplacedError):  # a later one took over
                 orchestrator.rebuild()
         return orchestrator
 
@@ -290,6 +308,10 @@ class SyncOrchestrator(_Base):
 
     def read_states(self, run_id: UUID | str) -> list[State]:
         return self.store.perform(self._context.read_states(run_id))
+
+    def _subflow_in_log(self, parent_task_run_id: UUID) -> RunView | None:
+        """`find_subflow_run` answered from the log (the engine's, while views are not whole)."""
+        return self.store.perform(subflow_in_log(self._context, parent_task_run_id))
 
     def read_history(self, run_id: UUID | str) -> list[HistoryEntry]:
         return self.store.perform(self._context.read_history(run_id))
@@ -551,6 +573,10 @@ class Orchestrator(_Base):
         """The most recent flow run started by this parent task run, or None."""
         return await self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
 
+    async def _subflow_in_log(self, parent_task_run_id: UUID) -> RunView | None:
+        """`find_subflow_run` answered from the log (the engine's, while views are not whole)."""
+        return await self.store.perform(subflow_in_log(self._context, parent_task_run_id))
+
     async def read_states(self, run_id: UUID | str) -> list[State]:
         """The run's states in the order they were written."""
         return await self.store.perform(self._context.read_states(run_id))
@@ -658,8 +684,9 @@ class _Opening:
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
-        if rebuild_stale and store.stale_projections and not store.read_only:
-            with contextlib.suppress(RebuildReplacedError):  # another process's makes them whole
+        stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
+        if stale and _nobody_rebuilding(await store.perform(last_seen(cls._views))):
+            with contextlib.suppress(RebuildReplacedError):  # a later one took over
                 await orchestrator.rebuild()
         return orchestrator
 

@@ -27,7 +27,7 @@ from flowtrail.core.fold import RunView, evolve
 from flowtrail.core.projection import Dialect
 from flowtrail.projections.runs import RunViews, load_views, write_views
 
-__all__ = ["RunViewsRebuild", "transaction"]
+__all__ = ["RunViewsRebuild", "last_seen", "transaction"]
 
 _SET_REBUILD = (
     "INSERT INTO flowtrail_meta (key, value) VALUES (?, ?) "
@@ -55,6 +55,14 @@ def transaction(body: Script[object]) -> Script[object]:
     return result
 
 
+def last_seen(projection: RunViews) -> Script[str | None]:
+    """The signs of life a rebuild of the projection wrote last, or None if none did."""
+    rows: list[Row] = yield Fetch(
+        "SELECT value FROM flowtrail_meta WHERE key = ?", (f"rebuild:{projection.name}:seen",)
+    )
+    return str(rows[0][0]) if rows else None
+
+
 class RunViewsRebuild:
     """One rebuild of the run views; drive it with `reset`, `feed` and `finish`."""
 
@@ -65,11 +73,15 @@ class RunViewsRebuild:
         cache_size: int = 20_000,
         flush_every: int = 2_000,
         token: str | None = None,
+        signs: Callable[[], str] | None = None,
     ) -> None:
         self.projection = projection or RunViews()
         #: Names this rebuild in the log (see `reset`); None: the tables are its own
         #: (a snapshot in memory), no other rebuild can replace it.
         self.token = token
+        #: Signs of life (when, where), written beside the token with each of this
+        #: rebuild's writes, so that others can tell it is running (`last_seen`).
+        self.signs = signs
         self.cache_size = cache_size
         self.flush_every = flush_every
         self.applied = 0
@@ -92,6 +104,7 @@ class RunViewsRebuild:
             yield from mark_stale
             if self.token is not None:
                 yield Execute(_SET_REBUILD, (self._key, self.token))
+                yield from self._alive()
             rows: list[Row] = yield Fetch(last_position)
             return int(rows[0][0] or 0)
 
@@ -111,9 +124,14 @@ class RunViewsRebuild:
         rows: list[Row] = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (self._key,))
         if not rows or rows[0][0] != self.token:
             raise RebuildReplacedError(
-                "another rebuild of the run views began while this one ran, and replaces it: the "
-                "views are whole once it ends"
+                "another rebuild of the run views began while this one ran, and replaces it: this "
+                "one has stopped writing them"
             )
+        yield from self._alive()
+
+    def _alive(self) -> Script[None]:
+        if self.signs is not None:
+            yield Execute(_SET_REBUILD, (f"{self._key}:seen", self.signs()))
 
     def feed(self, records: Sequence[RecordedEvent]) -> Script[None]:
         """Apply a chunk of the log (in position order). The views it changes are

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from flowtrail import Orchestrator, SyncOrchestrator, flow, states
 from flowtrail.core import FlowRunCreated, RebuildReplacedError, RunNotFoundError, ViewsOutOfDateError
+from flowtrail.engine.context import current_flow_run
 from flowtrail.engine.ids import new_run_id
 from flowtrail.projections.runs import RunViews
 from flowtrail.store import StreamWrite
@@ -358,13 +360,85 @@ def test_a_rebuild_another_began_after_it_stops_writing_and_leaves_the_views_to_
         assert orch.verify().ok
 
 
-def test_opening_a_log_while_another_process_rebuilds_its_views_replaces_that_rebuild(tmp_path: Path) -> None:
+def test_opening_a_log_while_another_process_rebuilds_its_views_leaves_them_to_it(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     url = f"sqlite:///{path}"
     _filled(url, 40_000)
     first = _rebuilding(path, batch=100)
-    with SyncOrchestrator.open(url) as orch:  # finds the views stale: rebuilds them itself
-        assert len(orch.read_flow_runs(limit=None)) == 40_000
+    # It finds them stale, and a rebuild alive.
+    with SyncOrchestrator.open(url) as orch, pytest.raises(ViewsOutOfDateError):
+        orch.read_flow_runs()
     _, err = first.communicate(timeout=300)
-    assert first.returncode != 0, "the first rebuild ended before the second began: grow the log"
-    assert "RebuildReplacedError" in err
+    assert first.returncode == 0, err
+    with SyncOrchestrator.open(url) as orch:
+        assert len(orch.read_flow_runs(limit=None)) == 40_000
+
+
+def _a_process_gone() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+@pytest.mark.parametrize("where", ["this host, its process gone", "another host, silent for ten minutes"])
+def test_opening_a_log_whose_rebuild_died_rebuilds_its_views(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    with SyncOrchestrator.open(url) as orch:
+        runs = [orch.create_flow_run("etl") for _ in range(3)]
+    signs = (
+        f"{time.time()!r} {socket.gethostname()} {_a_process_gone()}"
+        if where.startswith("this host")
+        else f"{time.time() - 600!r} elsewhere 1"
+    )
+    _raw(
+        path,
+        ("DELETE FROM flow_runs", ()),
+        ("INSERT INTO flowtrail_meta (key, value) VALUES ('rebuild:runs:seen', ?)", (signs,)),
+    )
+    _mark(path, f"{RunViews.version}:stale")
+    with SyncOrchestrator.open(url) as orch:
+        assert {run.id for run in orch.read_flow_runs()} == {run.id for run in runs}
+
+
+def test_a_subflow_created_ahead_without_a_state_is_found_while_the_views_are_not_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+
+    @flow
+    def child() -> int:
+        return 2
+
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+
+        @flow
+        def parent() -> int:
+            me = current_flow_run()
+            assert me is not None
+            task = orch.create_task_run(
+                me.run.id, task_key=child.task_key, dynamic_key="0", state=states.Pending()
+            )
+            orch.create_flow_run("child", parent_task_run_id=task.id)  # created ahead, no state yet
+            _mark(path, f"{RunViews.version}:stale")
+            return child()
+
+        assert parent() == 2
+        _mark(path, str(RunViews.version))
+        (only,) = orch.read_flow_runs(flow_names=["child"])
+        assert only.state_type is states.StateType.COMPLETED
+
+
+def test_the_subflow_read_from_the_log_is_the_one_the_views_give(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    with SyncOrchestrator.open(url) as orch:
+        parent = orch.create_flow_run("parent", state=states.Pending(), then=[states.Running()])
+        task = orch.create_task_run(parent.id, task_key="child")
+        orch.create_flow_run("child", parent_task_run_id=task.id, state=states.Pending())
+        orch.create_flow_run("child", parent_task_run_id=task.id)
+        latest = orch.create_flow_run("child", parent_task_run_id=task.id, state=states.Scheduled())
+        expected = orch.find_subflow_run(task.id)
+        assert expected is not None
+        assert orch._subflow_in_log(task.id) == expected
+        assert expected.id == latest.id
+        assert orch._subflow_in_log(parent.id) is None
