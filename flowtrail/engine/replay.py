@@ -114,7 +114,12 @@ class ReplayOutcome(msgspec.Struct, frozen=True, omit_defaults=True):
 
 def replay_partition(task: ReplayTask) -> int:
     """Replay one partition of the log into ``task.out``; the number of events applied."""
-    source = sqlite3.connect(task.database, isolation_level=None, timeout=30.0)
+    # Read-only: a connection that can write may, closing, take itself for the log's last
+    # one and remove its write-ahead log from under the rebuilding process (seen when a
+    # helper failed at once: the rebuilding process's later commits were lost).
+    source = sqlite3.connect(
+        f"{Path(task.database).resolve().as_uri()}?mode=ro", isolation_level=None, timeout=30.0, uri=True
+    )
     out = sqlite3.connect(task.out, isolation_level=None)
     try:
         source.execute("PRAGMA query_only = ON")

@@ -129,6 +129,10 @@ class RunViewsRebuild:
             )
         yield from self._alive()
 
+    def _gone(self) -> Script[None]:
+        if self.token is not None:
+            yield Execute("DELETE FROM flowtrail_meta WHERE key IN (?, ?)", (self._key, f"{self._key}:seen"))
+
     def _alive(self) -> Script[None]:
         if self.signs is not None:
             yield Execute(_SET_REBUILD, (f"{self._key}:seen", self.signs()))
@@ -166,6 +170,7 @@ class RunViewsRebuild:
             for statement in self.projection.index_schema():
                 yield Execute(statement)
             yield from mark_current
+            yield from self._gone()
 
         return transaction(body())
 

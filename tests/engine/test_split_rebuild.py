@@ -280,6 +280,25 @@ def test_an_event_a_helper_cannot_decode_fails_the_rebuild_with_its_typed_error(
     assert sorted(p.name for p in tmp_path.iterdir() if "rebuild" in p.name) == []
 
 
+def test_a_write_after_a_helper_failed_is_kept_and_the_log_opens_again(tmp_path: Path) -> None:
+    path = tmp_path / "spoiled.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for _ in range(20):
+            orch.create_flow_run("etl", state=states.Pending())
+    _spoil_event(path)
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        with pytest.raises(MalformedEventError):
+            orch.rebuild(workers=2)
+        # The failed helper, closing, took itself for the log's last connection and
+        # removed its write-ahead log: this commit went to a file no longer there.
+        after = orch.create_flow_run("after")
+    with sqlite3.connect(path) as raw:
+        assert raw.execute(
+            "SELECT count(*) FROM events WHERE stream_id = ?", (str(after.id),)
+        ).fetchone() == (1,)
+    raw.close()
+
+
 def _is_stale(path: Path) -> bool:
     with sqlite3.connect(path) as raw:
         (marked,) = raw.execute("SELECT value FROM flowtrail_meta WHERE key = 'projection:runs'").fetchone()

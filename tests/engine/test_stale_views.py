@@ -401,6 +401,18 @@ def test_opening_a_log_whose_rebuild_died_rebuilds_its_views(tmp_path: Path, whe
         assert {run.id for run in orch.read_flow_runs()} == {run.id for run in runs}
 
 
+def test_a_rebuild_that_ended_leaves_no_sign_that_would_hold_back_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    url = f"sqlite:///{path}"
+    with SyncOrchestrator.open(url) as orch:
+        runs = [orch.create_flow_run("etl") for _ in range(3)]
+        orch.rebuild(workers=1)  # this process, still alive, rebuilt them last
+        _raw(path, ("DELETE FROM flow_runs", ()))
+        _mark(path, f"{RunViews.version}:stale")  # as an open of a newer view format leaves them
+        with SyncOrchestrator.open(url) as reopened:
+            assert {run.id for run in reopened.read_flow_runs()} == {run.id for run in runs}
+
+
 def test_a_subflow_created_ahead_without_a_state_is_found_while_the_views_are_not_whole(
     tmp_path: Path,
 ) -> None:
