@@ -272,7 +272,7 @@ class Context:
             else _stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
         )
         for attempt in range(self.max_attempts):
-            view = yield from self.load(target, fresh=attempt > 0, from_log=attempt > 0)
+            view = yield from self.load(target, from_log=attempt > 0)
             now = self.clock()
             proposal = Proposal(
                 state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
@@ -306,7 +306,7 @@ class Context:
         if not wanted:
             raise InvalidInputError("propose_in_turn needs at least one state")
         for attempt in range(self.max_attempts):
-            view = yield from self.load(target, fresh=attempt > 0, from_log=attempt > 0)
+            view = yield from self.load(target, from_log=attempt > 0)
             turn = _Turn()
             yield from self._in_turn(
                 view, [(s, False) for s in wanted], turn, fresh=attempt > 0, going_on=_retrying
@@ -359,7 +359,7 @@ class Context:
         flow = None
         expect: dict[str, int] = {}
         if view.kind is RunKind.TASK and view.flow_run_id is not None and not proposal.force:
-            enclosing = yield from self.load(view.flow_run_id, fresh=fresh, from_log=fresh)
+            enclosing = yield from self.load(view.flow_run_id, from_log=fresh)
             flow = flow_run_facts(enclosing)
             # The decision read the flow run at this version: it must still be there at commit.
             expect[str(enclosing.id)] = enclosing.version
@@ -389,7 +389,7 @@ class Context:
         mirror = mirror_proposal(view, decision, proposal)
         if mirror is not None and view.parent_task_run_id is not None:
             if parent is None or parent.id != view.parent_task_run_id:
-                parent = yield from self.load(view.parent_task_run_id, fresh=fresh, from_log=fresh)
+                parent = yield from self.load(view.parent_task_run_id, from_log=fresh)
             copied = StateProposed(
                 run_id=parent.id, proposal=mirror, facts=Facts(), decision=decide(parent, mirror, Facts())
             )
@@ -556,7 +556,7 @@ class Context:
         self, run_id: UUID, make: Callable[[datetime], Event], kind: RunKind | None
     ) -> Script[RunView]:
         for attempt in range(self.max_attempts):
-            view = yield from self.load(run_id, fresh=attempt > 0, from_log=attempt > 0)
+            view = yield from self.load(run_id, from_log=attempt > 0)
             if kind is not None:
                 _of_kind(view, kind)
             event = make(self.clock())
