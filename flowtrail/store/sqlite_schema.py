@@ -214,13 +214,49 @@ def check_filesystem(path: Path, mountinfo: str | None = None) -> None:
 _MAGIC = b"SQLite format 3\x00"
 
 
+def held_by_this_process(path: Path) -> bool:
+    """Whether a descriptor of this process is open on the file at ``path`` (SQLite's,
+    most likely). Where this cannot be told, say so: the caller then leaves the file alone.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it, its
+    SQLite connections' included; another process closing its connection to the log then
+    takes itself for the last one and deletes the WAL that those connections still write
+    to. SQLite's own connections in one process share their descriptors' locks safely;
+    a plain ``open()`` and ``close()`` of the file does not.
+    """
+    if os.name == "nt":  # Windows' locks belong to the handle that took them
+        return False
+    try:
+        wanted = path.stat()
+    except OSError:
+        return False
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            descriptors = os.listdir(folder)
+        except OSError:
+            continue
+        for name in descriptors:
+            try:
+                seen = os.fstat(int(name))
+            except (OSError, ValueError):
+                continue
+            if seen.st_ino == wanted.st_ino and seen.st_dev == wanted.st_dev:
+                return True
+        return False
+    return True
+
+
 def check_file(path: Path) -> None:
-    """Refuse a file that is not a SQLite database, or one cut short (a cheap header check)."""
+    """Refuse a file that is not a SQLite database, or one cut short (a cheap header check).
+
+    A file this process already holds open is not read again here (see
+    ``held_by_this_process``): it was checked when first opened, and SQLite reports damage
+    found since."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return
-    if size == 0:
+    if size == 0 or held_by_this_process(path):
         return
     with path.open("rb") as file:
         header = file.read(100)

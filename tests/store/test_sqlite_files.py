@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,51 @@ def test_an_in_memory_log_works_with_both_drivers() -> None:
         return last
 
     assert asyncio.run(scenario()) == 2
+
+
+def _in_another_process(code: str) -> str:
+    """Run ``code`` in a fresh interpreter; what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def _streams_seen_elsewhere(db: Path) -> int:
+    return int(
+        _in_another_process(
+            f"import sqlite3; c = sqlite3.connect({str(db)!r}); "
+            "print(c.execute('SELECT count(DISTINCT stream_id) FROM events').fetchone()[0]); c.close()"
+        )
+    )
+
+
+@pytest.mark.parametrize("second", ["sync", "async"])
+def test_a_log_opened_twice_in_one_process_keeps_the_first_opens_locks(tmp_path: Path, second: str) -> None:
+    """A second open of a file this process holds must not read it through a descriptor of
+    its own: closing that descriptor drops every POSIX lock the process holds on the file,
+    and another process closing its connection then takes itself for the last, checkpoints
+    and deletes the WAL under the first open, whose next commits no one else sees."""
+    db = tmp_path / "twice.db"
+    with SyncSQLiteStore(db) as first:
+        stream, events = new_stream(1)
+        first.append(stream, events, 0)
+        if second == "sync":
+            SyncSQLiteStore(db).close()
+        else:
+            asyncio.run(_open_and_close_async(db))
+        _in_another_process(
+            f"import sqlite3; c = sqlite3.connect({str(db)!r}); c.execute('SELECT count(*) FROM sqlite_master').fetchall(); c.close()"
+        )
+        assert Path(f"{db}-wal").exists()
+        stream, events = new_stream(1)
+        first.append(stream, events, 0)
+        assert _streams_seen_elsewhere(db) == 2
+
+
+async def _open_and_close_async(db: Path) -> None:
+    store = await SQLiteStore.open_path(db)
+    await store.close()
 
 
 # --- URLs ----------------------------------------------------------------------------------------
