@@ -47,6 +47,7 @@ from flowtrail.engine.replay import MOST_WORKERS
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import MAX_LIMIT, FlowRunSort
 from flowtrail.store.schema import SCHEMA_VERSION
+from flowtrail.store.sqlite_schema import is_memory
 from flowtrail.store.urls import parse_url
 
 __all__ = ["main"]
@@ -407,10 +408,27 @@ def export(settings: Settings, run_id: str | None, everything: bool, output: str
     that `flowtrail verify --file` checks with no database."""
     if everything == (run_id is not None):
         raise UserError("Name one run to export, or pass --all for the whole log")
+    if output != "-":
+        _refuse_the_logs_own_files(settings.url, output)
     with opened(settings) as orchestrator, _written_whole(output) as out:
         count = orchestrator.export(out, run_id)
     if output != "-":
         click.echo(f"Exported {count} events to {output}.", err=True)
+
+
+def _refuse_the_logs_own_files(url: str, output: str) -> None:
+    """An export moved over the SQLite log (or its WAL, its index) would destroy it."""
+    target = parse_url(url)
+    if target.backend != "sqlite" or is_memory(target.target):
+        return
+    written = Path(os.path.realpath(output))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        own = Path(os.path.realpath(f"{target.target}{suffix}"))
+        if written == own or (written.exists() and own.exists() and os.path.samefile(written, own)):
+            raise UserError(
+                f"{output} is the log's own file: an export written there would destroy the log; "
+                "name another file"
+            )
 
 
 @contextmanager

@@ -370,6 +370,22 @@ def test_an_export_replaces_the_file_it_names_whole(db: Path, tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "earlier.jsonl"]
 
 
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_an_export_onto_the_log_itself_is_refused_and_leaves_the_log(db: Path, suffix: str) -> None:
+    files = {path: path.read_bytes() for path in db.parent.iterdir()}
+    target = Path(f"{db}{suffix}")
+    assert_user_error(flowtrail("export", "--all", "-o", str(target), database=db), "is the log")
+    assert {path: path.read_bytes() for path in db.parent.iterdir()} == files
+    assert flowtrail("verify", database=db).code == 0
+
+
+def test_an_export_onto_the_log_through_a_symbolic_link_is_refused(db: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(db)
+    assert_user_error(flowtrail("export", "--all", "-o", str(link), database=db), "is the log")
+    assert flowtrail("verify", database=db).code == 0
+
+
 def test_an_export_into_a_missing_folder_names_the_path_given(db: Path, tmp_path: Path) -> None:
     target = tmp_path / "no-such-folder" / "all.jsonl"
     assert_user_error(flowtrail("export", "--all", "-o", str(target), database=db), str(target))
