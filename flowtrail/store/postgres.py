@@ -261,6 +261,11 @@ class _Connection:
         if self._connection is not None:
             self._connection.close()
 
+    def left_behind(self) -> None:
+        # Never closed in the child: that would end the parent's session on the socket
+        # both share. psycopg ends a connection only in the process that opened it.
+        pass
+
 
 class SyncPostgresStore(SyncLogStore):
     """The PostgreSQL log with plain calls. Safe to share between threads."""
@@ -378,6 +383,9 @@ class _AsyncConnection:
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+    def left_behind(self) -> None:
+        pass  # see `_Connection.left_behind`
 
 
 class PostgresStore(AsyncLogStore):

@@ -176,6 +176,15 @@ class _Connection:
     def close(self) -> None:
         self._connection.close()
 
+    def left_behind(self) -> None:
+        # Closed in the child, so that SQLite's record of this process's locks on the
+        # file (copied by the fork, though the locks themselves are not) is dropped and
+        # a connection the child opens takes real ones. The parent held the store
+        # across the fork: no statement or transaction of it is under way here. The
+        # parent's connection keeps the file locked, so this close never checkpoints.
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.close()
+
 
 def _target(options: _Options) -> str:
     """What sqlite3.connect opens: the path, or for a read-only open its ``file:`` URI."""
@@ -228,6 +237,11 @@ class SyncSQLiteStore(_File, SyncLogStore):
     def open(cls, url: str, **options: Any) -> SyncSQLiteStore:
         """Open (creating if needed) the log at a ``sqlite:///`` URL."""
         return cls(_Options.from_url(url, options))
+
+    def _left_behind(self) -> None:
+        # An in-memory log is the child's own copy, with no file and no lock to share.
+        if self.path is not None:
+            super()._left_behind()
 
 
 # --- async -----------------------------------------------------------------------------------------
@@ -287,6 +301,12 @@ class _AsyncConnection:
 
     async def close(self) -> None:
         await self._connection.close()
+
+    def left_behind(self) -> None:
+        # Left as it is: aiosqlite's thread is not in the child, and it may have been
+        # inside SQLite when the parent forked (nothing holds an async store across a
+        # fork), so closing could wait forever on a lock of a thread that is not there.
+        pass
 
 
 class SQLiteStore(_File, AsyncLogStore):
