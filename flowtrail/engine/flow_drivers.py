@@ -17,6 +17,7 @@ import asyncio
 import atexit
 import builtins
 import inspect
+import os
 import signal
 import sys
 import threading
@@ -76,8 +77,17 @@ class _Defaults:
                 orchestrator.close()
             self.opened.clear()
 
+    def forget(self) -> None:
+        """In a forked child: the parent's orchestrators stay the parent's, untouched (a
+        SQLite connection must not be used across a fork, and a lock another thread held
+        at the fork is held in the child forever); the child opens its own."""
+        self.lock = threading.Lock()
+        self.opened = {}
+
 
 _defaults = _Defaults()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_defaults.forget)
 
 
 def _twin_url(url: str) -> str:

@@ -18,6 +18,10 @@ _lock = threading.Lock()
 _last = [0, 0]  # the last (milliseconds, counter) handed out
 
 
+if hasattr(os, "register_at_fork"):  # another thread of the parent may have held it
+    os.register_at_fork(after_in_child=_lock._at_fork_reinit)  # type: ignore[attr-defined]
+
+
 def new_run_id() -> UUID:
     """A new UUIDv7: 48 bits of Unix milliseconds, a 12-bit counter, 62 random bits.
 

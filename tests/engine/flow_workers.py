@@ -10,15 +10,23 @@ python -m tests.engine.flow_workers parent URL [RUN_ID]
 python -m tests.engine.flow_workers pipeline URL SEED COUNT
     Run COUNT parent flows, each with three subflows (one failing once and retried,
     one failing for good), then print "done".
+python -m tests.engine.flow_workers forks URL COUNT
+    Run flows outside any orchestrator block (the process keeps one open), one thread
+    running them without pause while the main thread forks COUNT children, one after
+    another, that run a flow each; print each child's exit status.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from flowtrail import SyncOrchestrator, flow
 from flowtrail.core import FlowTimeoutError
@@ -110,6 +118,44 @@ def pipelines(url: str, seed: int, count: int) -> None:
     print("done", flush=True)
 
 
+@flow(name="forked")
+def forked(index: int) -> int:
+    return index
+
+
+def forks(url: str, count: int) -> None:
+    # structlog's default printer takes a lock of its own for each line, which a fork
+    # while another thread prints copies held; this is about the log, so lines are dropped.
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    os.environ["FLOWTRAIL_DATABASE_URL"] = url
+    forked(-1)
+    stop = threading.Event()
+
+    def keep_running() -> None:
+        index = 0
+        while not stop.is_set():
+            forked(index)
+            index += 1
+
+    runner = threading.Thread(target=keep_running)
+    runner.start()
+    try:
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # the child: a flow of its own, or a status saying why not
+                signal.alarm(10)
+                try:
+                    forked(1_000_000 + index)
+                except BaseException:
+                    os._exit(3)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), flush=True)
+    finally:
+        stop.set()
+        runner.join()
+
+
 def main(argv: list[str]) -> None:
     command, url, *rest = argv
     if command == "sleeper":
@@ -118,6 +164,8 @@ def main(argv: list[str]) -> None:
         timed_out(url)
     elif command == "parent":
         parent_run(url, rest[0] if rest else None)
+    elif command == "forks":
+        forks(url, int(rest[0]))
     elif command == "pipeline":
         pipelines(url, int(rest[0]), int(rest[1]))
     else:

@@ -143,3 +143,23 @@ def test_eight_processes_running_flows_on_one_log_leave_a_sound_log(databases: D
         orch.rebuild()
         assert orch.read_flow_runs(limit=None) == runs
         assert [t for run in runs for t in orch.read_task_runs(run.id)] == tasks
+
+
+def test_a_child_forked_while_another_thread_runs_flows_runs_flows_of_its_own(tmp_path: Path) -> None:
+    """The parent's open log is the parent's: SQLite connections must not cross a fork, and
+    a lock another thread held at the fork stays held in the child forever."""
+    url = f"sqlite:///{tmp_path / 'forks.db'}"
+    worker = _start("forks", url, "10")
+    code, output = _finish(worker)
+    assert code == 0, output
+    statuses = [line for line in output.splitlines() if line.lstrip("-").isdigit()]
+    assert statuses == ["0"] * 10, output
+    with SyncOrchestrator.open(url) as orch:
+        children = [
+            run
+            for run in orch.read_flow_runs(flow_names=["forked"], limit=None)
+            if run.parameters["index"] >= 1_000_000
+        ]
+        assert len(children) == 10
+        assert all(run.state.type is StateType.COMPLETED for run in children)
+        assert orch.verify().ok
