@@ -13,18 +13,17 @@ group, each append still checked on its own.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Append, Effect, Fetch, Join, OnWriter, Script
-from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError, StoreError
+from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Dialect, Projection
+from flowtrail.store import forks
 from flowtrail.store.api import (
     DEFAULT_MAX_EVENT_BYTES,
     AppendResult,
@@ -64,9 +63,11 @@ class Connection(Protocol):
 
     def close(self) -> None: ...
 
-    def left_behind(self) -> None:
-        """In a process forked from the one that opened it: let go of what is this
-        process's copy of the parent's (never raises, never touches what the parent uses)."""
+    def left_behind(self, idle: bool) -> None:
+        """In a process forked from the one that opened it, from the fork handler: let go
+        of this process's copy of the parent's connection, without a call into the driver
+        (see `flowtrail.store.forks`). ``idle``: no call or transaction of it was under
+        way at the fork."""
         ...
 
 
@@ -83,92 +84,9 @@ class AsyncConnection(Protocol):
 
     async def close(self) -> None: ...
 
-    def left_behind(self) -> None:
+    def left_behind(self, idle: bool) -> None:
         """See `Connection.left_behind` (called from a fork handler: not awaited)."""
         ...
-
-
-# --- across a fork ---------------------------------------------------------------------------------
-
-_FORKED = (
-    "this log was opened before the process forked, and a connection cannot cross a fork: "
-    "open the log again in this process"
-)
-
-
-class _Forked:
-    """What a connection opened by the parent process is in a forked child."""
-
-    def execute(self, effect: Effect) -> Any:
-        raise StoreError(_FORKED)
-
-    def abandon(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def left_behind(self) -> None:
-        pass
-
-
-class _AsyncForked:
-    """`_Forked`, awaited."""
-
-    async def run(self, script: Script[T], translate: Translate) -> T:
-        raise StoreError(_FORKED)
-
-    async def execute(self, effect: Effect) -> Any:
-        raise StoreError(_FORKED)
-
-    async def abandon(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def left_behind(self) -> None:
-        pass
-
-
-#: Stores open in this process. A sync store is held across a fork (no thread of this
-#: process is inside one of its connections while it forks); in the child, every store
-#: lets go of its connections, which stay the parent's, and refuses to be used.
-_OPEN_SYNC: weakref.WeakSet[SyncLogStore] = weakref.WeakSet()
-_OPEN_ASYNC: weakref.WeakSet[AsyncLogStore] = weakref.WeakSet()
-_HELD: list[SyncLogStore] = []
-
-
-def _before_fork() -> None:
-    _HELD[:] = list(_OPEN_SYNC)
-    for store in _HELD:
-        store._write_lock.acquire()
-        store._read_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for store in _HELD:
-        store._read_lock.release()
-        store._write_lock.release()
-    _HELD.clear()
-
-
-def _after_fork_in_child() -> None:
-    for store in _HELD:
-        store._read_lock.release()
-        store._write_lock.release()
-        store._left_behind()
-    _HELD.clear()
-    _OPEN_SYNC.clear()
-    for async_store in list(_OPEN_ASYNC):
-        async_store._left_behind()
-    _OPEN_ASYNC.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-    )
 
 
 class StoreOptions:
@@ -225,6 +143,8 @@ class _Backend:
     dialect: Dialect
     sql: LogSql
     stale_projections: list[str]
+    #: True in a forked child for a store its parent opened: every call is refused.
+    forked: bool = False
 
     _options: StoreOptions
 
@@ -271,10 +191,10 @@ class SyncLogStore(_Backend):
         self._reader = writer if reader is None else reader
         self._translate = translate
         self._write_lock = threading.RLock()
-        # Reentrant too: a thread forking while it holds one takes it again (`_before_fork`).
+        # Reentrant too: a thread forking while it holds one takes it again (`forks`).
         self._read_lock = self._write_lock if reader is None else threading.RLock()
         self.stale_projections = []
-        _OPEN_SYNC.add(self)
+        forks.register(self, held=True)
 
     def run(self, script: Script[T], *, write: bool = False) -> T:
         """Run a script on the writer (``write=True``) or the reader connection."""
@@ -357,17 +277,19 @@ class SyncLogStore(_Backend):
 
     def close(self) -> None:
         with self._write_lock:
-            _OPEN_SYNC.discard(self)
+            forks.unregister(self)
             self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
 
-    def _left_behind(self) -> None:
-        """In a forked child (see `_after_fork_in_child`)."""
-        self._writer.left_behind()
+    def _left_behind(self, idle: bool) -> bool:
+        """In a forked child (see `flowtrail.store.forks`): refuse every call from now on."""
+        self._writer.left_behind(idle)
         if self._reader is not self._writer:
-            self._reader.left_behind()
-        self._writer = self._reader = _Forked()
+            self._reader.left_behind(idle)
+        self._writer = self._reader = forks.Forked()
+        self.forked = True
+        return False
 
     def __enter__(self) -> Self:
         return self
@@ -403,7 +325,7 @@ class AsyncLogStore(_Backend):
         self._write_lock = asyncio.Lock()
         self._read_lock = self._write_lock if reader is None else asyncio.Lock()
         self.stale_projections = []
-        _OPEN_ASYNC.add(self)
+        forks.register(self, held=False)
         #: Transactions committed for appends, and appends committed: their ratio is
         #: the size of the average group.
         self.commit_groups = 0
@@ -525,19 +447,21 @@ class AsyncLogStore(_Backend):
         return await self.run(stream_version_script(self.sql, check_stream_id(stream_id)))
 
     async def close(self) -> None:
-        _OPEN_ASYNC.discard(self)
+        forks.unregister(self)
         if self._committer is not None:
             await asyncio.gather(self._committer, return_exceptions=True)
         await self._writer.close()
         if self._reader is not self._writer:
             await self._reader.close()
 
-    def _left_behind(self) -> None:
-        """In a forked child (see `_after_fork_in_child`)."""
-        self._writer.left_behind()
+    def _left_behind(self, idle: bool) -> bool:
+        """In a forked child (see `flowtrail.store.forks`): refuse every call from now on."""
+        self._writer.left_behind(False)
         if self._reader is not self._writer:
-            self._reader.left_behind()
-        self._writer = self._reader = _AsyncForked()
+            self._reader.left_behind(False)
+        self._writer = self._reader = forks.AsyncForked()
+        self.forked = True
+        return False
 
     async def __aenter__(self) -> Self:
         return self

@@ -198,6 +198,18 @@ def _one(connection: psycopg.Connection[Any], statement: _Statement, fetch: bool
     return cursor.fetchall() if fetch else None
 
 
+#: In a forked child, the parent's connections (see `flowtrail.store.forks`), kept
+#: referenced for the child's life: never closed there, which would end the parent's
+#: session on the socket both share, nor collected, which warns that they were left
+#: open (psycopg ends a connection only in the process that opened it).
+_left: list[object] = []
+
+
+def _keep(connection: object) -> None:
+    if connection is not None:
+        _left.append(connection)
+
+
 class _Connection:
     """A psycopg connection carrying out SQL effects, connecting again after a loss."""
 
@@ -261,10 +273,8 @@ class _Connection:
         if self._connection is not None:
             self._connection.close()
 
-    def left_behind(self) -> None:
-        # Never closed in the child: that would end the parent's session on the socket
-        # both share. psycopg ends a connection only in the process that opened it.
-        pass
+    def left_behind(self, idle: bool) -> None:
+        _keep(self._connection)
 
 
 class SyncPostgresStore(SyncLogStore):
@@ -384,8 +394,8 @@ class _AsyncConnection:
         if self._connection is not None:
             await self._connection.close()
 
-    def left_behind(self) -> None:
-        pass  # see `_Connection.left_behind`
+    def left_behind(self, idle: bool) -> None:
+        _keep(self._connection)
 
 
 class PostgresStore(AsyncLogStore):

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import uuid4
 
 import aiosqlite
 
 from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback, Script
-from flowtrail.core.errors import InvalidInputError, InvalidUrlError, LogNotFoundError
+from flowtrail.core.errors import InvalidInputError, InvalidUrlError, LogNotFoundError, StoreError
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store.api import DEFAULT_MAX_EVENT_BYTES
 from flowtrail.store.base import MAX_GROUP, AsyncLogStore, StoreOptions, SyncLogStore
@@ -90,6 +91,7 @@ class _Options(StoreOptions):
             raise InvalidInputError("an in-memory log cannot be opened read-only")
         if not self.memory:
             file = Path(self.path)
+            _release_inherited(file)
             if not self.create and not file.exists():
                 raise LogNotFoundError(f"there is no flowtrail log at {file}")
             if self.read_only:
@@ -122,14 +124,71 @@ def _wrong_effect(effect: Effect) -> BaseException:
     return InvalidInputError(f"run() carries SQL effects; {type(effect).__name__} needs perform()")
 
 
+# --- across a fork ---------------------------------------------------------------------------------
+
+
+class _Inherited(NamedTuple):
+    """A connection of the parent's, in a forked child (see `flowtrail.store.forks`)."""
+
+    #: Kept referenced for the child's life: collected, it would be closed.
+    connection: object
+    #: The same, if it may be closed once the child uses SQLite itself; else None.
+    closable: sqlite3.Connection | None
+    #: The file it is open on (device, inode); None in memory.
+    file: tuple[int, int] | None
+
+
+_inherited: list[_Inherited] = []
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _release_inherited(file: Path) -> None:
+    """In a forked child, before a SQLite file is opened: close the parent's idle
+    connections, and refuse a file the parent was using in a way the child cannot undo.
+
+    SQLite keeps, per process, a record of the locks its connections hold on each file,
+    and a new connection to a file already recorded takes no lock of its own. A fork
+    copies that record but not the locks, which stay the parent's: a connection the
+    child opened beside a copy held none, so once the parent closed, another process
+    took itself for the file's last user and deleted the write-ahead log the child
+    still wrote to. Closing the copies drops the record. This is the child's first use
+    of SQLite: had another thread of the parent held one of SQLite's own mutexes at the
+    fork, this open would wait on it anyway. A copy that was not idle (an async one,
+    or one inside a transaction of the forking thread's) cannot be closed (a rollback
+    would undo pages the parent has written), so its file cannot be opened again here.
+    """
+    if not _inherited:
+        return
+    for item in [item for item in _inherited if item.closable is not None]:
+        with contextlib.suppress(sqlite3.Error):
+            item.closable.close()  # type: ignore[union-attr]
+        _inherited.remove(item)
+    identity = _identity(str(file))
+    if identity is not None and any(item.file == identity for item in _inherited):
+        raise StoreError(
+            f"this process was forked while the process before it used the log at {file} "
+            "asynchronously or in the middle of a transaction, and SQLite's locks on a file cannot be "
+            "handed over a fork: open it in a process started with the 'spawn' method"
+        )
+
+
 # --- sync ------------------------------------------------------------------------------------------
 
 
 class _Connection:
     """A sqlite3 connection carrying out SQL effects."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, file: tuple[int, int] | None = None) -> None:
         self._connection = connection
+        #: The file it is open on (see `left_behind`).
+        self._file = file
 
     @classmethod
     def connect(cls, options: _Options) -> _Connection:
@@ -144,7 +203,7 @@ class _Connection:
             _configure(connection, options)
         except sqlite3.Error as exc:
             raise translate(exc) from exc
-        return cls(connection)
+        return cls(connection, None if options.memory else _identity(options.path))
 
     def execute(self, effect: Effect) -> Any:
         connection = self._connection
@@ -176,14 +235,15 @@ class _Connection:
     def close(self) -> None:
         self._connection.close()
 
-    def left_behind(self) -> None:
-        # Closed in the child, so that SQLite's record of this process's locks on the
-        # file (copied by the fork, though the locks themselves are not) is dropped and
-        # a connection the child opens takes real ones. The parent held the store
-        # across the fork: no statement or transaction of it is under way here. The
-        # parent's connection keeps the file locked, so this close never checkpoints.
-        with contextlib.suppress(sqlite3.Error):
-            self._connection.close()
+    def left_behind(self, idle: bool) -> None:
+        # Closed later, when the child opens a SQLite file (`_release_inherited`), if
+        # idle: no statement of it was running at the fork (the fork held the store), and
+        # no transaction is open (reading this makes no call that takes a lock).
+        try:
+            closable = idle and not self._connection.in_transaction
+        except sqlite3.ProgrammingError:  # closed by the parent while the fork waited
+            return
+        _inherited.append(_Inherited(self._connection, self._connection if closable else None, self._file))
 
 
 def _target(options: _Options) -> str:
@@ -238,10 +298,9 @@ class SyncSQLiteStore(_File, SyncLogStore):
         """Open (creating if needed) the log at a ``sqlite:///`` URL."""
         return cls(_Options.from_url(url, options))
 
-    def _left_behind(self) -> None:
+    def _left_behind(self, idle: bool) -> bool:
         # An in-memory log is the child's own copy, with no file and no lock to share.
-        if self.path is not None:
-            super()._left_behind()
+        return self.path is None or super()._left_behind(idle)
 
 
 # --- async -----------------------------------------------------------------------------------------
@@ -267,8 +326,9 @@ class _AsyncConnection:
     they still are.
     """
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(self, connection: aiosqlite.Connection, file: tuple[int, int] | None = None) -> None:
         self._connection = connection
+        self._file = file
         # Used on aiosqlite's thread only.
         self._effects = _Connection(connection._conn)
 
@@ -284,7 +344,7 @@ class _AsyncConnection:
             if connection is not None:
                 await connection.close()
             raise translate(exc) from exc
-        return cls(connection)
+        return cls(connection, None if options.memory else _identity(options.path))
 
     async def run(self, script: Script[T], translate: Translate) -> T:
         """Run the whole script on aiosqlite's thread: one hand-off however many effects."""
@@ -302,11 +362,12 @@ class _AsyncConnection:
     async def close(self) -> None:
         await self._connection.close()
 
-    def left_behind(self) -> None:
-        # Left as it is: aiosqlite's thread is not in the child, and it may have been
-        # inside SQLite when the parent forked (nothing holds an async store across a
-        # fork), so closing could wait forever on a lock of a thread that is not there.
-        pass
+    def left_behind(self, idle: bool) -> None:
+        # Never closed: aiosqlite's thread, which is not in the child, may have been
+        # inside SQLite at the fork (nothing holds an async store across one), so a close
+        # could wait forever on a lock of a thread that is not there.
+        if getattr(self._connection, "_connection", None) is not None:  # else closed
+            _inherited.append(_Inherited(self._connection, None, self._file))
 
 
 class SQLiteStore(_File, AsyncLogStore):

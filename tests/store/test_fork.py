@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowtrail.core import StoreError
+from flowtrail.core.effects import Execute, Script
+from flowtrail.core.projection import Dialect
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
+from tests.conftest import open_databases
 from tests.store.builders import new_stream
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="this system has no fork()")
@@ -31,6 +41,37 @@ def _in_a_child(body: Callable[[], int]) -> int:
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _reaped(pid: int, within: float = 10.0) -> int | None:
+    """A child's exit status, or None if it had not ended ``within`` seconds (then killed)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@contextlib.contextmanager
+def _meanwhile(work: Callable[[], object]) -> Iterator[None]:
+    """Run ``work`` over and over on another thread while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            work()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _refused(call: Callable[[], object]) -> int:
@@ -138,3 +179,189 @@ def test_a_child_that_opens_the_log_again_holds_it_after_the_parent_has_closed_i
     assert os.waitstatus_to_exitcode(status) == 0
     with SyncSQLiteStore(path) as again:
         assert again.last_position() == 2
+
+
+def test_a_child_that_never_uses_a_log_is_not_held_up_by_another_threads_use_of_sqlite(
+    tmp_path: Path,
+) -> None:
+    """A thread inside SQLite at the fork leaves one of SQLite's mutexes held in the child
+    for good: the fork handlers make no call into SQLite, so a child that does not use it
+    never waits on one."""
+
+    def other_sqlite_work() -> None:
+        connection = sqlite3.connect(":memory:")
+        connection.execute("SELECT 1").fetchall()
+        connection.close()
+
+    hung = 0
+    with SyncSQLiteStore(tmp_path / "log.db"), _meanwhile(other_sqlite_work):
+        for _ in range(100):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            hung += _reaped(pid, within=5.0) is None
+    assert hung == 0
+
+
+class _Spilling:
+    """A projection whose rows outgrow SQLite's page cache within the append's
+    transaction (so pages reach the WAL before the commit), and that forks midway."""
+
+    name, version, tables = "spilling", 1, ("spilled",)
+
+    def schema(self, dialect: Dialect) -> Sequence[str]:
+        return ["CREATE TABLE IF NOT EXISTS spilled (n INTEGER PRIMARY KEY, b BLOB)"]
+
+    def apply(self, records: Sequence[Any], events: Sequence[Any], known: Any = None) -> Script[None]:
+        yield Execute(
+            "INSERT INTO spilled (b) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS "
+            "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) SELECT x FROM c)"
+        )
+        pid = os.fork()  # say, a helper started from inside the projection
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        yield Execute("INSERT INTO spilled (b) VALUES (zeroblob(10))")
+
+
+def test_a_fork_inside_a_write_transaction_leaves_the_log_whole(tmp_path: Path) -> None:
+    """The child's copy of a connection in a transaction is never closed: its rollback
+    would undo, in the WAL index both processes share, pages the parent has written."""
+    path = tmp_path / "log.db"
+    with SyncSQLiteStore(path, projections=[_Spilling()]) as store:
+        stream, events = new_stream(1)
+        store.append(stream, events, 0)
+        assert store.last_position() == 1
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert connection.execute("SELECT count(*) FROM spilled").fetchone() == (20001,)
+    finally:
+        connection.close()
+
+
+def test_two_threads_forking_at_once_leave_every_store_usable(tmp_path: Path) -> None:
+    with SyncSQLiteStore(tmp_path / "a.db") as a, SyncSQLiteStore(tmp_path / "b.db") as b:
+
+        def forks() -> None:
+            for _ in range(100):
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
+
+        with _meanwhile(b.last_position):
+            forkers = [threading.Thread(target=forks) for _ in range(2)]
+            for forker in forkers:
+                forker.start()
+            for forker in forkers:
+                forker.join(60)
+            assert not any(forker.is_alive() for forker in forkers)
+        for store in (a, b):
+            assert store._write_lock.acquire(timeout=5)
+            store._write_lock.release()
+            assert store._read_lock.acquire(timeout=5)
+            store._read_lock.release()
+        assert a.last_position() == b.last_position() == 0
+
+
+def test_stores_opened_and_closed_while_a_process_forks_are_never_used_by_a_child(tmp_path: Path) -> None:
+    held = SyncSQLiteStore(tmp_path / "log.db")
+    used = 0
+    try:
+        with _meanwhile(lambda: SyncSQLiteStore(":memory:").close()):
+            for _ in range(200):
+                used += _in_a_child(lambda: _refused(held.last_position)) != 0
+    finally:
+        held.close()
+    assert used == 0
+
+
+def test_an_interrupt_while_a_fork_waits_for_a_store_still_holds_it_across_the_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython reports a fork handler's exception and forks on: the interrupt must not
+    leave the store unheld (the child using the parent's connection) or its lock taken."""
+    reported: list[type[BaseException]] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_type))
+    with SyncSQLiteStore(tmp_path / "log.db") as store:
+        busy = threading.Thread(target=lambda: _held_for(store, 1.0))
+        busy.start()
+        time.sleep(0.1)
+        interrupt = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGINT))
+        interrupt.start()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_refused(store.last_position))
+        assert _reaped(pid) == 0
+        busy.join()
+        interrupt.join()
+        assert store.last_position() == 0
+        assert store._write_lock.acquire(timeout=5)
+        store._write_lock.release()
+    assert reported == [KeyboardInterrupt]
+
+
+def _held_for(store: SyncSQLiteStore, seconds: float) -> None:
+    with store._write_lock:
+        time.sleep(seconds)
+
+
+def test_a_child_refuses_to_open_a_file_its_parent_had_open_asynchronously(tmp_path: Path) -> None:
+    """aiosqlite's thread may have been inside SQLite at the fork, so the child cannot
+    close its copy of that connection, nor take real locks on the file beside it."""
+    path = tmp_path / "log.db"
+
+    async def scenario() -> int:
+        store = await SQLiteStore.open_path(path)
+        try:
+
+            def child() -> int:
+                try:
+                    SyncSQLiteStore(path)
+                except StoreError as exc:
+                    return 0 if "'spawn'" in str(exc) else 2
+                return 1
+
+            return _in_a_child(child)
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_an_in_memory_log_is_held_across_each_fork_of_a_forked_child() -> None:
+    with SyncSQLiteStore(":memory:") as store:
+
+        def child() -> int:
+            return _in_a_child(lambda: 0 if store.last_position() == 0 else 1)
+
+        assert _in_a_child(child) == 0
+
+
+@pytest.mark.postgres
+def test_a_child_leaves_the_parents_postgresql_session_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither closed in the child (that would end the session both share) nor collected
+    there (psycopg warns that it was left open)."""
+    from flowtrail.store.postgres import SyncPostgresStore
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    databases = open_databases("postgresql", tmp_path)
+    try:
+        with SyncPostgresStore.open(databases.url()) as store:
+
+            def child() -> int:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    gc.collect()
+                return 3 if unraisable else _refused(store.last_position)
+
+            assert _in_a_child(child) == 0
+            stream, events = new_stream(1)
+            store.append(stream, events, 0)
+            assert store.last_position() == 1
+    finally:
+        databases.cleanup()
