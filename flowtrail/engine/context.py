@@ -7,12 +7,19 @@ else the URL in ``FLOWTRAIL_DATABASE_URL``; else ``sqlite:///~/.flowtrail/flowtr
 A sync flow writes through a `SyncOrchestrator` and an async flow through an
 `Orchestrator`: when the enclosing block opened the other kind, a twin is opened on the
 same URL for the call.
+
+A process forked while a flow ran (a ``multiprocessing`` pool started in a flow) keeps
+its context: flows called there are subflows of that flow run, written through an
+orchestrator the child opens on the same URL, with subflow keys of the child's own (the
+parent's count, copied into each child, would give two children's calls one key, and
+the second would take the first one's subflow for its own).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -78,15 +85,40 @@ class FlowRunContext:
     url: str
     orchestrator: Any
     #: Dynamic keys of the subflows called in this attempt: 0, 1, 2, ...
-    counter: Iterator[int] = field(default_factory=itertools.count)
+    counter: Iterator[int | str] = field(default_factory=itertools.count)
+    #: The process the flow runs in.
+    pid: int = field(default_factory=os.getpid)
 
 
 _current: ContextVar[FlowRunContext | None] = ContextVar("flowtrail_current_flow_run", default=None)
 
+#: In a forked child: the contexts it inherited, as this process uses them (by id).
+_adopted: dict[int, FlowRunContext] = {}
+
 
 def current_flow_run() -> FlowRunContext | None:
-    """The flow run whose function is running here, if any."""
-    return _current.get()
+    """The flow run whose function is running here, if any (in a forked child, the one
+    running in the process it was forked from: see the module's docs)."""
+    context = _current.get()
+    if context is None or context.pid == os.getpid():
+        return context
+    adopted = _adopted.get(id(context))
+    if adopted is None:
+        # Keys no other process can make: each child is a new attempt at none of the
+        # parent's calls, and a restarted child finds nothing of an earlier one to reuse.
+        prefix = uuid.uuid4().hex
+        adopted = _adopted[id(context)] = FlowRunContext(
+            run=context.run,
+            url=context.url,
+            orchestrator=context.orchestrator,
+            counter=(f"{prefix}-{number}" for number in itertools.count()),
+            pid=context.pid,
+        )
+    return adopted
+
+
+if hasattr(os, "register_at_fork"):  # a grandchild adopts afresh
+    os.register_at_fork(after_in_child=_adopted.clear)
 
 
 @contextmanager

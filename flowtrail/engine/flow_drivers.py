@@ -31,7 +31,14 @@ from uuid import UUID
 
 from flowtrail.core.errors import InvalidUrlError
 from flowtrail.engine.checks import run_id_of
-from flowtrail.engine.context import FlowRunContext, current_flow_run, default_url, enclosing, running
+from flowtrail.engine.context import (
+    Enclosing,
+    FlowRunContext,
+    current_flow_run,
+    default_url,
+    enclosing,
+    running,
+)
 from flowtrail.engine.flow_engine import (
     Call,
     EngineScript,
@@ -99,18 +106,35 @@ def _twin_url(url: str) -> str:
     return url
 
 
+def _forked(orchestrator: SyncOrchestrator | Orchestrator | None) -> bool:
+    """Whether ``orchestrator`` is one a forked child inherited: its log refuses every
+    call, and the child opens its own on the same URL."""
+    return orchestrator is not None and orchestrator.store.forked
+
+
+def _inherited(parent: FlowRunContext | None, around: Enclosing | None) -> bool:
+    """Whether the orchestrator a flow here would use is one its process inherited."""
+    if parent is not None:
+        return _forked(parent.orchestrator)
+    return around is not None and (_forked(around.sync) or _forked(around.asynchronous))
+
+
 @contextmanager
 def _sync_orchestrator(parent: FlowRunContext | None) -> Iterator[tuple[SyncOrchestrator, str]]:
-    if parent is not None and isinstance(parent.orchestrator, SyncOrchestrator):
+    if (
+        parent is not None
+        and isinstance(parent.orchestrator, SyncOrchestrator)
+        and not _forked(parent.orchestrator)
+    ):
         yield parent.orchestrator, parent.url
         return
     around = enclosing()
-    if parent is None and around is not None and around.sync is not None:
+    if parent is None and around is not None and around.sync is not None and not _forked(around.sync):
         yield around.sync, around.url
         return
     url = parent.url if parent is not None else around.url if around is not None else None
-    if url is None:
-        url = default_url()
+    if url is None or _inherited(parent, around):
+        url = url or default_url()
         yield _defaults.get(url), url
         return
     with SyncOrchestrator.open(_twin_url(url), proposer="engine") as twin:
@@ -119,11 +143,20 @@ def _sync_orchestrator(parent: FlowRunContext | None) -> Iterator[tuple[SyncOrch
 
 @asynccontextmanager
 async def _async_orchestrator(parent: FlowRunContext | None) -> AsyncIterator[tuple[Orchestrator, str]]:
-    if parent is not None and isinstance(parent.orchestrator, Orchestrator):
+    if (
+        parent is not None
+        and isinstance(parent.orchestrator, Orchestrator)
+        and not _forked(parent.orchestrator)
+    ):
         yield parent.orchestrator, parent.url
         return
     around = enclosing()
-    if parent is None and around is not None and around.asynchronous is not None:
+    if (
+        parent is None
+        and around is not None
+        and around.asynchronous is not None
+        and not _forked(around.asynchronous)
+    ):
         yield around.asynchronous, around.url
         return
     url = parent.url if parent is not None else around.url if around is not None else default_url()

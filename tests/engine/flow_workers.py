@@ -14,10 +14,17 @@ python -m tests.engine.flow_workers forks URL COUNT
     Run flows outside any orchestrator block (the process keeps one open), one thread
     running them without pause while the main thread forks COUNT children, one after
     another, that run a flow each; print each child's exit status.
+python -m tests.engine.flow_workers fan-out URL
+    A flow, called outside any orchestrator block, that squares 1..4 in subflows
+    called by a pool of two forked processes; print the squares.
+python -m tests.engine.flow_workers in-block URL
+    In an orchestrator block, square 5 in a subflow-free flow called by a forked
+    process; print its exit status.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -156,6 +163,39 @@ def forks(url: str, count: int) -> None:
         runner.join()
 
 
+@flow(name="square")
+def square(number: int) -> int:
+    return number * number
+
+
+def _square_or_error(number: int) -> int | str:
+    try:
+        return square(number)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@flow(name="fan-out")
+def fan_out(numbers: list[int]) -> list[int | str]:
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return pool.map(_square_or_error, numbers)
+
+
+def fan_out_in_forks(url: str) -> None:
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    os.environ["FLOWTRAIL_DATABASE_URL"] = url
+    print(fan_out([1, 2, 3, 4]), flush=True)
+
+
+def forked_in_block(url: str) -> None:
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    with SyncOrchestrator.open(url):
+        child = multiprocessing.get_context("fork").Process(target=square, args=(5,))
+        child.start()
+        child.join(30)
+        print(child.exitcode, flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, url, *rest = argv
     if command == "sleeper":
@@ -166,6 +206,10 @@ def main(argv: list[str]) -> None:
         parent_run(url, rest[0] if rest else None)
     elif command == "forks":
         forks(url, int(rest[0]))
+    elif command == "fan-out":
+        fan_out_in_forks(url)
+    elif command == "in-block":
+        forked_in_block(url)
     elif command == "pipeline":
         pipelines(url, int(rest[0]), int(rest[1]))
     else:

@@ -163,3 +163,35 @@ def test_a_child_forked_while_another_thread_runs_flows_runs_flows_of_its_own(tm
         assert len(children) == 10
         assert all(run.state.type is StateType.COMPLETED for run in children)
         assert orch.verify().ok
+
+
+def test_flows_called_by_a_pool_forked_in_a_flow_are_its_subflows_each_with_a_task_run_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The children inherit the flow run's context, and with it its count of subflow
+    keys: two children counting from the same number would give their calls one parent
+    task run, and the second would return the first one's result as its own."""
+    url = f"sqlite:///{tmp_path / 'fan-out.db'}"
+    code, output = _finish(_start("fan-out", url))
+    assert code == 0, output
+    assert "[1, 4, 9, 16]" in output.splitlines(), output
+    with SyncOrchestrator.open(url) as orch:
+        parent = _only(orch, "fan-out")
+        squares = orch.read_flow_runs(flow_names=["square"], limit=None)
+        assert sorted(run.parameters["number"] for run in squares) == [1, 2, 3, 4]
+        task_runs = {task.id: task for task in orch.read_task_runs(parent.id)}
+        assert {run.parent_task_run_id for run in squares} == set(task_runs)
+        assert len(task_runs) == 4
+        assert all(run.state.type is StateType.COMPLETED for run in squares)
+        assert orch.verify().ok
+
+
+def test_a_flow_called_in_a_process_forked_in_an_orchestrator_block_writes_to_its_log(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'in-block.db'}"
+    code, output = _finish(_start("in-block", url))
+    assert code == 0, output
+    assert output.splitlines()[-1] == "0", output
+    with SyncOrchestrator.open(url) as orch:
+        run = _only(orch, "square")
+        assert run.parameters == {"number": 5}
+        assert run.state.type is StateType.COMPLETED
