@@ -277,17 +277,21 @@ class SyncLogStore(_Backend):
 
     def close(self) -> None:
         with self._write_lock:
-            forks.unregister(self)
+            # Forgotten by forks once closed: until then a fork waits for this lock, so
+            # that no child has a copy of a connection being closed.
             self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
+            forks.unregister(self)
 
     def _left_behind(self, idle: bool) -> bool:
-        """In a forked child (see `flowtrail.store.forks`): refuse every call from now on."""
+        """In a forked child (see `flowtrail.store.forks`): refuse every call from now on
+        (without waiting on a lock another thread of the parent held at the fork)."""
         self._writer.left_behind(idle)
         if self._reader is not self._writer:
             self._reader.left_behind(idle)
         self._writer = self._reader = forks.Forked()
+        self._write_lock = self._read_lock = threading.RLock()
         self.forked = True
         return False
 

@@ -9,38 +9,52 @@ What the handlers do, and why:
 
 - **Before the fork** they take every open sync store's locks, waiting for the calls
   under way in other threads to end, so that the child's copy of each connection is idle
-  (no statement running, no transaction but one the forking thread itself is in). One
-  fork at a time: a second thread forking meanwhile waits for the first. Opening and
-  closing a store take no lock of theirs (a thread closing one holds its lock, which a
-  fork may be waiting for): a store opened while a fork waits is not held across it,
-  and the child treats it as not idle.
+  (no statement running, no transaction but one the forking thread itself is in). A
+  call on one store may wait on another's lock (a projection reading a second log), in
+  an order the fork cannot know: a lock not free within `PATIENCE` makes the fork let
+  go of all it took and start again with that store first, and after `MOST_WAIT` it goes
+  on without the stores still busy, whose copies the child then treats as in use. Two
+  threads forking at once each keep their own account; two forking from inside calls
+  leave each other's store at once (`_pin`). Last, the fork waits
+  for the sync stores being opened (`changing`): a copy of a connection being made
+  could not be told apart from the parent's in use. (One being closed is closed under
+  its store's lock, and the store forgotten only then.)
 - **In the child** they make no driver call at all. Any other thread may have been
-  inside SQLite at the fork (a plain ``sqlite3`` user, aiosqlite's thread), leaving
-  one of SQLite's process-wide mutexes held in the child for good: a close there would
-  wait forever, even in a child that never touches a log. The parent's connections are
-  handed to their backend (`Connection.left_behind`), which keeps them referenced for the
-  child's life (collected, they would be closed) and, for SQLite, closes the idle ones
-  when the child first opens a SQLite log itself (see `flowtrail.store.sqlite`).
+  inside SQLite at the fork (a plain ``sqlite3`` user, aiosqlite's thread), leaving one
+  of SQLite's process-wide mutexes held in the child for good: a close there would wait
+  forever, even in a child that never touches a log. The stores only swap their
+  connections for ones that refuse every call; the backends keep the parent's
+  connections referenced for the child's life (collected, they would be closed) and
+  deal with them when the child opens a log itself (`flowtrail.store.sqlite_forks`).
 - **Async stores** cannot be held: aiosqlite's thread and psycopg's connections do
   not take the store's locks. Their copies are never touched in the child.
 
-A signal handler's exception (Ctrl-C) that interrupts the wait before a fork does not
-stop it: the handler goes on waiting, raises the exception once every lock is taken,
-and CPython prints it as it does any fork handler's and forks on, the stores held.
+A signal handler's exception (Ctrl-C) that lands in a handler does not stop it: the
+handler finishes its work and then raises the exception, which CPython reports as it
+does any fork handler's, and forks on.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import time
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from flowtrail.core.effects import Effect, Script
 from flowtrail.core.errors import StoreError
 from flowtrail.store.drivers import Translate
 
-__all__ = ["AsyncForked", "Forked", "register", "unregister"]
+__all__ = ["MOST_WAIT", "PATIENCE", "AsyncForked", "Forked", "changing", "in_child", "register", "unregister"]
+
+#: Seconds a fork waits for one store's lock before it lets go of the others and tries again.
+PATIENCE = 0.05
+#: Seconds a fork waits for the stores in all before it goes on without the busy ones.
+MOST_WAIT = 10.0
 
 _FORKED = (
     "this log was opened before the process forked, and a connection cannot cross a fork: "
@@ -93,8 +107,8 @@ class Held(Protocol):
     def _read_lock(self) -> Any: ...
 
     def _left_behind(self, idle: bool) -> bool:
-        """In the child: let go of the parent's connections (idle: no call or
-        transaction of theirs was under way at the fork); whether it is still usable."""
+        """In the child: let go of the parent's connections (idle: the fork held the
+        store, outside any call of the forking thread's); whether it is still usable."""
         ...
 
 
@@ -104,103 +118,236 @@ class Unheld(Protocol):
     def _left_behind(self, idle: bool) -> bool: ...
 
 
-class _Registry:
-    """The stores open in this process, and what the fork under way holds."""
+_order = itertools.count()
+#: The stores open in this process by id, each with the order in which forks take them.
+#: Plain dicts of weak references: copied whole in one step while other threads change
+#: them (a fork's view of a WeakKeyDictionary another thread iterates over can miss
+#: live stores), and a store dropped without being closed is skipped.
+_sync: dict[int, tuple[weakref.ref[Held], int]] = {}
+_unheld: dict[int, weakref.ref[Unheld]] = {}
+#: What to do in a child once the stores are left behind (the backends' part).
+_in_child: list[Callable[[], None]] = []
+#: Held while a sync store is opened, from its first connection until it is registered
+#: and ready (see `changing`); a fork takes it after the stores' locks.
+_gate = threading.RLock()
+#: The stores' locks each thread forking now held before its fork began (it forks from
+#: inside a call): no other fork can have them before that one is done (see `_pin`).
+_pinned: dict[int, int] = {}
+
+
+@contextmanager
+def changing() -> Iterator[None]:
+    """A sync store is being opened (from its first connection until it is registered
+    and ready), or a file looked at: a fork waits for the block to end."""
+    with _gate:
+        yield
+
+
+class _Account(threading.local):
+    """What the fork under way in this thread holds."""
 
     def __init__(self) -> None:
-        #: Lets one fork at a time through.
-        self.lock = threading.RLock()
-        self.sync: weakref.WeakSet[Held] = weakref.WeakSet()
-        self.unheld: weakref.WeakSet[Unheld] = weakref.WeakSet()
-        #: The stores' locks the fork under way took, each with its recursion count before.
+        #: Each lock this fork may have taken, with its recursion count before.
         self.taken: list[tuple[Any, int]] = []
-        #: Each held store, and whether it was idle (no call of the forking thread's own).
+        #: Each store held, and whether it was idle.
         self.stores: list[tuple[Held, bool]] = []
 
 
-_registry = _Registry()
+_account = _Account()
 
 
 def register(store: Held | Unheld, *, held: bool) -> None:
     """Note an opened store (``held``: a sync one, whose locks a fork takes)."""
     if held:
-        _registry.sync.add(store)  # type: ignore[arg-type]
+        _sync[id(store)] = (weakref.ref(store), next(_order))  # type: ignore[arg-type]
     else:
-        _registry.unheld.add(store)
+        _unheld[id(store)] = weakref.ref(store)
 
 
 def unregister(store: Held | Unheld) -> None:
-    _registry.sync.discard(store)  # type: ignore[arg-type]
-    _registry.unheld.discard(store)
+    for registry in (_sync, _unheld):
+        entry = registry.get(id(store))
+        if entry is not None and _alive(entry) is store:
+            registry.pop(id(store), None)
 
 
-def _snapshot(stores: weakref.WeakSet[Held]) -> list[Held]:
-    """The stores in the set, read while other threads may add or remove some."""
-    while True:
-        try:
-            return list(stores)
-        except RuntimeError:  # changed size meanwhile: read again
-            continue
+def _alive(entry: Any) -> Any:
+    """The store an entry of a registry refers to, or None once collected."""
+    return (entry[0] if isinstance(entry, tuple) else entry)()
 
 
-def _acquire(lock: Any, interrupted: list[BaseException]) -> int:
-    """Acquire an RLock, however long it takes; its recursion count before.
+def in_child(callback: Callable[[], None]) -> None:
+    """Call ``callback`` in every forked child, after the stores are left behind."""
+    _in_child.append(callback)
 
-    The count, not the acquire's return, says whether this thread holds it: a signal
-    handler's exception may land before or after the acquire (it is kept in
-    ``interrupted``).
-    """
+
+def _snapshot() -> list[Held]:
+    """The open sync stores in the order forks take them (a dict's copy is one step,
+    whatever other threads open or close meanwhile)."""
+    entries = sorted(_sync.copy().values(), key=lambda entry: entry[1])
+    return [store for store in (ref() for ref, _ in entries) if store is not None]
+
+
+def _pin(stores: list[Held]) -> None:
+    """Note the locks this thread holds as its fork begins (it forks from inside a call).
+    Two threads each forking from inside a call on a store the other's fork waits for
+    would wait until `MOST_WAIT`: each leaves the other's store at once, in use."""
+    me = threading.get_ident()
+    for store in stores:
+        for lock in (store._write_lock, store._read_lock):
+            if lock._recursion_count() > 0:
+                _pinned[id(lock)] = me
+
+
+def _unpin() -> None:
+    me = threading.get_ident()
+    for key, owner in list(_pinned.items()):
+        if owner == me:
+            _pinned.pop(key, None)
+
+
+def _pinned_elsewhere(lock: Any) -> bool:
+    """Whether ``lock`` is one that another fork holds from before, while this one holds
+    some too: each waiting for the other's would wait until `MOST_WAIT`. (A fork holding
+    none waits: the other lets go of it once its call ends.)"""
+    me = threading.get_ident()
+    owner = _pinned.get(id(lock))
+    return owner is not None and owner != me and me in _pinned.values()
+
+
+def _take(lock: Any, timeout: float, interrupted: list[BaseException]) -> int | None:
+    """Acquire an RLock within ``timeout`` seconds (0: only if free now): its recursion
+    count before, or None.
+
+    The lock is put to the account before it is acquired, and the count, not the
+    acquire's return, says whether this thread holds it: a signal handler's exception
+    may land anywhere (it is kept in ``interrupted``)."""
     before: int = lock._recursion_count()
+    _account.taken.append((lock, before))
+    end = time.monotonic() + timeout
     while lock._recursion_count() == before:
         try:
-            lock.acquire()
-        except BaseException as exc:
+            left = end - time.monotonic()
+            if left <= 0 or _pinned_elsewhere(lock):
+                lock.acquire(blocking=False)
+                return before if lock._recursion_count() > before else None
+            lock.acquire(timeout=min(left, PATIENCE / 5))
+        except Exception:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: a signal handler's
             interrupted.append(exc)
     return before
 
 
+def _hold(
+    stores: list[Held], timeout: float, interrupted: list[BaseException], *, skip: bool = False
+) -> Held | None:
+    """Take each store's locks in turn: the first store not taken in ``timeout``, or None
+    (with ``skip``, or a timeout of 0: leave the busy ones and go on)."""
+    for store in stores:
+        write = _take(store._write_lock, timeout, interrupted)
+        if write is None or store._read_lock is store._write_lock:
+            read = write  # one connection (in memory): one lock
+        else:
+            read = _take(store._read_lock, timeout, interrupted)
+        if write is not None and read is not None:
+            _account.stores.append((store, write == 0 and read == 0))
+        elif (
+            timeout > 0
+            and not skip
+            and not _pinned_elsewhere(store._write_lock if write is None else store._read_lock)
+        ):
+            return store
+    return None
+
+
+def _let_go(interrupted: list[BaseException]) -> None:
+    """Release what the account holds, newest first, however often interrupted."""
+    taken = _account.taken
+    while taken:
+        try:
+            lock, before = taken[-1]
+            while lock._recursion_count() > before:
+                lock.release()
+            taken.pop()
+        except Exception as exc:  # not a signal handler's: never to be tried again
+            interrupted.append(exc)
+            taken.pop()
+        except BaseException as exc:
+            interrupted.append(exc)
+
+
 def _before_fork() -> None:
     interrupted: list[BaseException] = []
-    # The bookkeeping below is this fork's alone once the lock is held: another thread
-    # forking meanwhile waits here, writing nothing.
-    _acquire(_registry.lock, interrupted)
-    taken: list[tuple[Any, int]] = []
-    stores: list[tuple[Held, bool]] = []
-    _registry.taken, _registry.stores = taken, stores
-    for store in _snapshot(_registry.sync):
-        write = _acquire(store._write_lock, interrupted)
-        taken.append((store._write_lock, write))
-        read = _acquire(store._read_lock, interrupted)
-        taken.append((store._read_lock, read))
-        stores.append((store, write == 0 and read == 0))
+    _account.taken, _account.stores = [], []
+    stores = _snapshot()
+    _pin(stores)
+    deadline = time.monotonic() + MOST_WAIT
+    while True:
+        busy = _hold(stores, PATIENCE, interrupted)
+        if busy is None and _take(_gate, PATIENCE, interrupted) is not None:
+            break
+        _let_go(interrupted)
+        _account.stores = []
+        if time.monotonic() >= deadline:
+            _hold(stores, 0, interrupted)
+            _take(_gate, 0, interrupted)
+            break
+        if busy is not None:
+            # Its holder may be waiting for one taken before it (a projection reading
+            # another log): taken first next time, it is free once that call ends.
+            stores.remove(busy)
+            stores.insert(0, busy)
+    # Stores opened meanwhile, ready now. A store busy beyond `PATIENCE` is left, in use.
+    _hold([store for store in _snapshot() if store not in stores], PATIENCE, interrupted, skip=True)
     if interrupted:
         raise interrupted[0]
 
 
-def _let_go() -> None:
-    """Release the stores' locks this fork took, newest first."""
-    for lock, before in reversed(_registry.taken):
-        while lock._recursion_count() > before:
-            lock.release()
-    _registry.taken, _registry.stores = [], []
-
-
 def _after_fork_in_parent() -> None:
-    _let_go()
-    _registry.lock.release()
+    interrupted: list[BaseException] = []
+    _done(interrupted, _unpin)
+    _let_go(interrupted)
+    _account.stores = []
+    if interrupted:
+        raise interrupted[0]
 
 
 def _after_fork_in_child() -> None:
-    registry = _registry
-    idle = {id(store): quiet for store, quiet in registry.stores}
-    _let_go()
-    # No other thread runs here: the sets can be read and replaced as they are.
-    usable = [store for store in list(registry.sync) if store._left_behind(idle.get(id(store), False))]
-    for unheld in list(registry.unheld):
-        unheld._left_behind(False)
-    registry.lock = threading.RLock()
-    registry.sync = weakref.WeakSet(usable)
-    registry.unheld = weakref.WeakSet()
+    interrupted: list[BaseException] = []
+    idle = {id(store): quiet for store, quiet in _account.stores}
+    _let_go(interrupted)
+    _account.stores = []
+    _gate._at_fork_reinit()  # type: ignore[attr-defined]  # another thread's, if the fork went on without it
+    _pinned.clear()
+    # No other thread runs here: the registry can be read and replaced as it is.
+    usable = [
+        store for store in _snapshot() if _done(interrupted, store._left_behind, idle.get(id(store), False))
+    ]
+    for unheld in [ref() for ref in _unheld.copy().values()]:
+        if unheld is not None:
+            _done(interrupted, unheld._left_behind, False)
+    for callback in _in_child:
+        _done(interrupted, callback)
+    _sync.clear()
+    _unheld.clear()
+    for store in usable:
+        register(store, held=True)
+    if interrupted:
+        raise interrupted[0]
+
+
+def _done(interrupted: list[BaseException], step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)`` (idempotent), called again until no signal handler's exception
+    cuts it short; None if it fails otherwise (kept in ``interrupted``)."""
+    while True:
+        try:
+            return step(*args)
+        except Exception as exc:
+            interrupted.append(exc)
+            return None
+        except BaseException as exc:
+            interrupted.append(exc)
 
 
 if hasattr(os, "register_at_fork"):

@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import aiosqlite
 
 from flowtrail.core.effects import Begin, Commit, Effect, Execute, ExecuteMany, Fetch, Rollback, Script
-from flowtrail.core.errors import InvalidInputError, InvalidUrlError, LogNotFoundError, StoreError
+from flowtrail.core.errors import InvalidInputError, InvalidUrlError, LogNotFoundError
 from flowtrail.core.projection import Dialect, Projection
+from flowtrail.store import forks
 from flowtrail.store.api import DEFAULT_MAX_EVENT_BYTES
 from flowtrail.store.base import MAX_GROUP, AsyncLogStore, StoreOptions, SyncLogStore
 from flowtrail.store.drivers import Translate, run_sync
 from flowtrail.store.scripts import LogSql
+from flowtrail.store.sqlite_forks import Tracked, opened, release_inherited, track, untrack
 from flowtrail.store.sqlite_schema import (
     SQL,
     check_access,
@@ -91,7 +92,7 @@ class _Options(StoreOptions):
             raise InvalidInputError("an in-memory log cannot be opened read-only")
         if not self.memory:
             file = Path(self.path)
-            _release_inherited(file)
+            release_inherited(file)
             if not self.create and not file.exists():
                 raise LogNotFoundError(f"there is no flowtrail log at {file}")
             if self.read_only:
@@ -124,74 +125,30 @@ def _wrong_effect(effect: Effect) -> BaseException:
     return InvalidInputError(f"run() carries SQL effects; {type(effect).__name__} needs perform()")
 
 
-# --- across a fork ---------------------------------------------------------------------------------
-
-
-class _Inherited(NamedTuple):
-    """A connection of the parent's, in a forked child (see `flowtrail.store.forks`)."""
-
-    #: Kept referenced for the child's life: collected, it would be closed.
-    connection: object
-    #: The same, if it may be closed once the child uses SQLite itself; else None.
-    closable: sqlite3.Connection | None
-    #: The file it is open on (device, inode); None in memory.
-    file: tuple[int, int] | None
-
-
-_inherited: list[_Inherited] = []
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return status.st_dev, status.st_ino
-
-
-def _release_inherited(file: Path) -> None:
-    """In a forked child, before a SQLite file is opened: close the parent's idle
-    connections, and refuse a file the parent was using in a way the child cannot undo.
-
-    SQLite keeps, per process, a record of the locks its connections hold on each file,
-    and a new connection to a file already recorded takes no lock of its own. A fork
-    copies that record but not the locks, which stay the parent's: a connection the
-    child opened beside a copy held none, so once the parent closed, another process
-    took itself for the file's last user and deleted the write-ahead log the child
-    still wrote to. Closing the copies drops the record. This is the child's first use
-    of SQLite: had another thread of the parent held one of SQLite's own mutexes at the
-    fork, this open would wait on it anyway. A copy that was not idle (an async one,
-    or one inside a transaction of the forking thread's) cannot be closed (a rollback
-    would undo pages the parent has written), so its file cannot be opened again here.
-    """
-    if not _inherited:
-        return
-    for item in [item for item in _inherited if item.closable is not None]:
-        with contextlib.suppress(sqlite3.Error):
-            item.closable.close()  # type: ignore[union-attr]
-        _inherited.remove(item)
-    identity = _identity(str(file))
-    if identity is not None and any(item.file == identity for item in _inherited):
-        raise StoreError(
-            f"this process was forked while the process before it used the log at {file} "
-            "asynchronously or in the middle of a transaction, and SQLite's locks on a file cannot be "
-            "handed over a fork: open it in a process started with the 'spawn' method"
-        )
-
-
 # --- sync ------------------------------------------------------------------------------------------
+
+
+def _not_opened(tracked: Tracked | None, exc: BaseException) -> None:
+    """A connection failed to open (and is closed): forget it, and raise a SQLite error
+    as flowtrail's."""
+    if tracked is not None:
+        untrack(tracked)
+    if isinstance(exc, sqlite3.Error):
+        raise translate(exc) from exc
 
 
 class _Connection:
     """A sqlite3 connection carrying out SQL effects."""
 
-    def __init__(self, connection: sqlite3.Connection, file: tuple[int, int] | None = None) -> None:
+    def __init__(self, connection: sqlite3.Connection, tracked: Tracked | None = None) -> None:
         self._connection = connection
-        #: The file it is open on (see `left_behind`).
-        self._file = file
+        #: Its place among the process's connections to files (None in memory).
+        self._tracked = tracked
 
     @classmethod
     def connect(cls, options: _Options) -> _Connection:
+        tracked = None if options.memory else track(options.path)
+        connection = None
         try:
             connection = sqlite3.connect(
                 _target(options),
@@ -201,9 +158,14 @@ class _Connection:
                 uri=options.read_only,
             )
             _configure(connection, options)
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
-        return cls(connection, None if options.memory else _identity(options.path))
+        except BaseException as exc:
+            if connection is not None:
+                connection.close()
+            _not_opened(tracked, exc)
+            raise
+        if tracked is not None:
+            opened(tracked, connection)
+        return cls(connection, tracked)
 
     def execute(self, effect: Effect) -> Any:
         connection = self._connection
@@ -233,17 +195,18 @@ class _Connection:
             self._connection.execute("ROLLBACK")
 
     def close(self) -> None:
+        tracked = self._tracked
+        if tracked is None:
+            self._connection.close()
+            return
+        tracked.closing = True
         self._connection.close()
+        untrack(tracked)
 
     def left_behind(self, idle: bool) -> None:
-        # Closed later, when the child opens a SQLite file (`_release_inherited`), if
-        # idle: no statement of it was running at the fork (the fork held the store), and
-        # no transaction is open (reading this makes no call that takes a lock).
-        try:
-            closable = idle and not self._connection.in_transaction
-        except sqlite3.ProgrammingError:  # closed by the parent while the fork waited
-            return
-        _inherited.append(_Inherited(self._connection, self._connection if closable else None, self._file))
+        # Closed when the child opens a SQLite file, if idle (see `sqlite_forks`).
+        if self._tracked is not None:
+            self._tracked.idle = idle
 
 
 def _target(options: _Options) -> str:
@@ -281,17 +244,28 @@ class SyncSQLiteStore(_File, SyncLogStore):
 
     def __init__(self, path: str | Path | _Options, **options: Any) -> None:
         opened = path if isinstance(path, _Options) else _Options(path, **options)
-        writer = _Connection.connect(opened)
-        # An in-memory database lives in its one connection, which reads as well.
-        reader = None if opened.memory else _Connection.connect(opened)
-        super().__init__(opened, writer, reader, translate=translate)
-        self.stale_projections = (
-            self.run(schema_check_script(opened.projections))
-            if opened.read_only
-            else self.run(
-                schema_script(opened.projections, log_id=str(uuid4()), create=opened.create), write=True
-            )
-        )
+        # A fork waits until the store is open and registered, or its connections closed.
+        with forks.changing():
+            writer = _Connection.connect(opened)
+            try:
+                # An in-memory database lives in its one connection, which reads as well.
+                reader = None if opened.memory else _Connection.connect(opened)
+            except BaseException:
+                writer.close()
+                raise
+            super().__init__(opened, writer, reader, translate=translate)
+            try:
+                self.stale_projections = (
+                    self.run(schema_check_script(opened.projections))
+                    if opened.read_only
+                    else self.run(
+                        schema_script(opened.projections, log_id=str(uuid4()), create=opened.create),
+                        write=True,
+                    )
+                )
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def open(cls, url: str, **options: Any) -> SyncSQLiteStore:
@@ -299,8 +273,9 @@ class SyncSQLiteStore(_File, SyncLogStore):
         return cls(_Options.from_url(url, options))
 
     def _left_behind(self, idle: bool) -> bool:
-        # An in-memory log is the child's own copy, with no file and no lock to share.
-        return self.path is None or super()._left_behind(idle)
+        # An in-memory log is the child's own copy, with no file and no lock to share,
+        # if no other thread was using it at the fork.
+        return (self.path is None and idle) or super()._left_behind(idle)
 
 
 # --- async -----------------------------------------------------------------------------------------
@@ -326,25 +301,31 @@ class _AsyncConnection:
     they still are.
     """
 
-    def __init__(self, connection: aiosqlite.Connection, file: tuple[int, int] | None = None) -> None:
+    def __init__(self, connection: aiosqlite.Connection, tracked: Tracked | None = None) -> None:
         self._connection = connection
-        self._file = file
+        #: Its place among the process's connections to files (None in memory): never
+        #: idle at a fork, so never closed in a child.
+        self._tracked = tracked
         # Used on aiosqlite's thread only.
         self._effects = _Connection(connection._conn)
 
     @classmethod
     async def connect(cls, options: _Options) -> _AsyncConnection:
+        tracked = None if options.memory else track(options.path)
         connection = None
         try:
             connection = await aiosqlite.connect(
                 _target(options), isolation_level=None, timeout=options.busy_timeout, uri=options.read_only
             )
             await _on_thread(connection, _configure, connection._conn, options)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if connection is not None:
                 await connection.close()
-            raise translate(exc) from exc
-        return cls(connection, None if options.memory else _identity(options.path))
+            _not_opened(tracked, exc)
+            raise
+        if tracked is not None:
+            opened(tracked, connection)
+        return cls(connection, tracked)
 
     async def run(self, script: Script[T], translate: Translate) -> T:
         """Run the whole script on aiosqlite's thread: one hand-off however many effects."""
@@ -360,14 +341,16 @@ class _AsyncConnection:
             await _on_thread(self._connection, self._effects.abandon)
 
     async def close(self) -> None:
+        if self._tracked is not None:
+            self._tracked.closing = True
         await self._connection.close()
+        if self._tracked is not None:
+            untrack(self._tracked)
 
     def left_behind(self, idle: bool) -> None:
-        # Never closed: aiosqlite's thread, which is not in the child, may have been
-        # inside SQLite at the fork (nothing holds an async store across one), so a close
-        # could wait forever on a lock of a thread that is not there.
-        if getattr(self._connection, "_connection", None) is not None:  # else closed
-            _inherited.append(_Inherited(self._connection, None, self._file))
+        # Never closed in the child: aiosqlite's thread, which is not there, may have been
+        # inside SQLite at the fork (nothing holds an async store across one).
+        pass
 
 
 class SQLiteStore(_File, AsyncLogStore):

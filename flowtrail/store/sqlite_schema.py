@@ -24,6 +24,7 @@ from flowtrail.core.errors import (
     UnsupportedFilesystemError,
 )
 from flowtrail.core.projection import Projection
+from flowtrail.store import forks
 from flowtrail.store.schema import (
     SCHEMA_VERSION,
     PortableLogSql,
@@ -34,6 +35,7 @@ from flowtrail.store.schema import (
 )
 from flowtrail.store.schema import schema_check_script as shared_schema_check_script
 from flowtrail.store.schema import schema_script as shared_schema_script
+from flowtrail.store.sqlite_forks import opened, track, untrack
 
 __all__ = [
     "MIGRATIONS",
@@ -291,14 +293,20 @@ def check_contents(path: Path, *, create: bool) -> None:
         if not create:
             raise LogNotFoundError(f"there is no flowtrail log in {path}: the file is empty")
         return
-    try:
-        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    with forks.changing():  # a fork waits for it (see `sqlite_forks`)
+        tracked = track(path)
         try:
-            tables = {str(row[0]) for row in probe.execute(SCHEMA.list_tables)}
+            probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            opened(tracked, probe)
+            try:
+                tables = {str(row[0]) for row in probe.execute(SCHEMA.list_tables)}
+            finally:
+                tracked.closing = True
+                probe.close()
+        except sqlite3.Error:
+            return
         finally:
-            probe.close()
-    except sqlite3.Error:
-        return
+            untrack(tracked)
     holds_a_log(tables, SCHEMA, create=create, where=f"in {path}")
 
 

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -24,7 +26,7 @@ from flowtrail.core.effects import Execute, Script
 from flowtrail.core.projection import Dialect
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
 from tests.conftest import open_databases
-from tests.store.builders import new_stream
+from tests.store.builders import new_stream, renamed
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="this system has no fork()")
 
@@ -37,6 +39,7 @@ def _in_a_child(body: Callable[[], int]) -> int:
         try:
             code = body()
         except BaseException:
+            os.write(2, traceback.format_exc().encode())
             code = 9
         os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -365,3 +368,82 @@ def test_a_child_leaves_the_parents_postgresql_session_as_it_was(
             assert store.last_position() == 1
     finally:
         databases.cleanup()
+
+
+def test_a_fork_goes_on_while_a_call_on_one_log_waits_for_another(tmp_path: Path) -> None:
+    """A projection on one log reading a second takes their locks in an order the fork
+    cannot know: the fork lets go and tries again rather than wait on it for good."""
+    with SyncSQLiteStore(tmp_path / "second.db") as second, SyncSQLiteStore(tmp_path / "first.db") as first:
+
+        def read_across() -> None:
+            with first._write_lock:
+                second.last_position()
+
+        started = time.monotonic()
+        with _meanwhile(read_across):
+            codes = [_in_a_child(lambda: _refused(first.last_position)) for _ in range(50)]
+        assert codes == [0] * 50
+        assert time.monotonic() - started < 30
+
+
+def test_children_opening_a_log_the_parent_keeps_opening_and_closing_lose_no_append(tmp_path: Path) -> None:
+    """A fork waits for a store being opened, so no child has a copy of a connection it
+    cannot tell apart from one in use: each child opens the log, takes SQLite's locks on
+    the file of its own, and the parent's closes never delete the WAL under it."""
+    path = tmp_path / "log.db"
+    SyncSQLiteStore(path).close()
+
+    def child() -> int:
+        own = SyncSQLiteStore(path)
+        stream, events = new_stream(1)
+        own.append(stream, events, 0)
+        for version in range(1, 6):
+            time.sleep(0.02)  # while the parent closes its connections
+            own.append(stream, [renamed(UUID(stream), f"name-{version}")], version)
+        return 0  # ends without closing, as a crash would
+
+    with _meanwhile(lambda: SyncSQLiteStore(path).close()):
+        codes = [_in_a_child(child) for _ in range(12)]
+    assert codes == [0] * 12
+    with SyncSQLiteStore(path) as store:
+        assert store.last_position() == 12 * 6
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        connection.close()
+
+
+class _Interrupting:
+    """A lock whose first release is cut short by an interrupt, before or after it
+    lets go."""
+
+    def __init__(self, *, after: bool) -> None:
+        self.lock, self.after, self.interrupts = threading.RLock(), after, 1
+
+    def _recursion_count(self) -> int:
+        return self.lock._recursion_count()  # type: ignore[attr-defined,no-any-return]
+
+    def release(self) -> None:
+        if self.interrupts and not self.after:
+            self.interrupts -= 1
+            raise KeyboardInterrupt
+        self.lock.release()
+        if self.interrupts:
+            self.interrupts -= 1
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-letting-go", "after-letting-go"])
+def test_an_interrupt_while_a_fork_lets_go_of_a_lock_still_leaves_it_free(after: bool) -> None:
+    from flowtrail.store import forks
+
+    lock = _Interrupting(after=after)
+    lock.lock.acquire()
+    lock.lock.acquire()
+    forks._account.taken = [(lock, 0)]
+    interrupted: list[BaseException] = []
+    forks._let_go(interrupted)
+    assert lock._recursion_count() == 0
+    assert forks._account.taken == []
+    assert [type(exc) for exc in interrupted] == [KeyboardInterrupt]
