@@ -56,6 +56,8 @@ class Enclosing:
     url: str
     sync: SyncOrchestrator | None = None
     asynchronous: Orchestrator | None = None
+    #: The process that opened it.
+    pid: int = field(default_factory=os.getpid)
 
 
 _enclosing: ContextVar[Enclosing | None] = ContextVar("flowtrail_enclosing_orchestrator", default=None)
@@ -111,7 +113,8 @@ def current_flow_run() -> FlowRunContext | None:
             run=context.run,
             url=context.url,
             orchestrator=context.orchestrator,
-            counter=(f"{prefix}-{number}" for number in itertools.count()),
+            # C all the way (as itertools.count is): threads of the child may share it.
+            counter=map(f"{prefix}-{{}}".format, itertools.count()),
             pid=context.pid,
         )
     return adopted

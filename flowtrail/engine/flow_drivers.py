@@ -113,29 +113,41 @@ def _forked(orchestrator: SyncOrchestrator | Orchestrator | None) -> bool:
 
 
 def _inherited(parent: FlowRunContext | None, around: Enclosing | None) -> bool:
-    """Whether the orchestrator a flow here would use is one its process inherited."""
+    """Whether the orchestrator a flow here would use is one its process inherited (a
+    forked child's): its log refuses every call, or is an in-memory copy of the parent's."""
+    here = os.getpid()
     if parent is not None:
-        return _forked(parent.orchestrator)
-    return around is not None and (_forked(around.sync) or _forked(around.asynchronous))
+        return parent.pid != here or _forked(parent.orchestrator)
+    return around is not None and around.pid != here
+
+
+def _own_url(url: str) -> str:
+    """The URL a forked child opens again for its flows."""
+    if url.rstrip("/").endswith(":memory:"):
+        raise InvalidUrlError(
+            "an in-memory log is private to the process that opened it: flows in a forked child "
+            "cannot write to it (their runs would go to a copy the parent never sees); use a file"
+        )
+    return url
 
 
 @contextmanager
 def _sync_orchestrator(parent: FlowRunContext | None) -> Iterator[tuple[SyncOrchestrator, str]]:
-    if (
-        parent is not None
-        and isinstance(parent.orchestrator, SyncOrchestrator)
-        and not _forked(parent.orchestrator)
-    ):
+    around = enclosing()
+    inherited = _inherited(parent, around)
+    if parent is not None and isinstance(parent.orchestrator, SyncOrchestrator) and not inherited:
         yield parent.orchestrator, parent.url
         return
-    around = enclosing()
-    if parent is None and around is not None and around.sync is not None and not _forked(around.sync):
+    if parent is None and around is not None and around.sync is not None and not inherited:
         yield around.sync, around.url
         return
     url = parent.url if parent is not None else around.url if around is not None else None
-    if url is None or _inherited(parent, around):
-        url = url or default_url()
+    if url is None:
+        url = default_url()
         yield _defaults.get(url), url
+        return
+    if inherited:
+        yield _defaults.get(_own_url(url)), url
         return
     with SyncOrchestrator.open(_twin_url(url), proposer="engine") as twin:
         yield twin, url
@@ -143,24 +155,18 @@ def _sync_orchestrator(parent: FlowRunContext | None) -> Iterator[tuple[SyncOrch
 
 @asynccontextmanager
 async def _async_orchestrator(parent: FlowRunContext | None) -> AsyncIterator[tuple[Orchestrator, str]]:
-    if (
-        parent is not None
-        and isinstance(parent.orchestrator, Orchestrator)
-        and not _forked(parent.orchestrator)
-    ):
+    around = enclosing()
+    inherited = _inherited(parent, around)
+    if parent is not None and isinstance(parent.orchestrator, Orchestrator) and not inherited:
         yield parent.orchestrator, parent.url
         return
-    around = enclosing()
-    if (
-        parent is None
-        and around is not None
-        and around.asynchronous is not None
-        and not _forked(around.asynchronous)
-    ):
+    if parent is None and around is not None and around.asynchronous is not None and not inherited:
         yield around.asynchronous, around.url
         return
     url = parent.url if parent is not None else around.url if around is not None else default_url()
-    if parent is not None or around is not None:
+    if inherited:
+        url = _own_url(url)
+    elif parent is not None or around is not None:
         url = _twin_url(url)
     orchestrator = await Orchestrator.open(url, proposer="engine")
     orchestrator.url = url

@@ -195,3 +195,11 @@ def test_a_flow_called_in_a_process_forked_in_an_orchestrator_block_writes_to_it
         run = _only(orch, "square")
         assert run.parameters == {"number": 5}
         assert run.state.type is StateType.COMPLETED
+
+
+def test_a_flow_in_a_forked_child_refuses_its_parents_in_memory_log() -> None:
+    """Its runs would go to the child's copy, which the parent never sees."""
+    code, output = _finish(_start("fan-out", "sqlite:///:memory:"))
+    assert code == 0, output
+    (results,) = [line for line in output.splitlines() if line.startswith("[")]
+    assert results.count("InvalidUrlError: an in-memory log is private") == 4, output
