@@ -195,7 +195,7 @@ def _pin(stores: list[Held]) -> None:
     me = threading.get_ident()
     for store in stores:
         for lock in (store._write_lock, store._read_lock):
-            if lock._recursion_count() > 0:
+            if _depth(lock) > 0:
                 _pinned[id(lock)] = me
 
 
@@ -215,6 +215,16 @@ def _pinned_elsewhere(lock: Any) -> bool:
     return owner is not None and owner != me and me in _pinned.values()
 
 
+def _depth(lock: Any) -> int:
+    """How many times this thread holds an RLock. The locks of early CPython 3.11
+    releases cannot say: then 1 if it holds it at all, which is all `_take` needs, since
+    it never acquires a lock this thread already holds."""
+    count = getattr(lock, "_recursion_count", None)
+    if count is not None:
+        return int(count())
+    return 1 if lock._is_owned() else 0
+
+
 def _take(lock: Any, timeout: float, interrupted: list[BaseException]) -> int | None:
     """Acquire an RLock within ``timeout`` seconds (0: only if free now): its recursion
     count before, or None.
@@ -222,15 +232,17 @@ def _take(lock: Any, timeout: float, interrupted: list[BaseException]) -> int | 
     The lock is put to the account before it is acquired, and the count, not the
     acquire's return, says whether this thread holds it: a signal handler's exception
     may land anywhere (it is kept in ``interrupted``)."""
-    before: int = lock._recursion_count()
+    before = _depth(lock)
+    if before > 0:  # this thread's already, for as long as the fork lasts
+        return before
     _account.taken.append((lock, before))
     end = time.monotonic() + timeout
-    while lock._recursion_count() == before:
+    while _depth(lock) == before:
         try:
             left = end - time.monotonic()
             if left <= 0 or _pinned_elsewhere(lock):
                 lock.acquire(blocking=False)
-                return before if lock._recursion_count() > before else None
+                return before if _depth(lock) > before else None
             lock.acquire(timeout=min(left, PATIENCE / 5))
         except Exception:
             raise
@@ -267,7 +279,7 @@ def _let_go(interrupted: list[BaseException]) -> None:
     while taken:
         try:
             lock, before = taken[-1]
-            while lock._recursion_count() > before:
+            while _depth(lock) > before:
                 lock.release()
             taken.pop()
         except Exception as exc:  # not a signal handler's: never to be tried again
