@@ -97,13 +97,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_defaults.forget)
 
 
-def _twin_url(url: str) -> str:
+def _shared_url(url: str, refusal: str) -> str:
+    """``url``, for an orchestrator other than the one that opened it: an in-memory log
+    cannot be shared so (``refusal`` says why, in this case)."""
     if url.rstrip("/").endswith(":memory:"):
-        raise InvalidUrlError(
-            "an in-memory log is private to the orchestrator that opened it: call sync flows in a "
-            "SyncOrchestrator block and async flows in an Orchestrator block, or use a file"
-        )
+        raise InvalidUrlError(f"an in-memory log is private to {refusal}")
     return url
+
+
+def _twin_url(url: str) -> str:
+    return _shared_url(
+        url,
+        "the orchestrator that opened it: call sync flows in a SyncOrchestrator block and async "
+        "flows in an Orchestrator block, or use a file",
+    )
 
 
 def _forked(orchestrator: SyncOrchestrator | Orchestrator | None) -> bool:
@@ -123,12 +130,11 @@ def _inherited(parent: FlowRunContext | None, around: Enclosing | None) -> bool:
 
 def _own_url(url: str) -> str:
     """The URL a forked child opens again for its flows."""
-    if url.rstrip("/").endswith(":memory:"):
-        raise InvalidUrlError(
-            "an in-memory log is private to the process that opened it: flows in a forked child "
-            "cannot write to it (their runs would go to a copy the parent never sees); use a file"
-        )
-    return url
+    return _shared_url(
+        url,
+        "the process that opened it: flows in a forked child cannot write to it (their runs "
+        "would go to a copy the parent never sees); use a file",
+    )
 
 
 @contextmanager

@@ -119,12 +119,11 @@ class Unheld(Protocol):
 
 
 _order = itertools.count()
-#: The stores open in this process by id, each with the order in which forks take them.
-#: Plain dicts of weak references: copied whole in one step while other threads change
-#: them (a fork's view of a WeakKeyDictionary another thread iterates over can miss
-#: live stores), and a store dropped without being closed is skipped.
-_sync: dict[int, tuple[weakref.ref[Held], int]] = {}
-_unheld: dict[int, weakref.ref[Unheld]] = {}
+#: The stores open in this process by id: each with the order in which forks take them,
+#: and whether they take its locks (a sync store's). A plain dict of weak references:
+#: copied whole in one step while other threads change it, and a store dropped without
+#: being closed is skipped.
+_open: dict[int, tuple[weakref.ref[Any], int, bool]] = {}
 #: What to do in a child once the stores are left behind (the backends' part).
 _in_child: list[Callable[[], None]] = []
 #: Held while a sync store is opened, from its first connection until it is registered
@@ -158,22 +157,13 @@ _account = _Account()
 
 def register(store: Held | Unheld, *, held: bool) -> None:
     """Note an opened store (``held``: a sync one, whose locks a fork takes)."""
-    if held:
-        _sync[id(store)] = (weakref.ref(store), next(_order))  # type: ignore[arg-type]
-    else:
-        _unheld[id(store)] = weakref.ref(store)
+    _open[id(store)] = (weakref.ref(store), next(_order), held)
 
 
 def unregister(store: Held | Unheld) -> None:
-    for registry in (_sync, _unheld):
-        entry = registry.get(id(store))
-        if entry is not None and _alive(entry) is store:
-            registry.pop(id(store), None)
-
-
-def _alive(entry: Any) -> Any:
-    """The store an entry of a registry refers to, or None once collected."""
-    return (entry[0] if isinstance(entry, tuple) else entry)()
+    entry = _open.get(id(store))
+    if entry is not None and entry[0]() is store:
+        _open.pop(id(store), None)
 
 
 def in_child(callback: Callable[[], None]) -> None:
@@ -181,11 +171,16 @@ def in_child(callback: Callable[[], None]) -> None:
     _in_child.append(callback)
 
 
+def _registered() -> list[tuple[Any, bool]]:
+    """The open stores in the order forks take them, each with whether they are held
+    (a dict's copy is one step, whatever other threads open or close meanwhile)."""
+    entries = sorted(_open.copy().values(), key=lambda entry: entry[1])
+    return [(store, held) for ref, _, held in entries if (store := ref()) is not None]
+
+
 def _snapshot() -> list[Held]:
-    """The open sync stores in the order forks take them (a dict's copy is one step,
-    whatever other threads open or close meanwhile)."""
-    entries = sorted(_sync.copy().values(), key=lambda entry: entry[1])
-    return [store for store in (ref() for ref, _ in entries) if store is not None]
+    """The open sync stores, in the order forks take them."""
+    return [store for store, held in _registered() if held]
 
 
 def _pin(stores: list[Held]) -> None:
@@ -334,17 +329,15 @@ def _after_fork_in_child() -> None:
     _pinned.clear()
     # No other thread runs here: the registry can be read and replaced as it is.
     usable = [
-        store for store in _snapshot() if _done(interrupted, store._left_behind, idle.get(id(store), False))
+        (store, held)
+        for store, held in _registered()
+        if _done(interrupted, store._left_behind, idle.get(id(store), False))
     ]
-    for unheld in [ref() for ref in _unheld.copy().values()]:
-        if unheld is not None:
-            _done(interrupted, unheld._left_behind, False)
     for callback in _in_child:
         _done(interrupted, callback)
-    _sync.clear()
-    _unheld.clear()
-    for store in usable:
-        register(store, held=True)
+    _open.clear()
+    for store, held in usable:
+        register(store, held=held)
     if interrupted:
         raise interrupted[0]
 

@@ -36,7 +36,7 @@ from flowtrail.store.api import DEFAULT_MAX_EVENT_BYTES
 from flowtrail.store.base import MAX_GROUP, AsyncLogStore, StoreOptions, SyncLogStore
 from flowtrail.store.drivers import Translate, run_sync
 from flowtrail.store.scripts import LogSql
-from flowtrail.store.sqlite_forks import Tracked, opened, release_inherited, track, untrack
+from flowtrail.store.sqlite_forks import Tracked, closing, opened, release_inherited, track, untrack
 from flowtrail.store.sqlite_schema import (
     SQL,
     check_access,
@@ -195,13 +195,8 @@ class _Connection:
             self._connection.execute("ROLLBACK")
 
     def close(self) -> None:
-        tracked = self._tracked
-        if tracked is None:
+        with closing(self._tracked):
             self._connection.close()
-            return
-        tracked.closing = True
-        self._connection.close()
-        untrack(tracked)
 
     def left_behind(self, idle: bool) -> None:
         # Closed when the child opens a SQLite file, if idle (see `sqlite_forks`).
@@ -341,11 +336,8 @@ class _AsyncConnection:
             await _on_thread(self._connection, self._effects.abandon)
 
     async def close(self) -> None:
-        if self._tracked is not None:
-            self._tracked.closing = True
-        await self._connection.close()
-        if self._tracked is not None:
-            untrack(self._tracked)
+        with closing(self._tracked):
+            await self._connection.close()
 
     def left_behind(self, idle: bool) -> None:
         # Never closed in the child: aiosqlite's thread, which is not there, may have been

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from flowtrail.core.errors import StoreError
 from flowtrail.store import forks
 
-__all__ = ["Tracked", "release_inherited", "track", "untrack"]
+__all__ = ["Tracked", "closing", "opened", "release_inherited", "track", "untrack"]
 
 
 class Tracked:
@@ -71,6 +72,17 @@ def opened(entry: Tracked, connection: object) -> None:
 def untrack(entry: Tracked) -> None:
     """The connection is closed (or was never opened)."""
     _tracked.discard(entry)
+
+
+@contextlib.contextmanager
+def closing(entry: Tracked | None) -> Iterator[None]:
+    """The block closes the connection (None: one to memory): a child's copy of it is
+    never closed there, and it is forgotten once closed."""
+    if entry is not None:
+        entry.closing = True
+    yield
+    if entry is not None:
+        untrack(entry)
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -35,7 +35,7 @@ from flowtrail.store.schema import (
 )
 from flowtrail.store.schema import schema_check_script as shared_schema_check_script
 from flowtrail.store.schema import schema_script as shared_schema_script
-from flowtrail.store.sqlite_forks import opened, track, untrack
+from flowtrail.store.sqlite_forks import closing, opened, track, untrack
 
 __all__ = [
     "MIGRATIONS",
@@ -301,8 +301,8 @@ def check_contents(path: Path, *, create: bool) -> None:
             try:
                 tables = {str(row[0]) for row in probe.execute(SCHEMA.list_tables)}
             finally:
-                tracked.closing = True
-                probe.close()
+                with closing(tracked):
+                    probe.close()
         except sqlite3.Error:
             return
         finally:
