@@ -29,6 +29,12 @@ What the handlers do, and why:
 - **Async stores** cannot be held: aiosqlite's thread and psycopg's connections do
   not take the store's locks. Their copies are never touched in the child.
 
+Fork handlers run newest first, so the standard library's that take a lock before a
+fork (`logging`, `concurrent.futures`) are registered before these (imported first):
+run after them, one of theirs would hold its lock while ours waits for a store, and a
+thread forking from inside a call on that store would wait for that lock. (Another
+library's handler registered later may still do so, until `MOST_WAIT`.)
+
 A signal handler's exception (Ctrl-C) that lands in a handler does not stop it: the
 handler finishes its work and then raises the exception, which CPython reports as it
 does any fork handler's, and forks on.
@@ -36,7 +42,10 @@ does any fork handler's, and forks on.
 
 from __future__ import annotations
 
+# Their fork handlers must be registered before ours (see the docstring's last points).
+import concurrent.futures.thread  # noqa: F401
 import itertools
+import logging  # noqa: F401
 import os
 import threading
 import time

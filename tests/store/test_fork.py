@@ -386,6 +386,53 @@ def test_a_fork_goes_on_while_a_call_on_one_log_waits_for_another(tmp_path: Path
         assert time.monotonic() - started < 30
 
 
+_FORKING_PAIR = """
+import os, sys, threading
+from flowtrail.store import forks
+from flowtrail.store.sqlite import SyncSQLiteStore
+import concurrent.futures.thread  # after flowtrail, as a program's first thread pool would be
+
+forks.MOST_WAIT = 600.0
+a, b = SyncSQLiteStore(sys.argv[1] + "/a.db"), SyncSQLiteStore(sys.argv[1] + "/b.db")
+codes = []
+
+def fork() -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            a.last_position()
+        except Exception as exc:
+            os._exit(0 if "before the process forked" in str(exc) else 2)
+        os._exit(1)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+def inside_a_call() -> None:
+    for _ in range(20):
+        with b._write_lock:
+            fork()
+
+def outside() -> None:
+    for _ in range(20):
+        fork()
+
+threads = [threading.Thread(target=inside_a_call), threading.Thread(target=outside)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+sys.exit(0 if codes == [0] * 40 else 1)
+"""
+
+
+def test_a_fork_from_inside_a_call_is_not_held_up_by_another_threads_fork_and_a_thread_pool(
+    tmp_path: Path,
+) -> None:
+    """`concurrent.futures` takes a lock of its own before each fork: were its handler run
+    before flowtrail's, one thread would hold it waiting for a store while the thread in a
+    call on that store waited for it (here, with `MOST_WAIT` raised, for ten minutes)."""
+    subprocess.run([sys.executable, "-c", _FORKING_PAIR, str(tmp_path)], check=True, timeout=120)
+
+
 def test_children_opening_a_log_the_parent_keeps_opening_and_closing_lose_no_append(tmp_path: Path) -> None:
     """A fork waits for a store being opened, so no child has a copy of a connection it
     cannot tell apart from one in use: each child opens the log, takes SQLite's locks on
