@@ -120,6 +120,13 @@ def current_flow_run() -> FlowRunContext | None:
     return adopted
 
 
+def task_run_name(flow_name: str, dynamic_key: str) -> str:
+    """The name of a subflow call's parent task run: ``square-0``; in a forked child,
+    whose keys carry a prefix of its own, ``square-<its first 8 digits>-0``."""
+    prefix, _, count = dynamic_key.rpartition("-")
+    return f"{flow_name}-{prefix[:8]}-{count}" if prefix else f"{flow_name}-{dynamic_key}"
+
+
 if hasattr(os, "register_at_fork"):  # a grandchild adopts afresh
     os.register_at_fork(after_in_child=_adopted.clear)
 

@@ -37,7 +37,7 @@ from flowtrail.core.errors import (
 from flowtrail.core.events import SetStateStatus
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import State, StateDetails
-from flowtrail.engine.context import FlowRunContext, current_tags
+from flowtrail.engine.context import FlowRunContext, current_tags, task_run_name
 from flowtrail.engine.flows import Flow, Hook, exception_data, jsonable_parameters, result_data
 from flowtrail.engine.logs import get_logger
 from flowtrail.engine.results import OrchestrationResult
@@ -343,7 +343,7 @@ class FlowRunScript:
             {
                 "task_key": flow.task_key,
                 "dynamic_key": dynamic_key,
-                "name": f"{flow.name}-{dynamic_key}",
+                "name": task_run_name(flow.name, dynamic_key),
                 "state": pure.Pending(),
             },
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,6 +183,7 @@ def test_flows_called_by_a_pool_forked_in_a_flow_are_its_subflows_each_with_a_ta
         task_runs = {task.id: task for task in orch.read_task_runs(parent.id)}
         assert {run.parent_task_run_id for run in squares} == set(task_runs)
         assert len(task_runs) == 4
+        assert all(re.fullmatch(r"square-[0-9a-f]{8}-[0-9]+", task.name) for task in task_runs.values())
         assert all(run.state.type is StateType.COMPLETED for run in squares)
         assert orch.verify().ok
 
