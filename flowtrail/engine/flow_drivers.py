@@ -227,7 +227,13 @@ class _Prints:
         flush: bool = False,
     ) -> None:
         if _printing.get() and file in (None, sys.stdout):
-            get_logger("flowtrail.prints").info((sep if sep is not None else " ").join(map(str, values)))
+            # The logger may print the line itself (structlog's default does, holding a
+            # lock of its own): that print is the line's, not the flow's.
+            token = _printing.set(False)
+            try:
+                get_logger("flowtrail.prints").info((sep if sep is not None else " ").join(map(str, values)))
+            finally:
+                _printing.reset(token)
         else:
             self.original(*values, sep=sep, end=end, file=file, flush=flush)
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -488,6 +490,28 @@ def test_log_prints_turns_print_into_log_lines(
     assert "from the flow" not in capsys.readouterr().out
     print("after the flow")
     assert "after the flow" in capsys.readouterr().out
+
+
+def test_log_prints_with_the_default_logger_writes_each_print_once_as_a_log_line(tmp_path: Path) -> None:
+    """structlog's default logger prints its lines: that print must not be logged again
+    (it took the logger's lock a second time, and the flow hung on its first print)."""
+    script = (
+        "from flowtrail import flow, SyncOrchestrator\n"
+        "@flow(log_prints=True)\n"
+        "def printer():\n"
+        "    print('hello from the flow')\n"
+        "    return 1\n"
+        f"with SyncOrchestrator.open('sqlite:///{tmp_path / 'prints.db'}'):\n"
+        "    print('result', printer())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if "hello from the flow" in line and "[info" in line] != []
+    assert sum("hello from the flow" in line for line in lines) == 1
+    assert lines[-1] == "result 1"
 
 
 # --- subflows --------------------------------------------------------------------------------------
