@@ -27,7 +27,13 @@ import msgspec
 import structlog
 
 from flowtrail.core.audit import AuditReport
-from flowtrail.core.errors import FlowtrailError, LogNotFoundError, RunNotFoundError, StoreAccessError
+from flowtrail.core.errors import (
+    CodecError,
+    FlowtrailError,
+    LogNotFoundError,
+    RunNotFoundError,
+    StoreAccessError,
+)
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
 from flowtrail.engine.context import default_url
@@ -385,7 +391,14 @@ def rebuild(settings: Settings, workers: int | None) -> None:
     """Drop the read views and rebuild them from the log, with a progress bar."""
     out = console()
     with opened(settings, write=True) as orchestrator:
-        applied, seconds = rebuild_with_progress(orchestrator, out, workers=workers)
+        try:
+            applied, seconds = rebuild_with_progress(orchestrator, out, workers=workers)
+        except CodecError as exc:
+            at = f" at position {exc.position}" if exc.position is not None else ""
+            raise UserError(
+                f"Cannot rebuild the run views: the event{at} does not decode ({exc}). They stay "
+                "out of date; `flowtrail verify` names every damaged event"
+            ) from exc
     rate = applied / seconds if seconds > 0 else 0.0
     out.print(
         f"Rebuilt the run views from {applied} events in {took(timedelta(seconds=seconds))} ({rate:,.0f} events/s)."

@@ -10,7 +10,9 @@ Opening a log whose run views are stale (a crash during a rebuild, an older view
 format) rebuilds them first, unless ``rebuild_stale=False``, the log is opened
 read-only, or another process is rebuilding them (it wrote within `REBUILD_ALIVE_FOR`). Whenever the views are not whole (stale, or being rebuilt here or by another
 process), one run's view is folded from its events, and queries over many runs raise
-`ViewsOutOfDateError` until a rebuild completes.
+`ViewsOutOfDateError` until a rebuild completes. A rebuild at open stopped by an event
+that does not decode leaves them so (with a warning): the log still opens, for `verify`
+to name the damage.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
 from flowtrail.core.effects import Script
-from flowtrail.core.errors import InvalidInputError, RebuildReplacedError
+from flowtrail.core.errors import CodecError, InvalidInputError, RebuildReplacedError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.policies import MIRROR_PROPOSER
@@ -38,6 +40,7 @@ from flowtrail.engine.bulk import collector_paused
 from flowtrail.engine.checks import found, run_id_of
 from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
+from flowtrail.engine.logs import get_logger
 from flowtrail.engine.maintenance import (
     Progress,
     catch_up_script,
@@ -86,6 +89,16 @@ REBUILD_ALIVE_FOR = 60.0
 
 def _nobody_rebuilding(signs: str | None) -> bool:
     return not running_elsewhere(signs, within=REBUILD_ALIVE_FOR)
+
+
+def _not_rebuilt(exc: CodecError) -> None:
+    """The stale views could not be rebuilt at open: an event does not decode. The log
+    opens all the same, its views out of date, so that `verify` can name the damage."""
+    get_logger("flowtrail.views").warning(
+        "the run views stay out of date: an event of the log does not decode",
+        position=exc.position,
+        error=str(exc),
+    )
 
 
 def _scope(run_id: UUID | str | None) -> str:
@@ -139,10 +152,16 @@ class SyncOrchestrator(_Base):
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
-        stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
-        if stale and _nobody_rebuilding(store.perform(last_seen(cls._views))):
-            with contextlib.suppress(RebuildReplacedError):  # a later one took over
-                orchestrator.rebuild()
+        try:
+            stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
+            if stale and _nobody_rebuilding(store.perform(last_seen(cls._views))):
+                with contextlib.suppress(RebuildReplacedError):  # a later one took over
+                    orchestrator.rebuild()
+        except CodecError as exc:
+            _not_rebuilt(exc)
+        except BaseException:
+            orchestrator.close()
+            raise
         return orchestrator
 
     def close(self) -> None:
@@ -684,10 +703,16 @@ class _Opening:
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer)
         orchestrator.url = url
-        stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
-        if stale and _nobody_rebuilding(await store.perform(last_seen(cls._views))):
-            with contextlib.suppress(RebuildReplacedError):  # a later one took over
-                await orchestrator.rebuild()
+        try:
+            stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
+            if stale and _nobody_rebuilding(await store.perform(last_seen(cls._views))):
+                with contextlib.suppress(RebuildReplacedError):  # a later one took over
+                    await orchestrator.rebuild()
+        except CodecError as exc:
+            _not_rebuilt(exc)
+        except BaseException:
+            await orchestrator.close()
+            raise
         return orchestrator
 
     def __await__(self) -> Generator[Any, None, Orchestrator]:

@@ -454,3 +454,48 @@ def test_the_subflow_read_from_the_log_is_the_one_the_views_give(tmp_path: Path)
         assert orch._subflow_in_log(task.id) == expected
         assert expected.id == latest.id
         assert orch._subflow_in_log(parent.id) is None
+
+
+def _damage_first_proposal(log: _Log) -> int:
+    """Make the other run's proposal of Running undecodable: its position."""
+    position = log.history[-1].position
+    with sqlite3.connect(log.path) as connection:
+        connection.execute("DROP TRIGGER events_are_never_updated")
+        connection.execute("UPDATE events SET data = CAST('garbage' AS BLOB) WHERE position = ?", (position,))
+    connection.close()
+    return position
+
+
+def test_a_log_whose_stale_views_do_not_rebuild_opens_with_them_out_of_date(log: _Log) -> None:
+    """An event that does not decode stops the rebuild at open: the log opens all the
+    same, so that verify can name the damage and the other runs can still be read."""
+    position = _damage_first_proposal(log)
+    with SyncOrchestrator.open(log.url) as orch:
+        with pytest.raises(ViewsOutOfDateError):
+            orch.read_flow_runs()
+        assert orch.read_flow_run(log.parent.id) == log.views[log.parent.id]
+        report = orch.verify()
+    assert not report.ok
+    assert report.problems[0].position == position
+
+
+def test_an_async_log_whose_stale_views_do_not_rebuild_opens_with_them_out_of_date(log: _Log) -> None:
+    position = _damage_first_proposal(log)
+
+    async def scenario() -> int | None:
+        async with Orchestrator.open(log.url) as orch:
+            with pytest.raises(ViewsOutOfDateError):
+                await orch.read_flow_runs()
+            return (await orch.verify()).problems[0].position
+
+    assert asyncio.run(scenario()) == position
+
+
+def test_the_cli_names_the_event_that_stops_a_rebuild_and_verify_still_names_it(log: _Log) -> None:
+    position = _damage_first_proposal(log)
+    assert_user_error(
+        flowtrail("rebuild", database=log.path), f"the event at position {position} does not decode"
+    )
+    ran = flowtrail("verify", database=log.path)
+    assert ran.code == 1, ran.err
+    assert f"position {position}" in ran.out
