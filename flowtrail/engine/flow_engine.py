@@ -35,6 +35,7 @@ from flowtrail.core.errors import (
     ViewsOutOfDateError,
 )
 from flowtrail.core.events import SetStateStatus
+from flowtrail.core.flow_rules import has_persisted_result
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import State, StateDetails
 from flowtrail.engine.context import FlowRunContext, current_tags, task_run_name
@@ -359,10 +360,11 @@ class FlowRunScript:
             rerunning
             and task_state.is_completed()
             and found_state.is_completed()
-            and found_state.data is None
+            and not has_persisted_result(found_state)
         )
         if stale:
-            return task, None, None  # completed without a result to give back: run it again
+            # Completed without a result to give back (none, or one not recorded): run it again.
+            return task, None, None
         if task_state.is_final():
             self.log.info("reusing the finished subflow run", flow_run_id=str(found.id))
             return task, None, Outcome(state=found_state, run=found)

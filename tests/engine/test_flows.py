@@ -562,6 +562,36 @@ def test_a_retried_parent_reuses_its_finished_child(orch: SyncOrchestrator) -> N
     assert len(orch.read_flow_runs(flow_names=["child"])) == 1
 
 
+def test_a_retried_parent_runs_again_a_finished_child_whose_result_was_not_recorded(
+    orch: SyncOrchestrator,
+) -> None:
+    """Prefect re-runs a completed child with no persisted result when the parent reruns:
+    a result flowtrail could not record (not JSON) has nothing to give back either."""
+
+    class Opaque:
+        pass
+
+    child_calls: list[int] = []
+    parent_calls: list[int] = []
+
+    @flow
+    def child() -> Opaque:
+        child_calls.append(1)
+        return Opaque()
+
+    @flow(retries=1)
+    def parent() -> str:
+        parent_calls.append(1)
+        made = child()
+        if len(parent_calls) == 1:
+            raise RuntimeError("after the child")
+        return type(made).__name__
+
+    assert parent() == "Opaque"
+    assert child_calls == [1, 1]
+    assert len(orch.read_flow_runs(flow_names=["child"])) == 2
+
+
 def test_a_retried_parent_whose_child_failed_runs_a_fresh_child(orch: SyncOrchestrator) -> None:
     child_calls: list[int] = []
 
