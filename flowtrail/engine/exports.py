@@ -98,15 +98,32 @@ def _line(text: str, number: int) -> dict[str, Any]:
     return value
 
 
+#: The range of each number of an event, as its hash seals them (`chain_hash`).
+_RANGES = {
+    "position": (-(2**63), 2**63 - 1),
+    "version": (-(2**63), 2**63 - 1),
+    "recorded_at": (-(2**63), 2**63 - 1),
+    "schema_version": (-(2**31), 2**31 - 1),
+}
+
+
+def _number(item: dict[str, Any], key: str) -> int:
+    value = int(item[key])
+    low, high = _RANGES[key]
+    if not low <= value <= high:
+        raise ValueError(f"{key} {value} is out of range")
+    return value
+
+
 def _record(item: dict[str, Any], number: int) -> RecordedEvent:
     try:
         return RecordedEvent(
-            position=int(item["position"]),
+            position=_number(item, "position"),
             stream_id=str(item["stream_id"]),
-            version=int(item["version"]),
+            version=_number(item, "version"),
             event_type=str(item["event_type"]),
-            schema_version=int(item["schema_version"]),
-            recorded_at=int(item["recorded_at"]),
+            schema_version=_number(item, "schema_version"),
+            recorded_at=_number(item, "recorded_at"),
             data=str(item["data"]).encode(),
             hash=bytes.fromhex(str(item["hash"])),
         )

@@ -560,6 +560,15 @@ def test_an_export_line_that_is_not_an_event_is_one_sentence(db: Path) -> None:
     assert_user_error(flowtrail("verify", "--file", "-", stdin="\n".join(lines)), "Line 4")
 
 
+@pytest.mark.parametrize("field", ["position", "version", "recorded_at", "schema_version"])
+def test_an_export_event_with_a_number_no_log_can_hold_is_one_sentence(db: Path, field: str) -> None:
+    lines = flowtrail("export", "--all", database=db).out.splitlines()
+    event = json.loads(lines[5])
+    event[field] = 10**30
+    lines[5] = json.dumps(event)
+    assert_user_error(flowtrail("verify", "--file", "-", stdin="\n".join(lines)), "Line 6", f"{field} 1000")
+
+
 # -- the library stays light --------------------------------------------------------------------------
 
 
