@@ -39,7 +39,14 @@ from flowtrail.core.flow_rules import has_persisted_result
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import State, StateDetails
 from flowtrail.engine.context import FlowRunContext, current_tags, task_run_name
-from flowtrail.engine.flows import Flow, Hook, exception_data, jsonable_parameters, result_data
+from flowtrail.engine.flows import (
+    Flow,
+    Hook,
+    exception_data,
+    is_recorded_data,
+    jsonable_parameters,
+    result_data,
+)
 from flowtrail.engine.logs import get_logger
 from flowtrail.engine.results import OrchestrationResult
 from flowtrail.engine.timeouts import FlowTimeout
@@ -155,8 +162,12 @@ def completion_state(value: object) -> State:
     """Prefect's return_value_to_state: a returned State (or states) decides the run's
     final state; any other value completes it, recorded when it is JSON."""
     if isinstance(value, State):
-        # The orchestrator stamps it when it is proposed, like every state the engine sends.
-        return msgspec.structs.replace(value, timestamp=None)
+        # The orchestrator stamps it when it is proposed, like every state the engine
+        # sends; its data is recorded as a returned value's is.
+        data = value.data
+        if data is not None and not is_recorded_data(data):
+            data = result_data(data)
+        return msgspec.structs.replace(value, timestamp=None, data=data)
     if isinstance(value, list | tuple) and value and all(isinstance(v, State) for v in value):
         states: list[State] = list(value)
         total = len(states)
@@ -427,7 +438,12 @@ class FlowRunScript:
                 )
             )
         else:
-            self.value = value
+            # A returned State's data is the call's value (Prefect's state.result()); data
+            # already recorded (a child's final state, say) is read as a reused run's is.
+            if not isinstance(value, State):
+                self.value = value
+            elif not is_recorded_data(value.data):
+                self.value = value.data
             yield from self._end_attempt(completion_state(value))
 
     def _end_attempt(self, state: State) -> EngineScript[None]:

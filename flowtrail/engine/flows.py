@@ -46,6 +46,12 @@ def result_data(value: object) -> dict[str, object]:
     return {"type": "unpersisted", "python_type": describe_type(value)}
 
 
+def is_recorded_data(data: object) -> bool:
+    """Whether a state's data is already what a state records of a value or an
+    exception (`result_data`, `exception_data`), not the value itself."""
+    return isinstance(data, dict) and data.get("type") in ("json", "unpersisted", "exception")
+
+
 def exception_data(exc: BaseException) -> dict[str, object]:
     """What a Failed or Crashed state records of an exception."""
     return {"type": "exception", "exception_type": describe_type(exc), "message": str(exc)[:2000]}

@@ -113,6 +113,28 @@ def test_returning_a_failed_state_fails_the_run(orch: SyncOrchestrator) -> None:
     assert (state.type, state.message) == (StateType.FAILED, "bad data")
 
 
+def test_a_flow_returning_a_completed_state_returns_its_data(orch: SyncOrchestrator) -> None:
+    @flow
+    def judged() -> Any:
+        return states.Completed(message="by hand", data=7)
+
+    assert judged() == 7
+    run = only_run(orch, "judged")
+    assert (run.state.message, run.state.data) == ("by hand", {"type": "json", "value": 7})
+
+
+def test_a_flow_returning_its_subflows_final_state_returns_the_subflows_value(orch: SyncOrchestrator) -> None:
+    @flow
+    def child() -> int:
+        return 5
+
+    @flow
+    def parent() -> Any:
+        return child(return_state=True)
+
+    assert parent() == 5
+
+
 # --- parameters -------------------------------------------------------------------------------
 
 
