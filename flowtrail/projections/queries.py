@@ -47,8 +47,9 @@ class FlowRunSort(enum.StrEnum):
 
 _ORDER = {
     FlowRunSort.ID_DESC: "id DESC",
-    FlowRunSort.START_TIME_ASC: "start_time ASC NULLS LAST, id ASC",
-    FlowRunSort.START_TIME_DESC: "start_time DESC NULLS LAST, id DESC",
+    # A run not started yet sorts by when it is expected to start, as in Prefect.
+    FlowRunSort.START_TIME_ASC: "coalesce(start_time, expected_start_time) ASC NULLS LAST, id ASC",
+    FlowRunSort.START_TIME_DESC: "coalesce(start_time, expected_start_time) DESC NULLS LAST, id DESC",
     FlowRunSort.EXPECTED_START_TIME_ASC: "expected_start_time ASC NULLS LAST, id ASC",
     FlowRunSort.EXPECTED_START_TIME_DESC: "expected_start_time DESC NULLS LAST, id DESC",
     FlowRunSort.NAME_ASC: "name ASC, id ASC",

@@ -383,6 +383,22 @@ def test_read_flow_runs_sorts_and_pages(orch: Orch) -> None:
     assert [v.id for v in orch.read_flow_runs(sort="ID_DESC", limit=2, offset=2)] == [made[0].id]
 
 
+def test_sorting_by_start_time_takes_the_expected_start_of_runs_not_yet_started(orch: Orch) -> None:
+    """Prefect sorts START_TIME_* on coalesce(start_time, expected_start_time): scheduled
+    runs fall among started ones by when they are due; runs with neither come last."""
+    now = orch.clock.now
+    due_yesterday = orch.create_flow_run(
+        "etl", state=states.Scheduled(scheduled_time=now - timedelta(days=1))
+    )
+    started = orch.create_flow_run("etl", state=states.Running(timestamp=now))
+    due_tomorrow = orch.create_flow_run("etl", state=states.Scheduled(scheduled_time=now + timedelta(days=1)))
+    neither = orch.create_flow_run("etl")
+    ascending = [v.id for v in orch.read_flow_runs(sort="START_TIME_ASC")]
+    descending = [v.id for v in orch.read_flow_runs(sort="START_TIME_DESC")]
+    assert ascending == [due_yesterday.id, started.id, due_tomorrow.id, neither.id]
+    assert descending == [due_tomorrow.id, started.id, due_yesterday.id, neither.id]
+
+
 def test_a_run_created_without_a_state_sorts_by_the_start_its_first_state_sets(orch: Orch) -> None:
     """Only a run's first state sets its expected start time; the states after it leave
     the stored column alone, and the first one must still write it."""
