@@ -162,6 +162,9 @@ class _Backend:
         return mark_current_script(projection)
 
 
+_CLOSED = "this log is closed: open it again to use it"
+
+
 def _writable(options: StoreOptions) -> None:
     if options.read_only:
         raise StoreAccessError(
@@ -282,6 +285,7 @@ class SyncLogStore(_Backend):
             self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
+            self._writer = self._reader = forks.Refusing(_CLOSED)
             forks.unregister(self)
 
     def _left_behind(self, idle: bool) -> bool:
@@ -290,7 +294,7 @@ class SyncLogStore(_Backend):
         self._writer.left_behind(idle)
         if self._reader is not self._writer:
             self._reader.left_behind(idle)
-        self._writer = self._reader = forks.Forked()
+        self._writer = self._reader = forks.Refusing()
         self._write_lock = self._read_lock = threading.RLock()
         self.forked = True
         return False
@@ -454,16 +458,18 @@ class AsyncLogStore(_Backend):
         forks.unregister(self)
         if self._committer is not None:
             await asyncio.gather(self._committer, return_exceptions=True)
-        await self._writer.close()
-        if self._reader is not self._writer:
-            await self._reader.close()
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = forks.AsyncRefusing(_CLOSED)
+        await writer.close()
+        if reader is not writer:
+            await reader.close()
 
     def _left_behind(self, idle: bool) -> bool:
         """In a forked child (see `flowtrail.store.forks`): refuse every call from now on."""
         self._writer.left_behind(False)
         if self._reader is not self._writer:
             self._reader.left_behind(False)
-        self._writer = self._reader = forks.AsyncForked()
+        self._writer = self._reader = forks.AsyncRefusing()
         self.forked = True
         return False
 

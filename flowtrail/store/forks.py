@@ -58,7 +58,16 @@ from flowtrail.core.effects import Effect, Script
 from flowtrail.core.errors import StoreError
 from flowtrail.store.drivers import Translate
 
-__all__ = ["MOST_WAIT", "PATIENCE", "AsyncForked", "Forked", "changing", "in_child", "register", "unregister"]
+__all__ = [
+    "MOST_WAIT",
+    "PATIENCE",
+    "AsyncRefusing",
+    "Refusing",
+    "changing",
+    "in_child",
+    "register",
+    "unregister",
+]
 
 #: Seconds a fork waits for one store's lock before it lets go of the others and tries again.
 PATIENCE = 0.05
@@ -71,11 +80,15 @@ _FORKED = (
 )
 
 
-class Forked:
-    """What a connection opened by the parent process is in a forked child."""
+class Refusing:
+    """A connection no call may use: a parent's, in a forked child (the default
+    message), or a closed store's."""
+
+    def __init__(self, message: str = _FORKED) -> None:
+        self.message = message
 
     def execute(self, effect: Effect) -> Any:
-        raise StoreError(_FORKED)
+        raise StoreError(self.message)
 
     def abandon(self) -> None:
         pass
@@ -87,14 +100,17 @@ class Forked:
         pass
 
 
-class AsyncForked:
-    """`Forked`, awaited."""
+class AsyncRefusing:
+    """`Refusing`, awaited."""
+
+    def __init__(self, message: str = _FORKED) -> None:
+        self.message = message
 
     async def run(self, script: Script[Any], translate: Translate) -> Any:
-        raise StoreError(_FORKED)
+        raise StoreError(self.message)
 
     async def execute(self, effect: Effect) -> Any:
-        raise StoreError(_FORKED)
+        raise StoreError(self.message)
 
     async def abandon(self) -> None:
         pass

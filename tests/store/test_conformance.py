@@ -14,6 +14,7 @@ from flowtrail.core import (
     InvalidInputError,
     InvalidVersionError,
     PayloadTooLargeError,
+    StoreError,
     verify,
 )
 from flowtrail.store.api import StreamWrite
@@ -306,3 +307,13 @@ def test_every_bad_input_error_is_a_flowtrail_error(log: Log) -> None:
         log.append("", [], -1)
     with pytest.raises(InvalidDataError):
         log.append(str(run_id := uuid4()), [created(run_id, parameters={"f": float("nan")})], 0)
+
+
+def test_a_closed_store_refuses_every_call_with_a_store_error_and_closes_again_quietly(log: Log) -> None:
+    stream, events = new_stream(1)
+    log.append(stream, events, 0)
+    log._call("close")
+    for call in (log.last_position, lambda: log.append(*new_stream(1), 0), lambda: log.read_stream(stream)):
+        with pytest.raises(StoreError, match="this log is closed"):
+            call()
+    log._call("close")
