@@ -81,6 +81,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except FlowtrailError as exc:
             raise UserError(_sentence(exc)) from exc
+        except BrokenPipeError:
+            raise  # the reader has gone, which is not an error to report (see `main`)
         except OSError as exc:
             raise UserError(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}") from exc
 

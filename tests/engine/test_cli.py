@@ -544,6 +544,25 @@ def test_a_missing_export_file_is_one_sentence(tmp_path: Path) -> None:
     assert_user_error(flowtrail("verify", "--file", str(tmp_path / "gone.jsonl")), "gone.jsonl")
 
 
+def test_an_export_into_a_pipe_whose_reader_has_gone_stops_without_a_word(db: Path) -> None:
+    """`flowtrail export --all | head -c 10`: the reader leaving is not an error to report."""
+    assert ENTRY_POINT is not None
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    try:
+        done = subprocess.run(
+            [ENTRY_POINT, "--database", f"sqlite:///{db}", "export", "--all"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
 def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
     assert_user_error(flowtrail("verify", "--file", "-", stdin='{"hello": 1}\n'), "not a flowtrail export")
 
