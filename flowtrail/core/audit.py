@@ -399,11 +399,22 @@ def _difference(recorded: Decision, again: Decision) -> str:
             f"recorded {recorded.status.value} ({recorded.rule or 'no rule'}), but the policy decides "
             f"{again.status.value} ({again.rule or 'no rule'}: {again.reason or 'accepted'})"
         )
-    for field in msgspec.structs.fields(Decision):
-        mine, theirs = getattr(recorded, field.name), getattr(again, field.name)
-        if mine != theirs:
-            return f"recorded {field.name} {_short(mine)}, but the policy gives {_short(theirs)}"
-    return "the decisions differ"
+    name, mine, theirs = _first_difference("decision", recorded, again)
+    if name == "decision":
+        return "the decisions differ"
+    name = name.removeprefix("decision.")
+    return f"recorded {name} {_short(mine)}, but the policy gives {_short(theirs)}"
+
+
+def _first_difference(name: str, mine: object, theirs: object) -> tuple[str, object, object]:
+    """The innermost field (dotted name) where two values first differ, and its values:
+    a long value shown cut short could otherwise hide what differs."""
+    if type(mine) is type(theirs) and isinstance(mine, msgspec.Struct):
+        for field in msgspec.structs.fields(mine):
+            inner, other = getattr(mine, field.name), getattr(theirs, field.name)
+            if inner != other:
+                return _first_difference(f"{name}.{field.name}", inner, other)
+    return name, mine, theirs
 
 
 def _short(value: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 
 import msgspec
 import pytest
@@ -120,6 +121,42 @@ def test_a_duplicated_event_is_named() -> None:
     records = sample_log().records
     records.insert(8, records[7])
     assert first_problem_position(records) == records[8].position
+
+
+def test_a_decision_differing_deep_inside_a_long_field_names_that_inner_field() -> None:
+    """The two values of a long field, each shown cut short, could read the same: the
+    problem names the innermost field that differs, with its two values whole."""
+    records = sample_log().records
+    index = next(
+        i
+        for i, r in enumerate(records)
+        if r.event_type == "state_proposed"
+        and (e := r.decode())
+        and isinstance(e, StateProposed)
+        and e.decision.bookkeeping is not None
+        and e.decision.bookkeeping.expected_start_time is not None
+    )
+
+    def later_start(event: StateProposed) -> StateProposed:
+        bookkeeping = event.decision.bookkeeping
+        assert bookkeeping is not None
+        assert bookkeeping.expected_start_time is not None
+        moved = msgspec.structs.replace(
+            bookkeeping, expected_start_time=bookkeeping.expected_start_time + timedelta(microseconds=1)
+        )
+        return msgspec.structs.replace(
+            event, decision=msgspec.structs.replace(event.decision, bookkeeping=moved)
+        )
+
+    records[index] = with_event(records[index], later_start)
+    problem = verify(reseal(records)).first_problem
+    assert problem is not None
+    assert problem.position == records[index].position
+    assert (
+        f"position {problem.position}: recorded bookkeeping.expected_start_time datetime.datetime("
+        in problem.message
+    )
+    assert "..." not in problem.message
 
 
 def test_a_changed_decision_is_caught_even_with_a_recomputed_chain() -> None:
