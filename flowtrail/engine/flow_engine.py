@@ -377,7 +377,12 @@ class FlowRunScript:
             # Completed without a result to give back (none, or one not recorded): run it again.
             return task, None, None
         if task_state.is_final():
-            self.log.info("reusing the finished subflow run", flow_run_id=str(found.id))
+            self.log.info(
+                "reusing the finished subflow run",
+                flow_run_id=str(found.id),
+                flow_name=found.flow_name,
+                flow_run_name=found.name,
+            )
             return task, None, Outcome(state=found_state, run=found)
         return task, found, None
 

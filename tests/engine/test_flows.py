@@ -614,6 +614,32 @@ def test_a_retried_parent_runs_again_a_finished_child_whose_result_was_not_recor
     assert len(orch.read_flow_runs(flow_names=["child"])) == 2
 
 
+def test_the_log_line_of_a_reused_child_names_the_child(orch: SyncOrchestrator) -> None:
+    parent_calls: list[int] = []
+
+    @flow
+    def child() -> str:
+        return "made"
+
+    @flow(retries=1)
+    def parent() -> str:
+        parent_calls.append(1)
+        made = child()
+        if len(parent_calls) == 1:
+            raise RuntimeError("after the child")
+        return made
+
+    with capture_logs() as logs:
+        parent()
+    (reused,) = [entry for entry in logs if entry["event"] == "reusing the finished subflow run"]
+    (child_run,) = orch.read_flow_runs(flow_names=["child"])
+    assert (reused["flow_run_id"], reused["flow_name"], reused["flow_run_name"]) == (
+        str(child_run.id),
+        "child",
+        child_run.name,
+    )
+
+
 def test_a_retried_parent_whose_child_failed_runs_a_fresh_child(orch: SyncOrchestrator) -> None:
     child_calls: list[int] = []
 
