@@ -232,11 +232,12 @@ class Context:
     def view_of(self, run_id: UUID, kind: RunKind | None = None) -> Script[RunView | None]:
         """The run's view (of ``kind``, if given): its stored row, or where the views are
         not whole (being rebuilt, here or by another process; stale) or hold no row for
-        it, folded from its events. None for no such run."""
+        it, folded from its events. None for no such run; RunNotFoundError saying what
+        it is for a run of another kind."""
         view, whole = yield from stored_view(run_id, kind)
         if view is None or not whole:
             view = yield from self.folded(run_id)
-        return view if view is None or kind is None or view.kind is kind else None
+        return view if view is None or kind is None else _of_kind(view, kind)
 
     def folded(self, run_id: UUID) -> Script[RunView | None]:
         """The run's view folded from its events; None for no such run."""

@@ -443,7 +443,7 @@ def test_reading_an_unknown_run_is_a_typed_error(orch: Orch) -> None:
     with pytest.raises(RunNotFoundError):
         orch.read_flow_run(uuid4())
     task_id = orch.create_task_run(orch.create_flow_run("etl").id, task_key="t").id
-    with pytest.raises(RunNotFoundError):
+    with pytest.raises(RunNotFoundError, match=f"no flow run with id {task_id}: it is a task run"):
         orch.read_flow_run(task_id)
 
 
