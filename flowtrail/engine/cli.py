@@ -421,7 +421,9 @@ def rebuild(settings: Settings, workers: int | None) -> None:
 def export(settings: Settings, run_id: str | None, everything: bool, output: str) -> None:
     """Write the log (--all), or one run with the runs above and below it, as JSON lines
     that `flowtrail verify --file` checks with no database."""
-    if everything == (run_id is not None):
+    if everything and run_id is not None:
+        raise UserError("Name one run to export or pass --all for the whole log, not both")
+    if not everything and run_id is None:
         raise UserError("Name one run to export, or pass --all for the whole log")
     if output != "-":
         _refuse_the_logs_own_files(settings.url, output)

@@ -540,6 +540,11 @@ def test_export_needs_a_run_or_all(db: Path) -> None:
     assert_user_error(flowtrail("export", database=db), "--all")
 
 
+def test_export_of_a_run_and_all_at_once_says_to_choose(db: Path) -> None:
+    run = run_of(db, "extract")["id"]
+    assert_user_error(flowtrail("export", "--all", run, database=db), "not both")
+
+
 def test_a_missing_export_file_is_one_sentence(tmp_path: Path) -> None:
     assert_user_error(flowtrail("verify", "--file", str(tmp_path / "gone.jsonl")), "gone.jsonl")
 
