@@ -536,6 +536,24 @@ def test_log_prints_with_the_default_logger_writes_each_print_once_as_a_log_line
     assert lines[-1] == "result 1"
 
 
+def test_with_structlog_left_unconfigured_a_flow_prints_its_info_lines_and_no_debug_ones(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "from flowtrail import flow, SyncOrchestrator\n"
+        "@flow\n"
+        "def quiet():\n"
+        "    return 1\n"
+        f"with SyncOrchestrator.open('sqlite:///{tmp_path / 'quiet.db'}'):\n"
+        "    quiet()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert "flow run finished" in done.stdout
+    assert "[debug" not in done.stdout
+
+
 # --- subflows --------------------------------------------------------------------------------------
 
 
