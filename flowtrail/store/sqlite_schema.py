@@ -388,8 +388,9 @@ def check_access(path: Path) -> None:
     folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StoreAccessError(
-            f"the folder {folder} cannot be written by this process: SQLite keeps a log's "
-            "write-ahead files beside it, even to read it (copy the log somewhere writable)"
+            f"the folder {folder} cannot be written by this process: SQLite writes a log through "
+            "write-ahead files beside it (copy the log somewhere writable to change it; "
+            "sqlite:///...?mode=ro reads it where it is)"
         )
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         raise StoreAccessError(f"{path} cannot be read and written by this process (its permissions)")
