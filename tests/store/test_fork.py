@@ -386,6 +386,32 @@ def test_a_fork_goes_on_while_a_call_on_one_log_waits_for_another(tmp_path: Path
         assert time.monotonic() - started < 30
 
 
+def test_a_fork_from_inside_a_call_and_one_from_another_thread_each_leave_every_store_refused(
+    tmp_path: Path,
+) -> None:
+    with SyncSQLiteStore(tmp_path / "a.db") as a, SyncSQLiteStore(tmp_path / "b.db") as b:
+        codes: list[int] = []
+
+        def child() -> int:
+            return _refused(a.last_position) or _refused(b.last_position)
+
+        def inside_a_call() -> None:
+            for _ in range(30):
+                with b._write_lock:
+                    codes.append(_in_a_child(child))
+
+        def outside() -> None:
+            codes.extend(_in_a_child(child) for _ in range(30))
+
+        threads = [threading.Thread(target=inside_a_call), threading.Thread(target=outside)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert codes == [0] * 60
+
+
 _FORKING_PAIR = """
 import os, sys, threading
 from flowtrail.store import forks
