@@ -196,6 +196,50 @@ class State(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
         return f"{label}: {self.message}" if self.message else str(label)
 
 
+def check_types(state: State) -> State:
+    """``state``, with every field of the type decoding would give it (ids given as text
+    made UUIDs), or InvalidStateError. A constructor checks times and the type, not the
+    rest (decoding does, so every construction would pay twice): a state from outside
+    is checked here before it is written, or its event could never be read back."""
+    if state.message is not None and type(state.message) is not str:
+        raise InvalidStateError(f"state message must be a string, got {state.message!r}")
+    details = state.state_details
+    if details is _NO_DETAILS:
+        return state
+    ids: dict[str, UUID] = {}
+    for field in ("flow_run_id", "task_run_id", "child_flow_run_id", "transition_id"):
+        value = getattr(details, field)
+        if value is not None and type(value) is not UUID:
+            ids[field] = _uuid(value, field)
+    for field in ("cache_key", "pause_key"):
+        value = getattr(details, field)
+        if value is not None and type(value) is not str:
+            raise InvalidStateError(f"state_details.{field} must be a string, got {value!r}")
+    if type(details.pause_reschedule) is not bool:
+        raise InvalidStateError(
+            f"state_details.pause_reschedule must be True or False, got {details.pause_reschedule!r}"
+        )
+    if details.retriable is not None and type(details.retriable) is not bool:
+        raise InvalidStateError(
+            f"state_details.retriable must be True, False or None, got {details.retriable!r}"
+        )
+    if not ids:
+        return state
+    return msgspec.structs.replace(state, state_details=msgspec.structs.replace(details, **ids))
+
+
+def _uuid(value: object, field: str) -> UUID:
+    """A run or transition id given as a UUID, or as its text."""
+    if isinstance(value, UUID):
+        return UUID(int=value.int)
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidStateError(f"state_details.{field} must be a UUID, got {value!r}")
+
+
 # --- constructors ---------------------------------------------------------------------------
 # Same names and keywords as prefect.states. All keyword-only; each also takes name=,
 # message=, timestamp=, data= and state_details=.

@@ -12,7 +12,7 @@ from flowtrail.core.errors import InvalidDataError, InvalidIdError, InvalidInput
 from flowtrail.core.events import RetryDelay
 from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
-from flowtrail.core.states import State
+from flowtrail.core.states import State, check_types
 
 __all__ = [
     "check_name",
@@ -49,10 +49,19 @@ def run_id_of(value: object, what: str = "run id") -> UUID:
     raise InvalidIdError(f"{what} {value!r} is not a UUID")
 
 
+def _shown(value: object) -> str:
+    """``value``'s repr, cut short if long: a name of a megabyte is not repeated whole."""
+    text = repr(value)
+    if len(text) <= 80:
+        return text
+    return f"{text[:60]}... ({len(value) if isinstance(value, str) else len(text)} characters)"
+
+
 def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > _MAX_NAME:
+        shown = _shown(value)
         raise InvalidInputError(
-            f"{what} is a non-empty string of at most {_MAX_NAME} characters, not {value!r}"
+            f"{what} is a non-empty string of at most {_MAX_NAME} characters, not {shown}"
         )
     if not value.isprintable() and any(unicodedata.category(c) in _CONTROL for c in value):
         raise InvalidInputError(f"{what} {value!r} holds control characters")
@@ -119,7 +128,13 @@ def check_retry_delay(delay: object, *, many: bool) -> RetryDelay | None:
 def check_state(state: object) -> State:
     if not isinstance(state, State):
         raise InvalidInputError(f"a proposed state is a flowtrail State, not {type(state).__name__}")
-    return state
+    name = state.name
+    if isinstance(name, str) and (not name.strip() or len(name) > _MAX_NAME):
+        # Control characters are kept: the CLI shows them escaped, as it shows a log's.
+        raise InvalidInputError(
+            f"a state's name is a non-empty string of at most {_MAX_NAME} characters, not {_shown(name)}"
+        )
+    return check_types(state)
 
 
 def found(view: RunView | None, run_id: object) -> RunView:

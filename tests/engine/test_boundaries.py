@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flowtrail import states
+from flowtrail import State, StateDetails, StateType, states
 from flowtrail.core import (
     InvalidDataError,
     InvalidIdError,
@@ -243,3 +243,46 @@ def test_an_orchestrator_opened_read_only_verifies_and_reads_but_records_nothing
         with pytest.raises(StoreAccessError):
             reader.rebuild()
     assert (tmp_path / "log.db").read_bytes() == before
+
+
+# --- a state's fields are of the types its event decodes to ------------------------------------
+
+
+def _details(**fields: Any) -> State:
+    return State(type=StateType.RUNNING, state_details=StateDetails(**fields))
+
+
+_MISTYPED: dict[str, Any] = {
+    "message-int": lambda: states.Failed(message=5),
+    "message-bytes": lambda: states.Failed(message=b"x"),
+    "transition-id-text": lambda: _details(transition_id="nope"),
+    "transition-id-int": lambda: _details(transition_id=5),
+    "task-run-id-text": lambda: _details(task_run_id="not a uuid"),
+    "pause-key-int": lambda: states.Paused(pause_key=5),
+    "cache-key-int": lambda: _details(cache_key=5),
+    "retriable-text": lambda: _details(retriable="yes"),
+    "pause-reschedule-text": lambda: _details(pause_reschedule="yes"),
+}
+
+
+@pytest.mark.parametrize("make", list(_MISTYPED.values()), ids=list(_MISTYPED))
+def test_a_state_with_a_field_of_the_wrong_type_is_refused_and_writes_nothing(orch: Orch, make: Any) -> None:
+    """Its event would be written and never read back: every view and audit of the log
+    would fail on it for good."""
+    run = orch.create_flow_run("etl", state=states.Pending())
+    _refused(orch, InvalidStateError, orch.propose_state, run.id, make())
+    _refused(orch, InvalidStateError, orch.create_flow_run, "etl", state=make())
+
+
+@pytest.mark.parametrize("name", ["", " ", "x" * 513])
+def test_a_state_name_is_held_to_the_rules_of_run_names(orch: Orch, name: str) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    _refused(orch, InvalidInputError, orch.propose_state, run.id, states.Running(name=name))
+
+
+def test_a_run_id_in_a_states_details_may_be_given_as_its_text(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    transition = uuid.uuid4()
+    result = orch.propose_state(run.id, _details(transition_id=str(transition)))
+    assert result.state.state_details.transition_id == transition
+    assert orch.verify().ok
