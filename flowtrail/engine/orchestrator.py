@@ -91,6 +91,17 @@ def _nobody_rebuilding(signs: str | None) -> bool:
     return not running_elsewhere(signs, within=REBUILD_ALIVE_FOR)
 
 
+#: The most events a rebuild reads at once, and views it keeps in memory.
+_MOST_BATCH = 1_000_000
+_MOST_CACHE = 10_000_000
+
+
+def _check_rebuild(batch: object, cache_size: object) -> None:
+    for name, value, most in (("batch", batch, _MOST_BATCH), ("cache_size", cache_size, _MOST_CACHE)):
+        if type(value) is not int or not 1 <= value <= most:
+            raise InvalidInputError(f"{name} is a whole number from 1 to {most:,}, not {value!r}")
+
+
 def _not_rebuilt(exc: CodecError) -> None:
     """The stale views could not be rebuilt at open: an event does not decode. The log
     opens all the same, its views out of date, so that `verify` can name the damage."""
@@ -351,6 +362,7 @@ class SyncOrchestrator(_Base):
         cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
+        _check_rebuild(batch, cache_size)
         split = split_replay(self.store, workers)
         with collector_paused():
             script = rebuild_script(
@@ -636,6 +648,7 @@ class Orchestrator(_Base):
         default one per processor (at most four) once the log holds 100,000 events;
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
+        _check_rebuild(batch, cache_size)
         split = split_replay(self.store, workers)
         with collector_paused():
             script = rebuild_script(

@@ -255,6 +255,20 @@ def test_a_rebuild_asked_for_more_workers_than_it_may_start_changes_nothing(
     assert file_orch.read_flow_runs() == [file_orch.read_flow_run(run.id)]
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("batch", 0), ("batch", -1), ("batch", 2.5), ("batch", True), ("cache_size", 0), ("cache_size", "9")],
+)
+def test_a_rebuild_asked_to_read_or_keep_no_events_is_a_typed_error_that_changes_nothing(
+    file_orch: Orch, option: str, value: object
+) -> None:
+    """A batch of 0 never read the short chunk that ends a replay: the rebuild spun for ever."""
+    run = file_orch.create_flow_run("etl")
+    with pytest.raises(InvalidInputError, match=f"{option} is a whole number from 1"):
+        file_orch.rebuild(**{option: value})
+    assert file_orch.read_flow_runs() == [file_orch.read_flow_run(run.id)]
+
+
 def _spoil_event(path: Path) -> int:
     """Overwrite the bytes of a run's first event whose stream a helper (not the rebuilding
     process) replays, on the file itself; its position."""
