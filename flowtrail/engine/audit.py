@@ -160,11 +160,37 @@ def log_id(context: Context) -> Script[str | None]:
     return str(rows[0][0]) if rows else None
 
 
+def check_anchor(anchor: object) -> tuple[int, bytes] | None:
+    """An anchor as verify takes it: (position, digest), the digest as bytes or as the
+    hexadecimal text an `AuditReport` gives; anything else is an InvalidInputError
+    (taken as given, it would read as a changed log)."""
+    if anchor is None:
+        return None
+    position, digest = anchor if isinstance(anchor, tuple) and len(anchor) == 2 else (None, None)
+    if isinstance(digest, str):
+        try:
+            digest = bytes.fromhex(digest)
+        except ValueError:
+            digest = None
+    if (
+        type(position) is not int
+        or not 0 <= position < 2**63
+        or not isinstance(digest, bytes)
+        or len(digest) != 32
+    ):
+        raise InvalidInputError(
+            "an anchor is a (position, digest) pair: a whole number and the 32-byte log digest "
+            f"(bytes, or its 64 hexadecimal digits) of an earlier verify, not {anchor!r}"[:400]
+        )
+    return position, digest
+
+
 def verify_script(
-    context: Context, run_id: UUID | str | None, *, anchor: tuple[int, bytes] | None = None
+    context: Context, run_id: UUID | str | None, *, anchor: tuple[int, bytes | str] | None = None
 ) -> Script[AuditReport]:
     """Verify the whole log, or one run with the runs related to it; a check of the whole
     log also compares the stored views (while current) with the runs' folds."""
+    anchor = check_anchor(anchor)
     if run_id is not None and anchor is not None:
         raise InvalidInputError("an anchor is checked against the whole log: verify without a run id")
     if run_id is not None:

@@ -349,7 +349,7 @@ class SyncOrchestrator(_Base):
     # -- audit and operations -----------------------------------------------------------------
 
     def verify(
-        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes] | None = None
+        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes | str] | None = None
     ) -> AuditReport:
         with collector_paused():
             return self.store.perform(verify_script(self._context, run_id, anchor=anchor))
@@ -619,7 +619,7 @@ class Orchestrator(_Base):
     # -- audit and operations -----------------------------------------------------------------
 
     async def verify(
-        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes] | None = None
+        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes | str] | None = None
     ) -> AuditReport:
         """Re-check the log (or one run and the runs its decisions read): chains,
         positions, every decision re-decided, facts, subflow mirrors; for the whole log,

@@ -548,3 +548,21 @@ def test_a_subflow_created_and_started_in_one_append_copies_each_state_to_its_pa
 def test_then_without_an_initial_state_is_a_typed_error(orch: Orch) -> None:
     with pytest.raises(InvalidInputError):
         orch.create_flow_run("etl", then=[states.Running()])
+
+
+def test_the_digest_of_a_verify_anchors_a_later_one_as_the_report_gives_it(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    report = orch.verify()
+    orch.propose_state(run.id, states.Running())
+    assert orch.verify(anchor=(report.last_position, report.log_digest)).ok
+    assert orch.verify(anchor=(report.last_position, bytes.fromhex(report.log_digest))).ok
+
+
+@pytest.mark.parametrize(
+    "anchor",
+    [(1.0, "00" * 32), (-1, "00" * 32), (True, "00" * 32), (1, b"x"), (1, "zz"), (2,), "2:" + "00" * 32],
+)
+def test_a_malformed_anchor_is_a_typed_error_not_a_changed_log(orch: Orch, anchor: object) -> None:
+    orch.create_flow_run("etl", state=states.Pending())
+    with pytest.raises(InvalidInputError, match="an anchor is a"):
+        orch.verify(anchor=anchor)
