@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Append, Effect, Fetch, Join, OnWriter, Script
-from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError
+from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError, StoreError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store import forks
@@ -311,6 +311,10 @@ class SyncLogStore(_Backend):
 # --- async -----------------------------------------------------------------------------------------
 
 
+#: Held while an async store moves to another event loop (see `AsyncLogStore._here`).
+_moving = threading.Lock()
+
+
 class AsyncLogStore(_Backend):
     """The log, async, with group commit. ``reader`` may be None (see `SyncLogStore`)."""
 
@@ -332,6 +336,8 @@ class AsyncLogStore(_Backend):
         self._committer: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._read_lock = self._write_lock if reader is None else asyncio.Lock()
+        #: The event loop the store's locks and group commits belong to (see `_here`).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stale_projections = []
         forks.register(self, held=False)
         #: Transactions committed for appends, and appends committed: their ratio is
@@ -339,8 +345,33 @@ class AsyncLogStore(_Backend):
         self.commit_groups = 0
         self.appends_committed = 0
 
+    def _here(self) -> None:
+        """Check that the store is used from one event loop at a time.
+
+        Its locks and the futures of a group commit belong to one loop: a second loop
+        running at the same time in another thread would have its callers told that
+        writes which landed were cancelled. Once the first loop has stopped (one
+        `asyncio.run` after another), the store moves to the loop now running."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        with _moving:
+            previous = self._loop
+            if previous is loop:
+                return
+            if previous is not None and previous.is_running() and not previous.is_closed():
+                raise StoreError(
+                    "this async log is in use by an event loop running in another thread: open the "
+                    "log in each event loop that uses it (or share a SyncOrchestrator between threads)"
+                )
+            self._write_lock = asyncio.Lock()
+            self._read_lock = self._write_lock if self._reader is self._writer else asyncio.Lock()
+            self._pending, self._committer = [], None
+            self._loop = loop
+
     async def run(self, script: Script[T], *, write: bool = False) -> T:
         """Run a script on the writer (``write=True``) or the reader connection."""
+        self._here()
         if write:
             _writable(self._options)
         connection = self._writer if write else self._reader
@@ -353,6 +384,7 @@ class AsyncLogStore(_Backend):
 
     async def perform(self, script: Script[T]) -> T:
         """Run a script of reads (`Fetch`, on the reader) and appends (`Append`, grouped)."""
+        self._here()
         return await run_async(script, self._perform_effect, self._translate)
 
     async def _perform_effect(self, effect: Effect) -> Any:
@@ -389,6 +421,7 @@ class AsyncLogStore(_Backend):
         known: Mapping[str, object] | None = None,
     ) -> AppendResult:
         """Append to several streams atomically, sharing a commit with concurrent appends."""
+        self._here()
         prepared = self._options.prepare(writes, idempotency_key, expect, known)
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((prepared, done))
@@ -470,6 +503,7 @@ class AsyncLogStore(_Backend):
         if self._reader is not self._writer:
             self._reader.left_behind(False)
         self._writer = self._reader = forks.AsyncRefusing()
+        self._loop = None  # the parent's, which no thread here runs
         self.forked = True
         return False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -11,7 +12,7 @@ from uuid import UUID
 import aiosqlite
 import pytest
 
-from flowtrail.core import ConcurrencyConflictError, StoreBusyError
+from flowtrail.core import ConcurrencyConflictError, StoreBusyError, StoreError
 from flowtrail.core.effects import Begin, Commit, Fetch, Script
 from flowtrail.projections import RunViews
 from flowtrail.store.sqlite import SQLiteStore
@@ -146,3 +147,34 @@ def test_a_write_cancelled_at_any_step_leaves_the_writer_usable(tmp_path: Path, 
         return last
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_an_async_store_serves_one_running_event_loop_at_a_time_and_moves_once_it_stops(
+    tmp_path: Path,
+) -> None:
+    """Its locks and group commits belong to one loop: a second loop running at the same
+    time in another thread is refused, where its callers were told that writes which
+    landed had been cancelled. One asyncio.run after another is fine."""
+    opening = asyncio.new_event_loop()
+    store = opening.run_until_complete(SQLiteStore.open_path(tmp_path / "loops.db"))
+    serving, done = threading.Event(), threading.Event()
+
+    async def keep_serving() -> None:
+        stream, events = new_stream(1)
+        await store.append(stream, events, 0)
+        serving.set()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+
+    other = threading.Thread(target=lambda: asyncio.run(keep_serving()))
+    other.start()
+    try:
+        assert serving.wait(30)
+        with pytest.raises(StoreError, match="in use by an event loop running in another thread"):
+            asyncio.run(store.append(*new_stream(1), 0))
+    finally:
+        done.set()
+        other.join(30)
+    assert asyncio.run(store.last_position()) == 1
+    opening.run_until_complete(store.close())
+    opening.close()
