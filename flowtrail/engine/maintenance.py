@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from flowtrail.core.effects import Execute, Fetch, Join, OnWriter, Row, Script
+from flowtrail.core.errors import InvalidVersionError
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.audit import prepare_catch_up
 from flowtrail.engine.replay import SplitReplay, copy_rows, partition_bounds, partition_offsets
@@ -211,7 +212,12 @@ def catch_up_script(backend: Backend, projection: Projection, *, batch: int) -> 
 
 
 def snapshot_script(sql: LogSql, position: int, *, batch: int) -> Script[RunSnapshot]:
-    """The run views folded from the log up to ``position`` (in memory)."""
+    """The run views folded from the log up to ``position`` (in memory); a position
+    past the log's end is an InvalidVersionError (no views were ever so)."""
+    end: list[Row] = yield Fetch(sql.last_position)
+    last = int(end[0][0] or 0)
+    if position > last:
+        raise InvalidVersionError(f"position {position} is past the end of the log, which ends at {last}")
     snapshot = RunSnapshot(position)
     start = 1
     while start <= position:

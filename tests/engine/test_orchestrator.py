@@ -14,6 +14,7 @@ from flowtrail.core import (
     InvalidDataError,
     InvalidIdError,
     InvalidInputError,
+    InvalidVersionError,
     RunNotFoundError,
     StateProposed,
 )
@@ -507,6 +508,13 @@ def test_a_run_created_after_the_position_is_not_in_the_past(orch: Orch) -> None
     later = orch.create_flow_run("etl")
     with orch.as_of(position) as snapshot, pytest.raises(RunNotFoundError):
         snapshot.read_flow_run(later.id)
+
+
+def test_views_as_of_a_position_past_the_end_of_the_log_are_a_typed_error(orch: Orch) -> None:
+    """No views were ever as they would be there: the CLI refuses it too."""
+    orch.create_flow_run("etl")
+    with pytest.raises(InvalidVersionError, match="past the end of the log, which ends at 1"):
+        orch.as_of(orch.last_position() + 1)
 
 
 def test_views_survive_reopening(orch: Orch) -> None:
