@@ -102,6 +102,17 @@ def _check_rebuild(batch: object, cache_size: object) -> None:
             raise InvalidInputError(f"{name} is a whole number from 1 to {most:,}, not {value!r}")
 
 
+def _check_catch_up(projection: object, batch: object) -> None:
+    if not all(
+        callable(getattr(projection, method, None)) for method in ("schema", "apply")
+    ) or not isinstance(getattr(projection, "name", None), str):
+        raise InvalidInputError(
+            f"catch_up takes a Projection (a name, a schema and apply), not {projection!r}"
+        )
+    if type(batch) is not int or not 1 <= batch <= _MOST_BATCH:
+        raise InvalidInputError(f"batch is a whole number from 1 to {_MOST_BATCH:,}, not {batch!r}")
+
+
 def _not_rebuilt(exc: CodecError) -> None:
     """The stale views could not be rebuilt at open: an event does not decode. The log
     opens all the same, its views out of date, so that `verify` can name the damage."""
@@ -390,6 +401,7 @@ class SyncOrchestrator(_Base):
             return writer.finish()
 
     def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
+        _check_catch_up(projection, batch)
         return self.store.perform(catch_up_script(self.store, projection, batch=batch))
 
     def last_position(self) -> int:
@@ -685,6 +697,7 @@ class Orchestrator(_Base):
 
     async def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
         """Bring a catch-up projection up to the end of the log; returns events applied."""
+        _check_catch_up(projection, batch)
         return await self.store.perform(catch_up_script(self.store, projection, batch=batch))
 
     async def last_position(self) -> int:

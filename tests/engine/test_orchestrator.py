@@ -19,6 +19,7 @@ from flowtrail.core import (
     StateProposed,
 )
 from flowtrail.engine.ids import new_run_id
+from flowtrail.projections import DecisionStats
 from flowtrail.store import StreamWrite
 from flowtrail.testing import T0
 from tests.engine.conftest import Orch, parent_with_subflow
@@ -574,3 +575,15 @@ def test_a_malformed_anchor_is_a_typed_error_not_a_changed_log(orch: Orch, ancho
     orch.create_flow_run("etl", state=states.Pending())
     with pytest.raises(InvalidInputError, match="an anchor is a"):
         orch.verify(anchor=anchor)
+
+
+@pytest.mark.parametrize(
+    ("projection", "batch"), [(None, 1_000), ("runs", 1_000), (DecisionStats(), 0), (DecisionStats(), -1)]
+)
+def test_catching_up_something_that_is_not_a_projection_or_by_no_events_is_a_typed_error(
+    orch: Orch, projection: object, batch: int
+) -> None:
+    orch.create_flow_run("etl")
+    with pytest.raises(InvalidInputError, match=r"catch_up takes a Projection|batch is a whole number"):
+        orch.catch_up(projection, batch=batch)
+    assert orch.catch_up(DecisionStats()) == 1
