@@ -135,9 +135,26 @@ def export_records(context: Context, run_id: UUID | str) -> Script[list[Recorded
     target = run_id_of(run_id)
     streams = yield from related_streams(context, target)
     view = yield from context.load(target, fresh=True)
-    if view.kind is RunKind.FLOW:
-        streams += [stream for stream in (yield from descendant_streams(target)) if stream not in streams]
+    below = yield from (descendant_streams(target) if view.kind is RunKind.FLOW else subflows_below(target))
+    streams += [stream for stream in below if stream not in streams]
     return (yield from _records_of(context, streams))
+
+
+def subflows_below(task_run_id: UUID) -> Script[list[UUID]]:
+    """A task run's subflow runs, each with its task runs and subflows and so on down."""
+    try:
+        children = [
+            run.id for run in (yield from read_flow_runs(parent_task_run_ids=[task_run_id], limit=None))
+        ]
+    except ViewsOutOfDateError:
+        below = yield from runs_below({task_run_id})
+        children = [event.run_id for event in below if isinstance(event, FlowRunCreated)]
+    found: list[UUID] = []
+    for child in children:
+        for stream in [child, *(yield from descendant_streams(child))]:
+            if stream not in found:
+                found.append(stream)
+    return found
 
 
 def _records_of(context: Context, streams: list[UUID]) -> Script[list[RecordedEvent]]:

@@ -55,6 +55,16 @@ def test_an_export_of_a_subflow_holds_the_runs_above_it_and_verifies(orch: Orch)
     assert verify_export(lines).ok
 
 
+def test_an_export_of_a_task_run_holds_its_flow_run_above_and_its_subflow_below_and_verifies(
+    orch: Orch,
+) -> None:
+    runs = small_log(orch)
+    lines = exported(orch, runs["tracker"])
+    _, events, _ = read_export(lines)
+    assert {record.stream_id for record in events} == {str(runs[k]) for k in ("parent", "tracker", "child")}
+    assert verify_export(lines).ok
+
+
 def test_a_line_after_the_end_line_is_refused(orch: Orch) -> None:
     small_log(orch)
     lines = exported(orch)

@@ -106,6 +106,17 @@ def test_an_export_of_a_flow_run_from_views_out_of_date_holds_its_task_runs_and_
     assert exported.getvalue() == again.getvalue()
 
 
+def test_an_export_of_a_task_run_from_views_out_of_date_holds_its_subflow(log: _Log) -> None:
+    with SyncOrchestrator.open(f"{log.url}?mode=ro") as reader:
+        exported = io.StringIO()
+        reader.export(exported, log.task.id)
+    with SyncOrchestrator.open(log.url) as orch:  # views rebuilt on open
+        again = io.StringIO()
+        orch.export(again, log.task.id)
+    assert str(log.child.id) in exported.getvalue()
+    assert exported.getvalue() == again.getvalue()
+
+
 def test_a_run_of_another_kind_is_not_found_while_views_are_out_of_date(log: _Log) -> None:
     with SyncOrchestrator.open(f"{log.url}?mode=ro") as reader, pytest.raises(RunNotFoundError):
         reader.read_flow_run(log.task.id)
