@@ -14,7 +14,7 @@ from flowtrail.core.errors import InvalidInputError, ViewsOutOfDateError
 from flowtrail.core.events import FlowRunCreated, RunKind, TaskRunCreated
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Dialect, Projection
-from flowtrail.engine.checks import run_id_of
+from flowtrail.engine.checks import run_id_of, shown
 from flowtrail.engine.operations import Context
 from flowtrail.projections.catchup import prepare
 from flowtrail.projections.queries import read_flow_runs, task_runs_of
@@ -197,7 +197,7 @@ def check_anchor(anchor: object) -> tuple[int, bytes] | None:
     ):
         raise InvalidInputError(
             "an anchor is a (position, digest) pair: a whole number and the 32-byte log digest "
-            f"(bytes, or its 64 hexadecimal digits) of an earlier verify, not {anchor!r}"[:400]
+            f"(bytes, or its 64 hexadecimal digits) of an earlier verify, not {shown(anchor)}"
         )
     return position, digest
 

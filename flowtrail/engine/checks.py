@@ -22,6 +22,7 @@ __all__ = [
     "check_state",
     "check_tags",
     "run_id_of",
+    "shown",
 ]
 
 _MAX_NAME = 512
@@ -49,7 +50,7 @@ def run_id_of(value: object, what: str = "run id") -> UUID:
     raise InvalidIdError(f"{what} {value!r} is not a UUID")
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """``value``'s repr, cut short if long: a name of a megabyte is not repeated whole."""
     text = repr(value)
     if len(text) <= 80:
@@ -57,12 +58,13 @@ def _shown(value: object) -> str:
     return f"{text[:60]}... ({len(value) if isinstance(value, str) else len(text)} characters)"
 
 
-def check_name(value: object, what: str) -> str:
+def check_name(value: object, what: str, *, control_characters: bool = False) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > _MAX_NAME:
-        shown = _shown(value)
         raise InvalidInputError(
-            f"{what} is a non-empty string of at most {_MAX_NAME} characters, not {shown}"
+            f"{what} is a non-empty string of at most {_MAX_NAME} characters, not {shown(value)}"
         )
+    if control_characters:
+        return value
     if not value.isprintable() and any(unicodedata.category(c) in _CONTROL for c in value):
         raise InvalidInputError(f"{what} {value!r} holds control characters")
     return value
@@ -128,12 +130,9 @@ def check_retry_delay(delay: object, *, many: bool) -> RetryDelay | None:
 def check_state(state: object) -> State:
     if not isinstance(state, State):
         raise InvalidInputError(f"a proposed state is a flowtrail State, not {type(state).__name__}")
-    name = state.name
-    if isinstance(name, str) and (not name.strip() or len(name) > _MAX_NAME):
+    if state.name is not None:
         # Control characters are kept: the CLI shows them escaped, as it shows a log's.
-        raise InvalidInputError(
-            f"a state's name is a non-empty string of at most {_MAX_NAME} characters, not {_shown(name)}"
-        )
+        check_name(state.name, "a state's name", control_characters=True)
     return check_types(state)
 
 

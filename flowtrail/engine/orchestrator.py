@@ -96,10 +96,14 @@ _MOST_BATCH = 1_000_000
 _MOST_CACHE = 10_000_000
 
 
+def _count(name: str, value: object, most: int) -> None:
+    if type(value) is not int or not 1 <= value <= most:
+        raise InvalidInputError(f"{name} is a whole number from 1 to {most:,}, not {value!r}")
+
+
 def _check_rebuild(batch: object, cache_size: object) -> None:
-    for name, value, most in (("batch", batch, _MOST_BATCH), ("cache_size", cache_size, _MOST_CACHE)):
-        if type(value) is not int or not 1 <= value <= most:
-            raise InvalidInputError(f"{name} is a whole number from 1 to {most:,}, not {value!r}")
+    _count("batch", batch, _MOST_BATCH)
+    _count("cache_size", cache_size, _MOST_CACHE)
 
 
 def _check_catch_up(projection: object, batch: object) -> None:
@@ -109,8 +113,7 @@ def _check_catch_up(projection: object, batch: object) -> None:
         raise InvalidInputError(
             f"catch_up takes a Projection (a name, a schema and apply), not {projection!r}"
         )
-    if type(batch) is not int or not 1 <= batch <= _MOST_BATCH:
-        raise InvalidInputError(f"batch is a whole number from 1 to {_MOST_BATCH:,}, not {batch!r}")
+    _count("batch", batch, _MOST_BATCH)
 
 
 def _not_rebuilt(exc: CodecError) -> None:

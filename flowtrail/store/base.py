@@ -372,6 +372,9 @@ class AsyncLogStore(_Backend):
     async def run(self, script: Script[T], *, write: bool = False) -> T:
         """Run a script on the writer (``write=True``) or the reader connection."""
         self._here()
+        return await self._run(script, write=write)
+
+    async def _run(self, script: Script[T], *, write: bool) -> T:
         if write:
             _writable(self._options)
         connection = self._writer if write else self._reader
@@ -389,13 +392,14 @@ class AsyncLogStore(_Backend):
 
     async def _perform_effect(self, effect: Effect) -> Any:
         match effect:
+            # `perform` checked the event loop: its effects need not again.
             case Append(writes, key, expect, known):
-                return await self.append_many(writes, idempotency_key=key, expect=expect, known=known)
+                return await self._grouped(writes, key, expect, known)
             case Fetch():
                 async with self._read_lock:
                     return await self._reader.execute(effect)
             case OnWriter(script):
-                return await self.run(script, write=True)
+                return await self._run(script, write=True)
             case Join(work):
                 return await asyncio.to_thread(work.join)
         raise _not_performed(effect)
@@ -422,6 +426,15 @@ class AsyncLogStore(_Backend):
     ) -> AppendResult:
         """Append to several streams atomically, sharing a commit with concurrent appends."""
         self._here()
+        return await self._grouped(writes, idempotency_key, expect, known)
+
+    async def _grouped(
+        self,
+        writes: Sequence[StreamWrite],
+        idempotency_key: str | None,
+        expect: Mapping[str, int] | None,
+        known: Mapping[str, object] | None,
+    ) -> AppendResult:
         prepared = self._options.prepare(writes, idempotency_key, expect, known)
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((prepared, done))
@@ -436,7 +449,7 @@ class AsyncLogStore(_Backend):
             while self._pending:
                 group, self._pending = self._pending[: self._max_group], self._pending[self._max_group :]
                 try:
-                    results = await self.run(
+                    results = await self._run(
                         append_script(
                             [prepared for prepared, _ in group], self.sql, self._options.projections
                         ),

@@ -123,18 +123,24 @@ def test_a_duplicated_event_is_named() -> None:
     assert first_problem_position(records) == records[8].position
 
 
+def _first_proposal(records: Records, wanted: Callable[[StateProposed], bool]) -> int:
+    """The index of the first recorded proposal ``wanted`` picks."""
+    return next(
+        i
+        for i, r in enumerate(records)
+        if r.event_type == "state_proposed" and isinstance(e := r.decode(), StateProposed) and wanted(e)
+    )
+
+
 def test_a_decision_differing_deep_inside_a_long_field_names_that_inner_field() -> None:
     """The two values of a long field, each shown cut short, could read the same: the
     problem names the innermost field that differs, with its two values whole."""
     records = sample_log().records
-    index = next(
-        i
-        for i, r in enumerate(records)
-        if r.event_type == "state_proposed"
-        and (e := r.decode())
-        and isinstance(e, StateProposed)
-        and e.decision.bookkeeping is not None
-        and e.decision.bookkeeping.expected_start_time is not None
+    index = _first_proposal(
+        records,
+        lambda e: (
+            e.decision.bookkeeping is not None and e.decision.bookkeeping.expected_start_time is not None
+        ),
     )
 
     def later_start(event: StateProposed) -> StateProposed:
@@ -162,14 +168,7 @@ def test_a_decision_differing_deep_inside_a_long_field_names_that_inner_field() 
 def test_a_changed_decision_is_caught_even_with_a_recomputed_chain() -> None:
     """Re-deciding, not the hash, is what catches a forger who knows the hash function."""
     records = sample_log().records
-    index = next(
-        i
-        for i, r in enumerate(records)
-        if r.event_type == "state_proposed"
-        and (e := r.decode())
-        and isinstance(e, StateProposed)
-        and e.decision.status is SetStateStatus.ABORT
-    )
+    index = _first_proposal(records, lambda e: e.decision.status is SetStateStatus.ABORT)
 
     def accept(event: StateProposed) -> StateProposed:
         decision = msgspec.structs.replace(

@@ -580,23 +580,31 @@ def test_a_subflow_gets_a_parent_task_run_and_its_states_are_mirrored(orch: Sync
         assert task.state.state_details.child_flow_run_id == child_run.id
 
 
+def _failing_once_after(child: Any, give: Any = lambda made: made) -> Any:
+    """A flow with a retry that calls ``child``, fails its first attempt after it, and
+    returns ``give`` of what the child gave."""
+    attempts: list[int] = []
+
+    @flow(retries=1)
+    def parent() -> Any:
+        attempts.append(1)
+        made = child()
+        if len(attempts) == 1:
+            raise RuntimeError("after the child")
+        return give(made)
+
+    return parent
+
+
 def test_a_retried_parent_reuses_its_finished_child(orch: SyncOrchestrator) -> None:
     child_calls: list[int] = []
-    parent_calls: list[int] = []
 
     @flow
     def child() -> str:
         child_calls.append(1)
         return "made"
 
-    @flow(retries=1)
-    def parent() -> str:
-        parent_calls.append(1)
-        made = child()
-        if len(parent_calls) == 1:
-            raise RuntimeError("after the child")
-        return made
-
+    parent = _failing_once_after(child)
     assert parent() == "made"
     assert child_calls == [1], "the finished child is reused, not run again"
     assert len(orch.read_flow_runs(flow_names=["child"])) == 1
@@ -612,43 +620,25 @@ def test_a_retried_parent_runs_again_a_finished_child_whose_result_was_not_recor
         pass
 
     child_calls: list[int] = []
-    parent_calls: list[int] = []
 
     @flow
     def child() -> Opaque:
         child_calls.append(1)
         return Opaque()
 
-    @flow(retries=1)
-    def parent() -> str:
-        parent_calls.append(1)
-        made = child()
-        if len(parent_calls) == 1:
-            raise RuntimeError("after the child")
-        return type(made).__name__
-
+    parent = _failing_once_after(child, give=lambda made: type(made).__name__)
     assert parent() == "Opaque"
     assert child_calls == [1, 1]
     assert len(orch.read_flow_runs(flow_names=["child"])) == 2
 
 
 def test_the_log_line_of_a_reused_child_names_the_child(orch: SyncOrchestrator) -> None:
-    parent_calls: list[int] = []
-
     @flow
     def child() -> str:
         return "made"
 
-    @flow(retries=1)
-    def parent() -> str:
-        parent_calls.append(1)
-        made = child()
-        if len(parent_calls) == 1:
-            raise RuntimeError("after the child")
-        return made
-
     with capture_logs() as logs:
-        parent()
+        _failing_once_after(child)()
     (reused,) = [entry for entry in logs if entry["event"] == "reusing the finished subflow run"]
     (child_run,) = orch.read_flow_runs(flow_names=["child"])
     assert (reused["flow_run_id"], reused["flow_name"], reused["flow_run_name"]) == (
