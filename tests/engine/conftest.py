@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,12 @@ class Clock:
 
     def __init__(self, start: datetime = T0) -> None:
         self.now = start
+        #: Called at every reading, when set (a test's way into the middle of a call).
+        self.on_reading: Callable[[], object] | None = None
 
     def __call__(self) -> datetime:
+        if self.on_reading is not None:
+            self.on_reading()
         self.now += timedelta(microseconds=1)
         return self.now
 

@@ -10,6 +10,7 @@ import pytest
 
 from flowtrail import SetStateStatus, StateType, SyncOrchestrator, states
 from flowtrail.core import (
+    ContentionError,
     FlowRunCreated,
     InvalidDataError,
     InvalidIdError,
@@ -207,6 +208,23 @@ def test_concurrent_proposals_each_decide_on_the_state_before_them(orch: Orch) -
     assert all(r.status is Status.ACCEPT for r in results)
     assert sorted(r.run.version for r in results) == [3, 4, 5, 6, 7]
     assert orch.read_flow_run(run.id).run_count == 5
+
+
+def test_a_proposal_that_loses_every_attempt_is_a_contention_error_that_records_nothing(
+    orch: Orch,
+) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    with SyncOrchestrator.open(orch.url) as rival:
+        # Between each attempt's read and its append, another writer moves the run on.
+        orch.clock.on_reading = lambda: rival.propose_state(run.id, states.Pending())
+        with pytest.raises(ContentionError) as raised:
+            orch.propose_state(run.id, states.Running())
+        orch.clock.on_reading = None
+        assert (raised.value.run_id, raised.value.attempts) == (run.id, 25)
+        history = orch.read_history(run.id)
+    assert [entry.event.proposal.state.type for entry in history[2:]] == [StateType.PENDING] * 25
+    assert orch.read_flow_run(run.id).version == 27
+    assert orch.verify().ok
 
 
 def test_a_task_cannot_start_while_its_flow_run_is_not_running(orch: Orch) -> None:
