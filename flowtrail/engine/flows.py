@@ -147,6 +147,7 @@ class Flow(Generic[P, R]):
         self.task_key = f"{self.name}:{fn.__module__}.{fn.__qualname__}"
         self._signature = inspect.signature(fn)
         self._model: type[pydantic.BaseModel] | None = None
+        self._fields: dict[str, str] = {}  # parameter name -> its field's name in the model
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -169,15 +170,19 @@ class Flow(Generic[P, R]):
                 hints = typing.get_type_hints(self.fn, include_extras=True)
             except Exception:  # unresolvable string annotations: validate what resolves
                 hints = {}
+            # Each field has a name of the model's own and the parameter's as its alias:
+            # a parameter may be called anything pydantic keeps for itself (model_config,
+            # model_extra, _private), and would otherwise configure the model or be lost.
             fields: dict[str, Any] = {}
-            for name, parameter in self._signature.parameters.items():
+            for index, (name, parameter) in enumerate(self._signature.parameters.items()):
                 annotation: Any = hints.get(name, Any)
                 if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
                     annotation = tuple.__class_getitem__((annotation, ...))
                 elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
                     annotation = dict.__class_getitem__((str, annotation))
                 default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-                fields[name] = (annotation, default)
+                fields[f"p{index}"] = (annotation, pydantic.Field(default, alias=name))
+                self._fields[name] = f"p{index}"
             self._model = pydantic.create_model(
                 f"{self.fn.__name__}_parameters",
                 __config__=pydantic.ConfigDict(arbitrary_types_allowed=True),
@@ -195,7 +200,7 @@ class Flow(Generic[P, R]):
             raise ParameterValidationError(
                 f"{exc.error_count()} invalid parameter(s) for {self.name}: {exc}"
             ) from exc
-        return {name: getattr(validated, name) for name in parameters}
+        return {name: getattr(validated, self._fields[name]) for name in parameters}
 
     def call_arguments(self, parameters: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """Positional and keyword arguments to call the function with."""

@@ -149,6 +149,23 @@ def test_parameters_are_validated_and_converted_from_the_signature(orch: SyncOrc
     assert seen == [(7, 0.5)]
 
 
+def test_parameters_named_like_pydantic_model_attributes_reach_the_function_as_passed(
+    orch: SyncOrchestrator,
+) -> None:
+    seen: list[Any] = []
+
+    @flow
+    def names(
+        model_config: dict, model_extra: int, _x: int, model_fields_set: str, __pydantic_fields__: int
+    ) -> None:  # type: ignore[type-arg]
+        seen.append((model_config, model_extra, _x, model_fields_set, __pydantic_fields__))
+
+    names({"layers": 4}, "1", 2, "s", 3)  # type: ignore[arg-type]
+    assert seen == [({"layers": 4}, 1, 2, "s", 3)]
+    with pytest.raises(ParameterValidationError, match="model_extra"):
+        names({}, "one", 2, "s", 3)  # type: ignore[arg-type]
+
+
 def test_invalid_parameters_fail_the_run_from_pending_without_calling_the_function(
     orch: SyncOrchestrator,
 ) -> None:
