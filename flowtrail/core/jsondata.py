@@ -41,7 +41,11 @@ _LARGEST_INT = 2**64 - 1
 
 def _check(value: object, path: str, depth: int) -> None:
     # Ordered by how common each kind is in run data; bool is an int, so it passes early.
-    if value is None or isinstance(value, str | bool):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        if not value.isascii():
+            _check_text(value, path)
         return
     if isinstance(value, int):
         if not _SMALLEST_INT <= value <= _LARGEST_INT:
@@ -63,8 +67,21 @@ def _check(value: object, path: str, depth: int) -> None:
                 raise InvalidDataError(
                     f"{path} has a key of type {describe_type(key)}; JSON keys are strings", path=path
                 )
+            if not key.isascii():
+                _check_text(key, f"a key of {path}")
             _check(item, f"{path}[{key!r}]", depth + 1)
         return
     hint = " (use a list)" if isinstance(value, tuple | set | frozenset) else ""
     hint = " (use a dict with string keys)" if isinstance(value, Mapping) else hint
     raise InvalidDataError(f"{path} is a {describe_type(value)}, which is not JSON{hint}", path=path)
+
+
+def _check_text(text: str, path: str) -> None:
+    # A lone surrogate (a file name os.listdir could not decode, say) has no UTF-8 form.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidDataError(
+            f"{path} holds {text[exc.start : exc.end]!r}, which is not text JSON can hold (a lone surrogate)",
+            path=path,
+        ) from None

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import builtins
+import concurrent.futures
+import contextvars
 import inspect
 import os
 import signal
@@ -24,7 +26,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 from uuid import UUID
@@ -207,7 +208,45 @@ def _termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-_printing: ContextVar[bool] = ContextVar("flowtrail_log_prints", default=False)
+#: The message of the cancellation `_termination_cancels_async` sends the flow's task.
+_TERMINATED = "flowtrail: SIGTERM"
+
+
+@contextmanager
+def _termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
+    """`_termination_cancels` for an async flow: SIGTERM cancels the task running it,
+    and the engine's driver, seeing that cancellation, cancels the run (Cancelling,
+    then Cancelled), with the cancellation hooks, as for a sync flow. (A handler that
+    raised from inside the event loop would end `asyncio.run` instead, which cancels
+    every task: the run would be recorded Crashed.)"""
+    install = (
+        parent is None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+    task = asyncio.current_task()
+    if not install or task is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel, _TERMINATED)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _terminated(exc: BaseException) -> TerminationSignal | None:
+    """The termination a cancellation of `_termination_cancels_async` stands for."""
+    if isinstance(exc, asyncio.CancelledError) and exc.args == (_TERMINATED,):
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # taken in: the run's cancellation is recorded, then it ends
+        return TerminationSignal(signal.SIGTERM)
+    return None
+
+
+_printing: contextvars.ContextVar[bool] = contextvars.ContextVar("flowtrail_log_prints", default=False)
 
 
 class _Prints:
@@ -276,17 +315,39 @@ def _call_scope(effect: Invoke, orchestrator: Any, url: str) -> Any:
 
 
 def _hooks_sync(effect: Hooks) -> None:
-    for hook in effect.hooks:
-        try:
-            result = hook(effect.flow, effect.run, effect.state)
-            if inspect.isawaitable(result):
-                asyncio.run(_awaited(result))
-        except Exception:
-            get_logger("flowtrail.flow_runs").exception(
-                "a hook failed; the run goes on",
-                hook=getattr(hook, "__name__", repr(hook)),
-                state=effect.state.name,
-            )
+    with _run_bound(effect):
+        for hook in effect.hooks:
+            try:
+                result = hook(effect.flow, effect.run, effect.state)
+                if inspect.isawaitable(result):
+                    _run_to_its_end(result)
+            except Exception:
+                _hook_failed(hook, effect)
+
+
+def _run_bound(effect: Hooks) -> Any:
+    """The run's names bound to the log lines of its hooks (a subflow's, not its parent's)."""
+    return bound_contextvars(
+        flow_run_id=str(effect.run.id), flow_name=effect.flow.name, flow_run_name=effect.run.name
+    )
+
+
+def _hook_failed(hook: Any, effect: Hooks) -> None:
+    get_logger("flowtrail.flow_runs").exception(
+        "a hook failed; the run goes on", hook=getattr(hook, "__name__", repr(hook)), state=effect.state.name
+    )
+
+
+def _run_to_its_end(awaitable: Any) -> Any:
+    """Await an async hook of a sync flow: on an event loop of its own, in a thread of
+    its own where this thread already runs one (a sync flow called from async code)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_awaited(awaitable))
+    context = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flowtrail-hook") as pool:
+        return pool.submit(context.run, asyncio.run, _awaited(awaitable)).result()
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -358,17 +419,14 @@ def run_flow_run(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool
 
 
 async def _hooks_async(effect: Hooks) -> None:
-    for hook in effect.hooks:
-        try:
-            result = hook(effect.flow, effect.run, effect.state)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            get_logger("flowtrail.flow_runs").exception(
-                "a hook failed; the run goes on",
-                hook=getattr(hook, "__name__", repr(hook)),
-                state=effect.state.name,
-            )
+    with _run_bound(effect):
+        for hook in effect.hooks:
+            try:
+                result = hook(effect.flow, effect.run, effect.state)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _hook_failed(hook, effect)
 
 
 async def _invoke_async(effect: Invoke, orchestrator: Orchestrator, url: str) -> Any:
@@ -410,7 +468,7 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
                 case Hooks():
                     await _hooks_async(effect)
         except BaseException as exc:  # the script decides what a crash records
-            failure = exc
+            failure = _terminated(exc) or exc
 
 
 async def call_async(
@@ -418,7 +476,7 @@ async def call_async(
 ) -> Any:
     parameters = flow.bind(args, kwargs)
     parent = current_flow_run()
-    with _termination_cancels(parent):
+    with _termination_cancels_async(parent):
         async with _async_orchestrator(parent) as (orchestrator, url):
             outcome = await drive_async(
                 FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url
@@ -428,7 +486,7 @@ async def call_async(
 
 async def run_flow_run_async(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool = False) -> Any:
     """`run_flow_run` for async flows."""
-    with _termination_cancels(None):
+    with _termination_cancels_async(None):
         async with _async_orchestrator(None) as (orchestrator, url):
             run = await orchestrator.read_flow_run(run_id_of(run_id))
             script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()

@@ -17,6 +17,7 @@ made, so a state proposed again after a wait carries the time it was accepted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
@@ -43,6 +44,7 @@ from flowtrail.engine.flows import (
     Flow,
     Hook,
     exception_data,
+    exception_text,
     is_recorded_data,
     jsonable_parameters,
     result_data,
@@ -155,36 +157,55 @@ def crash_message(exc: BaseException) -> str:
         return "Execution was aborted by a termination signal."
     if isinstance(exc, SystemExit):
         return "Execution was aborted by Python system exit call."
-    return f"Execution was interrupted by an unexpected exception: {type(exc).__name__}: {exc}"
+    if isinstance(exc, asyncio.CancelledError):
+        return "Execution was cancelled by the runtime environment."
+    return (
+        f"Execution was interrupted by an unexpected exception: {type(exc).__name__}: {exception_text(exc)}"
+    )
 
 
 def completion_state(value: object) -> State:
     """Prefect's return_value_to_state: a returned State (or states) decides the run's
     final state; any other value completes it, recorded when it is JSON."""
-    if isinstance(value, State):
-        # The orchestrator stamps it when it is proposed, like every state the engine
-        # sends; its data is recorded as a returned value's is.
+    if isinstance(value, State) and not _of_a_run(value):
+        # Made by hand: the run's state as it is. The orchestrator stamps it when it is
+        # proposed, like every state the engine sends; its data is recorded as a
+        # returned value's is.
         data = value.data
         if data is not None and not is_recorded_data(data):
             data = result_data(data)
         return msgspec.structs.replace(value, timestamp=None, data=data)
+    if isinstance(value, State):
+        # Another run's state (a subflow's, say): a state of this run's own, of the
+        # same kind, with the result it holds; never that run's ids and details.
+        return msgspec.structs.replace(_aggregate([value]), data=value.data)
     if isinstance(value, list | tuple) and value and all(isinstance(v, State) for v in value):
-        states: list[State] = list(value)
-        total = len(states)
-        if all(s.is_completed() for s in states):
-            return pure.Completed(message="All states completed.")
-        cancelled = sum(s.is_cancelled() for s in states)
-        if cancelled:
-            return pure.Cancelled(message=f"{cancelled}/{total} states cancelled.")
-        paused = sum(s.is_paused() for s in states)
-        if paused:
-            return pure.Paused(message=f"{paused}/{total} states paused.")
-        failed = sum(s.is_failed() or s.is_crashed() for s in states)
-        if failed:
-            return pure.Failed(message=f"{failed}/{total} states failed.")
-        unfinished = sum(not s.is_final() for s in states)
-        return pure.Failed(message=f"{unfinished}/{total} states are not final.")
+        return _aggregate(list(value))
     return pure.Completed(data=result_data(value))
+
+
+def _of_a_run(state: State) -> bool:
+    details = state.state_details
+    return details.flow_run_id is not None or details.task_run_id is not None
+
+
+def _aggregate(states: list[State]) -> State:
+    """Prefect's state for a run that returned ``states``: all completed, any
+    cancelled, any paused, any failed, in that order."""
+    total = len(states)
+    if all(s.is_completed() for s in states):
+        return pure.Completed(message="All states completed.")
+    cancelled = sum(s.is_cancelled() for s in states)
+    if cancelled:
+        return pure.Cancelled(message=f"{cancelled}/{total} states cancelled.")
+    paused = sum(s.is_paused() for s in states)
+    if paused:
+        return pure.Paused(message=f"{paused}/{total} states paused.")
+    failed = sum(s.is_failed() or s.is_crashed() for s in states)
+    if failed:
+        return pure.Failed(message=f"{failed}/{total} states failed.")
+    unfinished = sum(not s.is_final() for s in states)
+    return pure.Failed(message=f"{unfinished}/{total} states are not final.")
 
 
 @dataclass
@@ -228,9 +249,21 @@ class FlowRunScript:
             raise
         except GeneratorExit:
             raise
-        except (FlowtrailError, FlowTimeout):
-            # The orchestrator refused (an ABORT, a busy store) or an outer flow's
-            # timeout passed: nothing to record here that the caller will not see.
+        except FlowtrailError:
+            # The orchestrator refused (an ABORT, a busy store): nothing to record here
+            # that the caller will not see.
+            raise
+        except FlowTimeout as exc:
+            # An enclosing flow's time is up (this run's own is taken in `_attempt`),
+            # wherever this run was: in its function, a hook, a retry's wait. It stops
+            # with its parent, and is not left Running or AwaitingRetry for ever.
+            if self.run is not None and not (self.state is not None and self.state.is_final()):
+                yield from self._set(
+                    pure.Failed(
+                        message="Interrupted by the timeout of an enclosing flow run.",
+                        data=exception_data(exc),
+                    )
+                )
             raise
         except BaseException as exc:
             if self.run is not None and not (self.state is not None and self.state.is_final()):
@@ -252,13 +285,13 @@ class FlowRunScript:
                 values = flow.validate(self.parameters)
             except ParameterValidationError as exc:
                 self.error = exc
-                message = f"Validation of flow parameters failed with error: {exc}"
+                message = f"Validation of flow parameters failed with error: {exception_text(exc)}"
                 return values, None, pure.Failed(message=message, data=exception_data(exc))
         try:
             name = flow.run_name(values)
         except Exception as exc:
             self.error = exc
-            message = f"Could not resolve the flow run name: {type(exc).__name__}: {exc}"
+            message = f"Could not resolve the flow run name: {type(exc).__name__}: {exception_text(exc)}"
             return values, None, pure.Failed(message=message, data=exception_data(exc))
         return values, name, None
 
@@ -418,14 +451,7 @@ class FlowRunScript:
             value = yield Invoke(flow, values, self.run, token)
         except FlowTimeout as exc:
             if exc.token is not token:
-                # An enclosing flow's time is up: this run stops with it.
-                yield from self._set(
-                    pure.Failed(
-                        message="Interrupted by the timeout of an enclosing flow run.",
-                        data=exception_data(exc),
-                    )
-                )
-                raise
+                raise  # an enclosing flow's: see `execute`
             seconds = exc.seconds
             self.error = FlowTimeoutError(f"Flow run exceeded timeout of {seconds:g} second(s)")
             self.log.error("flow run timed out", timeout_seconds=seconds)
@@ -434,10 +460,11 @@ class FlowRunScript:
             )
         except Exception as exc:
             self.error = exc
-            self.log.error("flow run failed", exception_type=type(exc).__name__, error=str(exc))
+            text = exception_text(exc)
+            self.log.error("flow run failed", exception_type=type(exc).__name__, error=text)
             yield from self._end_attempt(
                 pure.Failed(
-                    message=f"Flow run encountered an exception: {type(exc).__name__}: {exc}",
+                    message=f"Flow run encountered an exception: {type(exc).__name__}: {text}",
                     data=exception_data(exc),
                     state_details=StateDetails(retriable=False),
                 )
@@ -456,7 +483,10 @@ class FlowRunScript:
         is a retry (AwaitingRetry): the engine proposes it next in any case, and one
         commit instead of two is what a retry with no delay costs."""
         assert self.run is not None
-        proposed = (state, pure.Running())
+        # Running goes along only after a final state (a retry answers it with
+        # AwaitingRetry); a returned Paused, Scheduled or Cancelling state ends the call
+        # there, as Prefect's engine runs the function only while the run is Running.
+        proposed = (state, pure.Running()) if state.is_final() else (state,)
         results: list[OrchestrationResult] = yield Call("propose_in_turn", (self.run.id, proposed))
         reached = state
         for wanted, result in zip(proposed, results, strict=False):

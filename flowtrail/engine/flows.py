@@ -22,7 +22,16 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json, describe_type
 from flowtrail.core.states import State
 
-__all__ = ["RESULT_LIMIT", "Flow", "Hook", "exception_data", "flow", "jsonable_parameters", "result_data"]
+__all__ = [
+    "RESULT_LIMIT",
+    "Flow",
+    "Hook",
+    "exception_data",
+    "exception_text",
+    "flow",
+    "jsonable_parameters",
+    "result_data",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,9 +61,29 @@ def is_recorded_data(data: object) -> bool:
     return isinstance(data, dict) and data.get("type") in ("json", "unpersisted", "exception")
 
 
+#: The most of an exception's text a state records.
+_EXCEPTION_TEXT = 2000
+
+
 def exception_data(exc: BaseException) -> dict[str, object]:
     """What a Failed or Crashed state records of an exception."""
-    return {"type": "exception", "exception_type": describe_type(exc), "message": str(exc)[:2000]}
+    return {"type": "exception", "exception_type": describe_type(exc), "message": exception_text(exc)}
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)`` as a state records it: at most 2,000 characters, text UTF-8 can hold
+    (a lone surrogate, from a file name os.listdir could not decode, is escaped), and
+    never an error of its own (an exception whose ``__str__`` fails)."""
+    try:
+        text = str(exc)[:_EXCEPTION_TEXT]
+    except Exception:
+        return f"<{describe_type(exc)} whose str() failed>"
+    return _utf8(text)
+
+
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (lone surrogates) escaped."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def jsonable_parameters(parameters: Mapping[str, Any]) -> dict[str, object]:
@@ -72,9 +101,18 @@ def jsonable_parameters(parameters: Mapping[str, Any]) -> dict[str, object]:
             converted = pydantic_core.to_jsonable_python(value)
             check_json(converted)
             recorded[name] = converted
-        except (InvalidDataError, pydantic_core.PydanticSerializationError, ValueError, TypeError):
-            recorded[name] = repr(value)[:1000]
+        except Exception:  # a user's object may fail in any way: its repr stands for it
+            recorded[name] = _shown(value)
     return recorded
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` in at most 1,000 characters, or its type's name where repr fails
+    (a list nested too deep for it, a broken ``__repr__``)."""
+    try:
+        return _utf8(repr(value)[:1000])
+    except Exception:
+        return f"<{describe_type(value)}>"
 
 
 def _check_seconds(option: str, value: object, *, positive: bool) -> None:

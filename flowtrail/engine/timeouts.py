@@ -23,8 +23,14 @@ from typing import Any
 __all__ = ["FlowTimeout", "sync_timeout"]
 
 
-class FlowTimeout(Exception):
-    """A flow's time is up; ``token`` says whose deadline passed."""
+class FlowTimeout(BaseException):
+    """A flow's time is up; ``token`` says whose deadline passed.
+
+    A BaseException, as asyncio's cancellation and Prefect's timeout scope are: the
+    function's own ``except Exception`` (a retry loop, say) and a failing hook's
+    handler must not swallow the deadline. The engine turns it into the run's
+    TimedOut state, or a subflow's Failed one.
+    """
 
     def __init__(self, token: object, seconds: float) -> None:
         super().__init__(f"exceeded the timeout of {seconds:g} second(s)")

@@ -2,6 +2,8 @@
 
 python -m tests.engine.flow_workers sleeper URL MARKER
     A flow that sleeps; its cancellation hook writes MARKER.
+python -m tests.engine.flow_workers async-sleeper URL MARKER
+    An async flow whose async subflow sleeps; their cancellation hooks append to MARKER.
 python -m tests.engine.flow_workers timeout URL
     A flow that outlives its 0.5 s timeout.
 python -m tests.engine.flow_workers parent URL [RUN_ID]
@@ -24,6 +26,7 @@ python -m tests.engine.flow_workers in-block URL
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -35,7 +38,7 @@ from typing import Any
 
 import structlog
 
-from flowtrail import SyncOrchestrator, flow
+from flowtrail import Orchestrator, SyncOrchestrator, flow
 from flowtrail.core import FlowTimeoutError
 from flowtrail.engine import run_flow_run
 
@@ -55,6 +58,27 @@ def sleeper(url: str, marker: str) -> None:
 
     with SyncOrchestrator.open(url):
         sleeper_flow()
+
+
+def async_sleeper(url: str, marker: str) -> None:
+    def hook(f: Any, run: Any, state: Any) -> None:
+        with open(marker, "a") as out:
+            out.write(f"{f.name} {state.type.value}\n")
+
+    @flow(name="async-child", on_cancellation=[hook], on_crashed=[hook])
+    async def child() -> None:
+        print("running", flush=True)
+        await asyncio.sleep(60)
+
+    @flow(name="async-parent", on_cancellation=[hook], on_crashed=[hook])
+    async def parent() -> None:
+        await child()
+
+    async def main() -> None:
+        async with Orchestrator.open(url):
+            await parent()
+
+    asyncio.run(main())
 
 
 def timed_out(url: str) -> None:
@@ -200,6 +224,8 @@ def main(argv: list[str]) -> None:
     command, url, *rest = argv
     if command == "sleeper":
         sleeper(url, rest[0])
+    elif command == "async-sleeper":
+        async_sleeper(url, rest[0])
     elif command == "timeout":
         timed_out(url)
     elif command == "parent":

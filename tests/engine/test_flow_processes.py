@@ -81,6 +81,28 @@ def test_sigterm_cancels_the_run_with_its_cancellation_hooks(databases: Database
         assert marker.read_text() == f"CANCELLING {run.id}"
 
 
+def test_sigterm_cancels_an_async_flow_and_its_async_subflow_with_their_cancellation_hooks(
+    databases: Databases, tmp_path: Path
+) -> None:
+    url = databases.url("aterm")
+    marker = tmp_path / "marker"
+    worker = _start("async-sleeper", url, str(marker))
+    _wait_for_line(worker, "running")
+    worker.send_signal(signal.SIGTERM)
+    code, output = _finish(worker)
+    assert code == 128 + signal.SIGTERM, output
+    with SyncOrchestrator.open(url) as orch:
+        for name in ("async-child", "async-parent"):
+            run = _only(orch, name)
+            assert [s.name for s in orch.read_states(run.id)] == [
+                "Pending",
+                "Running",
+                "Cancelling",
+                "Cancelled",
+            ], name
+    assert marker.read_text().splitlines() == ["async-child CANCELLING", "async-parent CANCELLING"]
+
+
 def test_a_timeout_interrupts_a_sleeping_sync_flow_in_its_own_process(databases: Databases) -> None:
     url = databases.url("timeout")
     started = time.monotonic()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -133,6 +134,98 @@ def test_a_flow_returning_its_subflows_final_state_returns_the_subflows_value(or
         return child(return_state=True)
 
     assert parent() == 5
+
+
+def test_a_flow_returning_its_subflows_state_gets_a_state_of_its_own_not_the_childs_details(
+    orch: SyncOrchestrator,
+) -> None:
+    @flow
+    def child() -> int:
+        return 5
+
+    @flow
+    def parent() -> Any:
+        return child(return_state=True)
+
+    state = parent(return_state=True)
+    run = only_run(orch, "parent")
+    assert (state.type, state.message, state.data) == (
+        StateType.COMPLETED,
+        "All states completed.",
+        {"type": "json", "value": 5},
+    )
+    assert (state.state_details.flow_run_id, state.state_details.task_run_id) == (run.id, None)
+
+
+@pytest.mark.parametrize(
+    ("returned", "reached"),
+    [
+        (states.Paused, "Paused"),
+        (states.Scheduled, "Scheduled"),
+        (lambda: [states.Completed(), states.Paused()], "Paused"),
+    ],
+)
+def test_a_flow_returning_a_state_that_is_not_final_ends_the_call_in_it(
+    orch: SyncOrchestrator, returned: Any, reached: str
+) -> None:
+    calls: list[int] = []
+
+    @flow
+    def pausing() -> Any:
+        calls.append(1)
+        return returned()
+
+    assert pausing(return_state=True).name == reached
+    assert calls == [1]
+    assert history(orch, only_run(orch, "pausing").id) == ["Pending", "Running", reached]
+
+
+def test_a_flow_returning_cancelling_fires_its_cancellation_hooks_once(orch: SyncOrchestrator) -> None:
+    fired: list[str] = []
+
+    @flow(on_cancellation=[lambda f, r, s: fired.append(s.name)])
+    def stopping() -> Any:
+        return states.Cancelling()
+
+    with pytest.raises(CancelledRunError):
+        stopping()
+    assert fired == ["Cancelling"]
+    assert history(orch, only_run(orch, "stopping").id) == ["Pending", "Running", "Cancelling"]
+
+
+def test_text_that_utf8_cannot_hold_is_escaped_in_a_failure_and_leaves_a_result_unrecorded(
+    orch: SyncOrchestrator,
+) -> None:
+    name = os.fsdecode(b"report-\xff.csv")  # as os.listdir gives an undecodable file name
+
+    @flow
+    def failing(path: str) -> None:
+        raise ValueError(path)
+
+    @flow
+    def returning() -> str:
+        return name
+
+    with pytest.raises(ValueError, match="report-"):
+        failing(name)
+    failed = only_run(orch, "failing")
+    assert failed.state.message == "Flow run encountered an exception: ValueError: report-\\udcff.csv"
+    assert failed.parameters == {"path": "'report-\\udcff.csv'"}
+    assert returning() == name
+    assert only_run(orch, "returning").state.data == {"type": "unpersisted", "python_type": "str"}
+
+
+def test_a_parameter_nested_too_deep_for_repr_is_recorded_by_its_type(orch: SyncOrchestrator) -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+
+    @flow(validate_parameters=False)
+    def take(rows: Any) -> int:
+        return 1
+
+    assert take(deep) == 1
+    assert only_run(orch, "take").parameters == {"rows": "<list>"}
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -350,6 +443,24 @@ def test_an_async_flow_past_its_timeout_is_timed_out(databases: Databases) -> No
     assert asyncio.run(scenario()) == ["Pending", "Running", "TimedOut"]
 
 
+def test_an_async_flow_cancelled_by_its_caller_crashes_cancelled_by_the_runtime(databases: Databases) -> None:
+    from flowtrail import Orchestrator
+
+    @flow
+    async def sleepy() -> None:
+        await asyncio.sleep(5)
+
+    async def scenario() -> Any:
+        async with Orchestrator.open(databases.url("cancelled")) as orch:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sleepy(), 0.2)
+            (run,) = await orch.read_flow_runs()
+            return run.state
+
+    state = asyncio.run(scenario())
+    assert (state.name, state.message) == ("Crashed", "Execution was cancelled by the runtime environment.")
+
+
 def test_an_enclosing_timeout_stops_a_subflow_and_times_out_the_parent(orch: SyncOrchestrator) -> None:
     @flow
     def child() -> None:
@@ -363,6 +474,57 @@ def test_an_enclosing_timeout_stops_a_subflow_and_times_out_the_parent(orch: Syn
         parent()
     assert history(orch, only_run(orch, "parent").id) == ["Pending", "Running", "TimedOut"]
     assert only_run(orch, "child").state.type is StateType.FAILED
+
+
+def test_a_timeout_is_not_swallowed_by_the_functions_own_except_exception(orch: SyncOrchestrator) -> None:
+    caught: list[str] = []
+
+    @flow(timeout_seconds=0.3)
+    def polling() -> str:
+        for _ in range(10):
+            try:
+                time.sleep(0.2)
+            except Exception as exc:
+                caught.append(type(exc).__name__)
+        return "done"
+
+    with pytest.raises(FlowTimeoutError):
+        polling()
+    assert caught == []
+    assert only_run(orch, "polling").state.name == "TimedOut"
+
+
+def test_a_timeout_passing_in_a_subflows_hook_times_out_the_parent(orch: SyncOrchestrator) -> None:
+    @flow(on_completion=[lambda f, r, s: time.sleep(2)])
+    def child() -> None:
+        pass
+
+    @flow(timeout_seconds=0.3)
+    def parent() -> None:
+        child()
+        time.sleep(2)
+
+    with pytest.raises(FlowTimeoutError):
+        parent()
+    assert only_run(orch, "parent").state.name == "TimedOut"
+
+
+def test_a_timeout_passing_while_a_subflow_waits_to_retry_fails_the_subflow(orch: SyncOrchestrator) -> None:
+    @flow(retries=1, retry_delay_seconds=5)
+    def child() -> None:
+        raise RuntimeError("first attempt")
+
+    @flow(timeout_seconds=0.5)
+    def parent() -> None:
+        child()
+
+    with pytest.raises(FlowTimeoutError):
+        parent()
+    child_run = only_run(orch, "child")
+    assert history(orch, child_run.id) == ["Pending", "Running", "AwaitingRetry", "Failed"]
+    assert child_run.state.message == "Interrupted by the timeout of an enclosing flow run."
+    (task,) = orch.read_task_runs(flow_run_id=only_run(orch, "parent").id)
+    assert task.state.type is StateType.FAILED
 
 
 # --- crashes ---------------------------------------------------------------------------------------
@@ -452,6 +614,42 @@ def test_async_hooks_are_awaited(orch: SyncOrchestrator) -> None:
 
     fine()
     assert fired == ["Completed"]
+
+
+def test_async_hooks_of_a_sync_flow_called_from_async_code_are_awaited(orch: SyncOrchestrator) -> None:
+    fired: list[str] = []
+
+    async def hook(f: Any, run: Any, state: Any) -> None:
+        await asyncio.sleep(0)
+        fired.append(state.name)
+
+    @flow(on_completion=[hook])
+    def fine() -> int:
+        return 1
+
+    async def caller() -> int:
+        return fine()
+
+    assert asyncio.run(caller()) == 1
+    assert fired == ["Completed"]
+
+
+def test_a_failing_hooks_log_line_names_the_run_of_the_hook(orch: SyncOrchestrator) -> None:
+    def broken(f: Any, run: Any, state: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    @flow(on_completion=[broken])
+    def child() -> None:
+        pass
+
+    @flow
+    def parent() -> None:
+        child()
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        parent()
+    (line,) = [entry for entry in logs if entry["event"] == "a hook failed; the run goes on"]
+    assert (line["flow_name"], line["flow_run_id"]) == ("child", str(only_run(orch, "child").id))
 
 
 # --- names, tags, logging -------------------------------------------------------------------------
