@@ -492,6 +492,7 @@ class Context:
         flow_run = None if flow_run_id is None else run_id_of(flow_run_id, "flow run id")
         key_of_task = check_name(task_key, "task_key")
         dynamic = check_name(_text_or_number(dynamic_key, "dynamic_key"), "dynamic_key")
+        given_key = None if idempotency_key is None else check_name(idempotency_key, "an idempotency key")
         if flow_run is not None:
             yield from self.load_kind(flow_run, RunKind.FLOW)
         jitter = retry_jitter_factor
@@ -508,16 +509,12 @@ class Context:
             retries=check_retries(retries),
             retry_delay=check_retry_delay(retry_delay, many=True),
             retry_jitter_factor=jitter,
-            idempotency_key=idempotency_key,
+            idempotency_key=given_key,
         )
         if flow_run is not None:
             key: str | None = _task_run_key(flow_run, key_of_task, dynamic)
         else:
-            key = (
-                None
-                if idempotency_key is None
-                else _loose_task_run_key(check_name(idempotency_key, "an idempotency key"))
-            )
+            key = None if given_key is None else _loose_task_run_key(given_key)
         initial = None if state is None else check_state(state)
         return (yield from self._create(created, initial, key))
 

@@ -37,7 +37,7 @@ from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verify_script
 from flowtrail.engine.bulk import collector_paused
-from flowtrail.engine.checks import found, run_id_of
+from flowtrail.engine.checks import check_name, found, run_id_of, shown
 from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.logs import get_logger
@@ -74,11 +74,26 @@ def _utc_now() -> datetime:
 
 
 def _proposer(proposer: str) -> str:
-    """A proposer's name, checked before anything is opened."""
+    """A proposer's name, checked before anything is opened (every proposal records it)."""
+    check_name(proposer, "proposer")
     if proposer == MIRROR_PROPOSER:
         # The audit tells the copies of subflow states by this name.
         raise InvalidInputError(f"{MIRROR_PROPOSER!r} names flowtrail's own copies; pick another proposer")
     return proposer
+
+
+def _checked_clock(clock: Clock) -> Clock:
+    """A caller's clock, whose readings are checked: every event records them."""
+    if not callable(clock):
+        raise InvalidInputError(f"clock is a function giving the time, not {shown(clock)}")
+
+    def now() -> datetime:
+        reading: object = clock()
+        if not isinstance(reading, datetime) or reading.utcoffset() is None:
+            raise InvalidInputError(f"the clock gives datetimes with a time zone, not {shown(reading)}")
+        return reading
+
+    return now
 
 
 #: A rebuild in a process on another host that wrote this recently (seconds) is taken to
@@ -137,7 +152,10 @@ class _Base:
 
     def __init__(self, *, clock: Clock | None, max_attempts: int, proposer: str, sql: Any) -> None:
         self._context = Context(
-            sql=sql, clock=clock or _utc_now, max_attempts=max_attempts, proposer=_proposer(proposer)
+            sql=sql,
+            clock=_utc_now if clock is None else _checked_clock(clock),
+            max_attempts=max_attempts,
+            proposer=_proposer(proposer),
         )
         self._entered: list[AbstractContextManager[None]] = []
 

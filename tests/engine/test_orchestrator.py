@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -134,6 +134,30 @@ def test_bad_creation_arguments_are_typed_errors_that_write_nothing(
     with pytest.raises(error):
         orch.create_flow_run(**kwargs)
     assert orch.last_position() == 0
+
+
+@pytest.mark.parametrize("key", [5, b"key", "", "a\x00b"])
+def test_a_task_runs_bad_idempotency_key_is_a_typed_error_that_writes_nothing(
+    orch: Orch, key: object
+) -> None:
+    flow = orch.create_flow_run("etl", state=states.Running())
+    written = orch.last_position()
+    with pytest.raises(InvalidInputError, match="idempotency key"):
+        orch.create_task_run(flow.id, task_key="load", idempotency_key=key)
+    assert orch.last_position() == written
+
+
+@pytest.mark.parametrize("proposer", [None, 5, "", "tab\there"])
+def test_a_bad_proposer_is_refused_at_opening(tmp_path: Path, proposer: object) -> None:
+    with pytest.raises(InvalidInputError, match="proposer"):
+        SyncOrchestrator.open(f"sqlite:///{tmp_path}/p.db", proposer=proposer)  # type: ignore[arg-type]
+
+
+def test_a_clock_giving_a_naive_datetime_is_a_typed_error_that_writes_nothing(tmp_path: Path) -> None:
+    with SyncOrchestrator.open(f"sqlite:///{tmp_path}/c.db", clock=datetime.now) as orch:
+        with pytest.raises(InvalidInputError, match="time zone"):
+            orch.create_flow_run("etl", state=states.Pending())
+        assert orch.last_position() == 0
 
 
 # --- proposing ---------------------------------------------------------------------------------
