@@ -9,6 +9,7 @@ in the same transaction as the rows. Either way the projection is a script of ef
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
@@ -16,10 +17,29 @@ from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Script
 from flowtrail.core.events import Event
 
-__all__ = ["Dialect", "Projection"]
+__all__ = ["LOG_TABLES", "Dialect", "Projection", "foreign_tables"]
 
 #: The SQL dialects flowtrail writes.
 Dialect = Literal["sqlite", "postgresql"]
+
+#: The log's own tables: no projection may own (and so drop) one.
+LOG_TABLES = frozenset({"flowtrail_meta", "events", "idempotency_keys", "checkpoints"})
+
+_TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def foreign_tables(tables: object, taken: frozenset[str]) -> str | None:
+    """What is wrong with ``tables`` as the tables a projection owns, or None: each a
+    plain SQL name (one a DROP TABLE may name as it is), none of them ``taken`` or the
+    log's own, whatever its case (both dialects fold unquoted names)."""
+    if isinstance(tables, str | bytes) or not isinstance(tables, Sequence):
+        return f"tables is a list of table names, not {tables!r}"
+    for table in tables:
+        if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table.lower()):
+            return f"{table!r} is not a plain table name (letters, digits and _, 63 at most)"
+        if table.lower() in LOG_TABLES | taken:
+            return f"{table!r} is one of flowtrail's own tables, which a projection's rebuild would drop"
+    return None
 
 
 class Projection(Protocol):

@@ -33,7 +33,7 @@ from flowtrail.core.errors import CodecError, InvalidInputError, RebuildReplaced
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.policies import MIRROR_PROPOSER
-from flowtrail.core.projection import Projection
+from flowtrail.core.projection import Projection, foreign_tables
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verify_script
 from flowtrail.engine.bulk import collector_paused
@@ -128,6 +128,10 @@ def _check_catch_up(projection: object, batch: object) -> None:
         raise InvalidInputError(
             f"catch_up takes a Projection (a name, a schema and apply), not {projection!r}"
         )
+    # A new version of the projection drops the tables it names: never the log's.
+    wrong = foreign_tables(getattr(projection, "tables", None), frozenset(_Base._views.tables))
+    if wrong is not None:
+        raise InvalidInputError(f"projection {projection.name!r}: {wrong}")  # type: ignore[attr-defined]
     _count("batch", batch, _MOST_BATCH)
 
 

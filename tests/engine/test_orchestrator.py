@@ -629,3 +629,26 @@ def test_catching_up_something_that_is_not_a_projection_or_by_no_events_is_a_typ
     with pytest.raises(InvalidInputError, match=r"catch_up takes a Projection|batch is a whole number"):
         orch.catch_up(projection, batch=batch)
     assert orch.catch_up(DecisionStats()) == 1
+
+
+class _Owning(DecisionStats):
+    """DecisionStats at another version, claiming to own ``tables``."""
+
+    def __init__(self, tables: object, version: int = 2) -> None:
+        self.tables = tables  # type: ignore[misc]
+        self.version = version  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "tables",
+    [("events",), ("EVENTS",), ("checkpoints",), ("flow_runs",), ("x; DROP TABLE events",), "decision_stats"],
+)
+def test_a_projection_claiming_the_logs_own_tables_is_refused_before_anything_is_dropped(
+    orch: Orch, tables: object
+) -> None:
+    orch.create_flow_run("etl", state=states.Pending())
+    assert orch.catch_up(DecisionStats()) == 2
+    with pytest.raises(InvalidInputError, match="projection 'decision_stats'"):
+        orch.catch_up(_Owning(tables))
+    assert orch.verify().ok
+    assert len(orch.read_flow_runs()) == 1
