@@ -363,6 +363,7 @@ class SyncOrchestrator(_Base):
                 sort=sort,
                 limit=limit,
                 offset=offset,
+                dialect=self.store.dialect,
             )
         )
 
@@ -631,6 +632,7 @@ class Orchestrator(_Base):
                 sort=sort,
                 limit=limit,
                 offset=offset,
+                dialect=self.store.dialect,
             )
         )
 

@@ -14,6 +14,7 @@ from flowtrail.core.effects import Fetch, Row, Script
 from flowtrail.core.errors import InvalidIdError, InvalidInputError, ViewsOutOfDateError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
+from flowtrail.core.projection import Dialect
 from flowtrail.core.states import StateType
 from flowtrail.projections.runs import RunViews, decode_view
 
@@ -52,11 +53,17 @@ _ORDER = {
     FlowRunSort.START_TIME_DESC: "coalesce(start_time, expected_start_time) DESC NULLS LAST, id DESC",
     FlowRunSort.EXPECTED_START_TIME_ASC: "expected_start_time ASC NULLS LAST, id ASC",
     FlowRunSort.EXPECTED_START_TIME_DESC: "expected_start_time DESC NULLS LAST, id DESC",
-    FlowRunSort.NAME_ASC: "name ASC, id ASC",
-    FlowRunSort.NAME_DESC: "name DESC, id DESC",
+    FlowRunSort.NAME_ASC: "name{bytewise} ASC, id ASC",
+    FlowRunSort.NAME_DESC: "name{bytewise} DESC, id DESC",
     FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC: "next_scheduled_start_time ASC NULLS LAST, id ASC",
     FlowRunSort.END_TIME_DESC: "end_time DESC NULLS LAST, id DESC",
 }
+
+
+#: Names sort byte for byte, as SQLite sorts them (and as time travel, which folds into
+#: SQLite, does), whatever the locale of a PostgreSQL database. (Run ids sort the same
+#: under any locale: hex digits and dashes in the same places.)
+_BYTEWISE = {"sqlite": "", "postgresql": ' COLLATE "C"'}
 
 
 def _one(rows: list[Row]) -> RunView | None:
@@ -173,7 +180,17 @@ def _texts(name: str, given: Iterable[object] | None) -> list[object] | None:
     for value in values or ():
         if not isinstance(value, str) or "\x00" in value:
             raise InvalidInputError(f"{name} holds strings without NUL characters, not {value!r}")
+        if not value.isascii() and not _encodes(value):
+            raise InvalidInputError(f"{name} holds {value!r}, which no run can hold (a lone surrogate)")
     return values
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _run_ids(name: str, given: Iterable[object] | None) -> list[object] | None:
@@ -209,11 +226,12 @@ def read_flow_runs(
     sort: FlowRunSort | str = FlowRunSort.ID_DESC,
     limit: int | None = 200,
     offset: int = 0,
+    dialect: Dialect = "sqlite",
 ) -> Script[list[RunView]]:
     """Flow runs matching every filter given, sorted, a page at a time: at most
     ``limit`` of them (None: every one) after skipping ``offset``."""
     try:
-        order = _ORDER[FlowRunSort(sort)]
+        order = _ORDER[FlowRunSort(sort)].format(bytewise=_BYTEWISE[dialect])
     except ValueError:
         raise InvalidInputError(f"unknown sort {sort!r}; one of {', '.join(FlowRunSort)}") from None
     if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_OFFSET):

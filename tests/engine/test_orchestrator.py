@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
 import pytest
@@ -23,6 +24,7 @@ from flowtrail.engine.ids import new_run_id
 from flowtrail.projections import DecisionStats
 from flowtrail.store import StreamWrite
 from flowtrail.testing import T0
+from tests.conftest import POSTGRES_DSN
 from tests.engine.conftest import Orch, parent_with_subflow
 
 Status = SetStateStatus
@@ -458,8 +460,37 @@ def test_a_run_created_without_a_state_sorts_by_the_start_its_first_state_sets(o
     assert [v.id for v in orch.read_flow_runs(sort="EXPECTED_START_TIME_ASC")] == order
 
 
+def _sorting_by_locale(url: str) -> None:
+    """Give a PostgreSQL log's run names the collation of a database made with a
+    language's locale, as most servers are (the test server's sort byte for byte)."""
+    import psycopg
+
+    schema = parse_qs(urlsplit(url).query)["schema"][0]
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:  # type: ignore[arg-type]
+        admin.execute(f'ALTER TABLE "{schema}".flow_runs ALTER COLUMN name TYPE text COLLATE "und-x-icu"')
+
+
+def test_names_sort_byte_for_byte_on_every_backend_as_time_travel_sorts_them(orch: Orch) -> None:
+    if orch.url.startswith("postgresql"):
+        _sorting_by_locale(orch.url)
+    for name in ["Beta", "alpha", "Zed", "_under"]:
+        orch.create_flow_run("etl", name=name)
+    expected = ["Beta", "Zed", "_under", "alpha"]
+    assert [r.name for r in orch.read_flow_runs(sort="NAME_ASC")] == expected
+    assert [r.name for r in orch.read_flow_runs(sort="NAME_DESC", limit=2)] == ["alpha", "_under"]
+    assert [r.name for r in orch.as_of(orch.last_position()).read_flow_runs(sort="NAME_ASC")] == expected
+
+
 @pytest.mark.parametrize(
-    "bad", [{"sort": "BY_MOOD"}, {"limit": -1}, {"offset": -3}, {"state_types": ["DONE"]}]
+    "bad",
+    [
+        {"sort": "BY_MOOD"},
+        {"limit": -1},
+        {"offset": -3},
+        {"state_types": ["DONE"]},
+        {"flow_names": ["\ud800"]},
+        {"tags": ["ok", "x\udcff"]},
+    ],
 )
 def test_bad_query_arguments_are_typed_errors(orch: Orch, bad: dict[str, object]) -> None:
     with pytest.raises(InvalidInputError):
