@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from flowtrail.core.errors import InvalidUrlError
 
@@ -79,11 +79,12 @@ def parse_url(url: str) -> StoreUrl:
         unknown = set(options) - _SQLITE_OPTIONS
         if unknown:
             raise InvalidUrlError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
-        if parts.netloc:
+        raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not url[len("sqlite:") :].startswith("///"):
+            # sqlite:/tmp/x.db would otherwise open tmp/x.db under the working folder.
             raise InvalidUrlError(
                 f"a SQLite URL has three slashes before its path: sqlite:///{parts.netloc}{parts.path}"
             )
-        raw = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not raw:
             raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
         durability = options.get("durability", "full")
@@ -106,10 +107,13 @@ def parse_url(url: str) -> StoreUrl:
         )
     if scheme in ("postgresql", "postgres"):
         mine = {k: v for k, v in options.items() if k in _FLOWTRAIL_PG_OPTIONS}
+        # libpq's own parameters go on as they were written: decoded and joined again,
+        # a value holding an encoded & = or space (options=-c%20statement_timeout%3D5s)
+        # would no longer read as one.
         libpq = [
-            (k, v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if k not in _FLOWTRAIL_PG_OPTIONS
+            part
+            for part in parts.query.split("&")
+            if part and unquote_plus(part.partition("=")[0]) not in _FLOWTRAIL_PG_OPTIONS
         ]
         schema = mine.get("schema", "flowtrail")
         plain = schema.isascii() and schema.replace("_", "").isalnum() and schema[:1].isalpha()
@@ -117,7 +121,7 @@ def parse_url(url: str) -> StoreUrl:
             raise InvalidUrlError(
                 f"schema {schema!r} must be a plain identifier (letters, digits, underscores)"
             )
-        query = "&".join(f"{k}={v}" for k, v in libpq)
+        query = "&".join(libpq)
         target = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
         return StoreUrl(
             backend="postgresql",

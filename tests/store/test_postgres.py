@@ -14,12 +14,14 @@ from uuid import uuid4
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from flowtrail.core import CorruptLogError, InvalidUrlError, SchemaVersionError, StoreUnavailableError
 from flowtrail.store import StreamWrite
 from flowtrail.store.api import prepare_append
 from flowtrail.store.postgres import PostgresStore, SyncPostgresStore
 from flowtrail.store.scripts import append_script
+from flowtrail.store.urls import parse_url
 from tests.conftest import POSTGRES_DSN, Databases, open_databases
 from tests.store.builders import new_stream
 from tests.store.workers import _commit_later
@@ -97,6 +99,17 @@ def test_two_schemas_are_two_logs(pg: Databases) -> None:
         left.append(*new_stream(3), 0)
         right.append(*new_stream(1), 0)
         assert (left.last_position(), right.last_position()) == (3, 1)
+
+
+def test_libpq_parameters_in_a_url_reach_libpq_as_written() -> None:
+    url = (
+        "postgresql://u@h:5432/db?schema=runs&application_name=a%26b+c"
+        "&options=-c%20statement_timeout%3D7000&busy_timeout=3"
+    )
+    parsed = parse_url(url)
+    given = conninfo_to_dict(parsed.target)
+    assert (given["application_name"], given["options"]) == ("a&b+c", "-c statement_timeout=7000")
+    assert (parsed.schema, parsed.busy_timeout, "schema" in given) == ("runs", 3.0, False)
 
 
 def test_a_schema_name_that_is_not_an_identifier_is_refused(pg: Databases) -> None:

@@ -179,6 +179,8 @@ def test_a_home_relative_url_is_expanded() -> None:
         "runs.db",
         "mysql://localhost/db",
         "sqlite://host/runs.db",
+        "sqlite:/tmp/runs.db",
+        "sqlite:runs.db",
         "sqlite:///",
         "sqlite:///runs.db?durability=sometimes",
         "sqlite:///runs.db?busy_timeout=-1",
