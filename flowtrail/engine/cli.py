@@ -252,7 +252,7 @@ def as_of_runs(ctx: click.Context, /, **filters: Any) -> None:
         if position > last:
             raise UserError(f"Position {position} is past the end of the log, which ends at {last}")
         with orchestrator.as_of(position) as snapshot:
-            _show_runs(snapshot, f"Flow runs as of position {position} (of {last})", **filters)
+            _show_runs(snapshot, f"Flow runs as of position {snapshot.position} (of {last})", **filters)
 
 
 # -- one run ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ time and appends go on in between.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -219,12 +220,27 @@ def snapshot_script(sql: LogSql, position: int, *, batch: int) -> Script[RunSnap
     if position > last:
         raise InvalidVersionError(f"position {position} is past the end of the log, which ends at {last}")
     snapshot = RunSnapshot(position)
-    start = 1
+    start, recorded_at = 1, None
     while start <= position:
         rows: list[Row] = yield Fetch(sql.read_batch, (start, min(batch, position - start + 1)))
         snapshot.feed([record_of(row) for row in rows])
+        if rows:
+            recorded_at = rows[-1][5]
         if not rows or len(rows) < batch:
             break
         start = rows[-1][0] + 1
+    # A position inside a transaction (an append of several events, a subflow's state
+    # and its parent task run's copy, say, or appends committed together) goes on to
+    # the transaction's end: no reader ever saw the views in between. A transaction's
+    # events are recorded at one time (read while it holds the log's write lock), so
+    # the events after the position recorded at its time end where a commit did.
+    while recorded_at is not None and snapshot.position < last:
+        rows = yield Fetch(sql.read_batch, (snapshot.position + 1, batch))
+        same = list(itertools.takewhile(lambda row: row[5] == recorded_at, rows))
+        snapshot.feed([record_of(row) for row in same])
+        if same:
+            snapshot.position = same[-1][0]
+        if len(same) < len(rows) or not rows:
+            break
     snapshot.complete()
     return snapshot

@@ -119,7 +119,7 @@ def append_script(
     """Append every request of ``batch`` in one transaction; a result (or error) each."""
     yield Begin()
     try:
-        results = yield from _append_in_transaction(batch, sql, projections, clock())
+        results = yield from _append_in_transaction(batch, sql, projections, clock)
     except BaseException:
         yield Rollback()
         raise
@@ -133,9 +133,12 @@ def append_script(
 
 
 def _append_in_transaction(
-    batch: Sequence[PreparedAppend], sql: LogSql, projections: Sequence[Projection], recorded_at: int
+    batch: Sequence[PreparedAppend], sql: LogSql, projections: Sequence[Projection], clock: Callable[[], int]
 ) -> Script[list[AppendResult | FlowtrailError]]:
     position, heads, stored_keys = yield from _lookup(batch, sql)
+    # Read once the lookup holds the log's write lock (PostgreSQL takes it with the
+    # lookup): transactions are then recorded in the order of their times, each at one.
+    recorded_at = clock()
     rows: list[tuple[object, ...]] = []
     key_rows: list[tuple[str, int, int]] = []
     events: list[Event] = []

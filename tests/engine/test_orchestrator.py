@@ -576,6 +576,26 @@ def test_as_of_shows_the_views_as_they_were_at_a_position(orch: Orch) -> None:
         assert snapshot.read_flow_run(run.id) == orch.read_flow_run(run.id)
 
 
+def test_a_position_inside_one_append_shows_the_views_at_the_appends_end(orch: Orch) -> None:
+    """A subflow's states and their copies on its parent task run commit together: no
+    reader ever saw one without the other, and time travel shows none."""
+    parent = orch.create_flow_run("parent", state=states.Pending(), then=[states.Running()])
+    task = orch.create_task_run(parent.id, task_key="sub", state=states.Pending())
+    before = orch.last_position()
+    child = orch.create_flow_run(
+        "child", parent_task_run_id=task.id, state=states.Pending(), then=[states.Running()]
+    )
+    end = orch.last_position()
+    assert end - before > 2
+    for position in range(before + 1, end + 1):
+        with orch.as_of(position) as snapshot:
+            assert snapshot.position == end
+            assert snapshot.read_flow_run(child.id).state.type is StateType.RUNNING
+            assert snapshot.read_task_run(task.id).state.type is StateType.RUNNING
+    with orch.as_of(before) as snapshot, pytest.raises(RunNotFoundError):
+        snapshot.read_flow_run(child.id)
+
+
 def test_a_run_created_after_the_position_is_not_in_the_past(orch: Orch) -> None:
     orch.create_flow_run("etl")
     position = orch.last_position()
