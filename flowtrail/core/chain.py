@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from flowtrail.core.codec import decode_event
+from flowtrail.core.errors import CorruptLogError
 from flowtrail.core.events import Event
 
 __all__ = ["GENESIS", "RecordedEvent", "chain_hash", "from_micros", "to_micros"]
@@ -85,7 +86,20 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def recorded_time(self) -> datetime:
-        return from_micros(self.recorded_at)
+        """When the event was recorded; a `CorruptLogError` naming the position where
+        the row holds anything but a time (a table edited by hand)."""
+        try:
+            if type(self.recorded_at) is int:
+                return from_micros(self.recorded_at)
+        except OverflowError:
+            pass
+        shown = repr(self.recorded_at)
+        raise CorruptLogError(
+            f"the event at position {self.position} records the time it was recorded as "
+            f"{shown if len(shown) <= 40 else shown[:37] + '...'}, which is not a time: the log was changed by hand "
+            "(`flowtrail verify` names every damaged event)",
+            position=self.position if type(self.position) is int else None,
+        )
 
     def expected_hash(self, previous: bytes) -> bytes:
         """The hash this event must carry if ``previous`` is its stream's previous hash."""

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from msgspec import UNSET
 
-from flowtrail.core.chain import RecordedEvent, from_micros
+from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Append, Fetch, Row, Script, StreamWrite
 from flowtrail.core.errors import (
     ConcurrencyConflictError,
@@ -631,7 +631,7 @@ class Context:
             HistoryEntry(
                 position=r.position,
                 version=r.version,
-                recorded_at=from_micros(r.recorded_at),
+                recorded_at=r.recorded_time,
                 event_type=r.event_type,
                 event=r.decode(),
             )

@@ -593,6 +593,15 @@ def test_an_export_event_with_a_number_no_log_can_hold_is_one_sentence(db: Path,
     assert_user_error(flowtrail("verify", "--file", "-", stdin="\n".join(lines)), "Line 6", f"{field} 1000")
 
 
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
+def test_history_of_a_run_whose_recording_time_was_damaged_is_one_sentence(
+    db: Path, as_json: list[str]
+) -> None:
+    _tamper(db, "UPDATE events SET recorded_at = 'abc' WHERE position = 20")
+    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 20").fetchone()
+    assert_user_error(flowtrail("history", stream, *as_json, database=db), "position 20", "'abc'")
+
+
 # -- the library stays light --------------------------------------------------------------------------
 
 
