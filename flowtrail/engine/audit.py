@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from uuid import UUID
 
@@ -10,7 +11,7 @@ import msgspec
 from flowtrail.core.audit import Auditor, AuditReport, Problem, verify
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Fetch, Row, Script
-from flowtrail.core.errors import InvalidInputError, ViewsOutOfDateError
+from flowtrail.core.errors import CorruptLogError, InvalidInputError, ViewsOutOfDateError
 from flowtrail.core.events import FlowRunCreated, RunKind, TaskRunCreated
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Dialect, Projection
@@ -157,7 +158,9 @@ def subflows_below(task_run_id: UUID) -> Script[list[UUID]]:
     return found
 
 
-def _records_of(context: Context, streams: list[UUID]) -> Script[list[RecordedEvent]]:
+def _records_of(
+    context: Context, streams: list[UUID], as_read: Callable[[Row], RecordedEvent] = record_of
+) -> Script[list[RecordedEvent]]:
     """The streams' events up to the log's end when the reading began, in position order.
 
     The streams are read one after another; an append between two reads (a subflow's
@@ -167,9 +170,20 @@ def _records_of(context: Context, streams: list[UUID]) -> Script[list[RecordedEv
     head = int(rows[0][0] or 0)
     records: list[RecordedEvent] = []
     for stream in streams:
-        records += [record for record in (yield from context.records_of(stream)) if record.position <= head]
+        rows = yield Fetch(context.sql.read_stream, (str(stream), 1))
+        records += [record for record in map(as_read, rows) if record.position <= head]
     records.sort(key=lambda record: record.position)
     return records
+
+
+def _as_found(row: Row) -> RecordedEvent:
+    """The row as a recorded event, even where a column holds a value of the wrong type
+    (a table edited by hand): the auditor names such a row as a problem of the log,
+    as it does any other damage, where reading it for use is an error."""
+    try:
+        return record_of(row)
+    except CorruptLogError:
+        return RecordedEvent(*row)
 
 
 def log_id(context: Context) -> Script[str | None]:
@@ -212,13 +226,13 @@ def verify_script(
         raise InvalidInputError("an anchor is checked against the whole log: verify without a run id")
     if run_id is not None:
         streams = yield from related_streams(context, run_id_of(run_id))
-        return verify((yield from _records_of(context, streams)), contiguous=False)
+        return verify((yield from _records_of(context, streams, _as_found)), contiguous=False)
     auditor = Auditor(anchor=anchor)
     position = 1
     while True:
         rows: list[Row] = yield Fetch(context.sql.read_batch, (position, _BATCH))
         for row in rows:
-            auditor.check(record_of(row))
+            auditor.check(_as_found(row))
         if len(rows) < _BATCH:
             break
         position = rows[-1][0] + 1

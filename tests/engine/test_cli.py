@@ -602,6 +602,23 @@ def test_history_of_a_run_whose_recording_time_was_damaged_is_one_sentence(
     assert_user_error(flowtrail("history", stream, *as_json, database=db), "position 20", "'abc'")
 
 
+def test_verify_reports_a_row_whose_data_is_not_bytes_as_a_problem_of_the_log(db: Path) -> None:
+    _tamper(db, "UPDATE events SET data = 5 WHERE position = 20")
+    ran = flowtrail("verify", database=db)
+    assert ran.code == 1, ran.err
+    assert "The first: the row at position 20 holds a value of the wrong type" in ran.out
+    report = flowtrail("verify", "--json", database=db)
+    assert (report.code, report.json()["problems"][0]["position"]) == (1, 20)
+
+
+def test_verify_of_one_run_reports_its_row_whose_data_is_not_bytes_as_a_problem(db: Path) -> None:
+    _tamper(db, "UPDATE events SET data = 5 WHERE position = 21")
+    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 21").fetchone()
+    ran = flowtrail("verify", "--run", stream, database=db)
+    assert ran.code == 1, ran.err
+    assert "The first: the row at position 21 holds a value of the wrong type" in ran.out
+
+
 # -- the library stays light --------------------------------------------------------------------------
 
 
