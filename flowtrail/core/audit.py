@@ -70,6 +70,9 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     #: position order, for a check of a whole log from its start (else None). Kept
     #: elsewhere, it is the anchor a later `verify` checks the log against.
     log_digest: str | None = None
+    #: For an export: the id of the log its header says it was taken from. The header
+    #: is not sealed, so this is what the export claims, not a proof of it.
+    export_of: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -130,6 +133,8 @@ class Auditor:
         self._max = max_problems
         self._streams: dict[str, _Stream] = {}
         self._problems: list[Problem] = []
+        #: Every (policy, version) a recorded decision names, known here or not.
+        self._policies: set[tuple[str, int]] = set()
         self._truncated = False
         self._checked = 0
         # Copies owed to parent task runs, by parent task stream: each written subflow
@@ -155,22 +160,15 @@ class Auditor:
 
     def check(self, recorded: RecordedEvent) -> None:
         """Check the next event of the log."""
-        self._checked += 1
         if not _well_typed(recorded):
             # A table rebuilt by hand can hold anything: name the row rather than fail on it.
             position = recorded.position
-            whole = type(position) is int
-            self._problem(
-                "row",
+            self.unreadable(
                 f"the row at position {position!r} holds a value of the wrong type",
-                None,
-                position=position if whole else None,
+                position=position if type(position) is int else None,
             )
-            if whole:
-                # It still takes its place in the log: the events after it are not missing.
-                self._last_position = max(self._last_position, position)
-                self._expected_position = max(self._expected_position, position + 1)
             return
+        self._checked += 1
         self._check_position(recorded)
         if self._digest is not None:
             self._digest.update(recorded.hash)
@@ -203,6 +201,20 @@ class Auditor:
             return
         if isinstance(event, StateProposed) and before is not None:
             self._check_decision(recorded, event, before)
+
+    def unreadable(self, message: str, *, position: int | None = None, kind: str = "row") -> None:
+        """The next event of the log could not be read as one (a row of the wrong
+        types, a damaged line of an export): a problem. Where its position is known, it
+        still takes its place in the log, so the events after it are not missing."""
+        self._checked += 1
+        self._problem(kind, message, None, position=position)
+        if position is not None:
+            self._last_position = max(self._last_position, position)
+            self._expected_position = max(self._expected_position, position + 1)
+
+    def policies_used(self) -> frozenset[tuple[str, int]]:
+        """Every (policy name, version) the decisions checked so far were recorded as made by."""
+        return frozenset(self._policies)
 
     def _check_position(self, recorded: RecordedEvent) -> None:
         position = recorded.position
@@ -278,6 +290,7 @@ class Auditor:
 
     def _check_decision(self, recorded: RecordedEvent, event: StateProposed, before: RunView) -> None:
         recorded_decision = event.decision
+        self._policies.add((recorded_decision.policy, recorded_decision.policy_version))
         try:
             policy = policy_named(recorded_decision.policy, recorded_decision.policy_version)
         except PolicyNotFoundError as exc:

@@ -38,7 +38,7 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
 from flowtrail.engine.context import default_url
 from flowtrail.engine.demo import show_demo
-from flowtrail.engine.exports import verify_export
+from flowtrail.engine.exports import bounded_lines, verify_export
 from flowtrail.engine.orchestrator import SyncOrchestrator
 from flowtrail.engine.render import (
     console,
@@ -355,12 +355,8 @@ def verify(
             raise UserError(
                 "--run and --anchor do not go with --file: an export is verified whole, against its end line"
             )
-        with click.open_file(export_file, encoding="utf-8", errors="strict") as lines:
-            try:
-                report = verify_export(lines)
-            except UnicodeDecodeError:
-                name = "standard input" if export_file == "-" else export_file
-                raise UserError(f"{name} is not a flowtrail export: it is not UTF-8 text") from None
+        with click.open_file(export_file, "rb") as binary:
+            report = verify_export(bounded_lines(binary))
         _report(report, as_json)
     with opened(settings) as orchestrator:
         report = orchestrator.verify(run_id, anchor=anchored)

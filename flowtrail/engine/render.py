@@ -216,7 +216,7 @@ def report_lines(report: AuditReport, *, shown: int = 10) -> list[Text]:
                     style="dim",
                 )
             )
-        return lines
+        return [*lines, *_source(report)]
     lines = [
         Text.assemble(
             ("verification failed ", "bold red"),
@@ -227,7 +227,14 @@ def report_lines(report: AuditReport, *, shown: int = 10) -> list[Text]:
     lines += [Text(f"  - {printable(problem.message)}") for problem in report.problems[1:shown]]
     if len(report.problems) > shown:
         lines.append(Text(f"  ... and {len(report.problems) - shown} more", style="dim"))
-    return lines
+    return [*lines, *_source(report)]
+
+
+def _source(report: AuditReport) -> list[Text]:
+    """Which log an export says it was taken from (its header is not sealed: a claim)."""
+    if report.export_of is None:
+        return []
+    return [Text(f"the export says it was taken from the log with id {report.export_of}", style="dim")]
 
 
 def rebuild_with_progress(

@@ -578,19 +578,175 @@ def test_an_export_that_is_not_text_is_one_sentence(tmp_path: Path) -> None:
     assert_user_error(flowtrail("verify", "--file", str(binary)), "not UTF-8")
 
 
-def test_an_export_line_that_is_not_an_event_is_one_sentence(db: Path) -> None:
-    lines = flowtrail("export", "--all", database=db).out.splitlines()
+def _exported_lines(db: Path) -> list[str]:
+    ran = flowtrail("export", "--all", database=db)
+    assert ran.code == 0, ran.err
+    return ran.out.splitlines()
+
+
+def assert_export_problem(lines: list[str], *words: str) -> None:
+    """verify --file reports a problem (exit 1, with --json too) naming it, no traceback."""
+    text = "\n".join(lines) + "\n"
+    ran = flowtrail("verify", "--file", "-", stdin=text)
+    assert ran.code == 1, (ran.code, ran.out, ran.err)
+    assert (ran.err, "Traceback" in ran.out) == ("", False)
+    first = ran.out.split("The first: ", 1)[1].splitlines()[0]
+    for word in words:
+        assert word in first, (word, first)
+    report = flowtrail("verify", "--file", "-", "--json", stdin=text)
+    assert report.code == 1
+    assert not report.json()["ok"]
+
+
+def test_an_export_line_that_is_not_an_event_is_a_problem_it_reports(db: Path) -> None:
+    lines = _exported_lines(db)
     lines[3] = '{"position": "three"}'
-    assert_user_error(flowtrail("verify", "--file", "-", stdin="\n".join(lines)), "Line 4")
+    assert_export_problem(lines, "line 4 of the export is not an event")
 
 
 @pytest.mark.parametrize("field", ["position", "version", "recorded_at", "schema_version"])
-def test_an_export_event_with_a_number_no_log_can_hold_is_one_sentence(db: Path, field: str) -> None:
-    lines = flowtrail("export", "--all", database=db).out.splitlines()
+def test_an_export_event_with_a_number_no_log_can_hold_is_a_problem(db: Path, field: str) -> None:
+    lines = _exported_lines(db)
     event = json.loads(lines[5])
     event[field] = 10**30
     lines[5] = json.dumps(event)
-    assert_user_error(flowtrail("verify", "--file", "-", stdin="\n".join(lines)), "Line 6", f"{field} 1000")
+    assert_export_problem(lines, "line 6", f"{field} 1000")
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ('"recorded_at": ' + "9" * 5001, ["line 6", "more digits"]),
+        ('"recorded_at": 1e400', ["line 6", "recorded_at is Infinity"]),
+        ('"position": 7.5', ["line 6", "position is 7.5, not a whole number"]),
+        ('"position": "5"', ["line 6", 'position is "5", not a whole number']),
+        ('"position": true', ["line 6", "position is true, not a whole number"]),
+        ('"hash": null', ["line 6", "hash is null, not a string"]),
+    ],
+)
+def test_a_damaged_field_of_an_export_event_is_a_problem_it_reports(
+    db: Path, damage: str, words: list[str]
+) -> None:
+    lines = _exported_lines(db)
+    key = damage.split(":", maxsplit=1)[0]
+    event = json.loads(lines[5])
+    lines[5] = lines[5].replace(f"{key}: {json.dumps(event[key.strip(chr(34))])}", damage)
+    assert damage in lines[5]
+    assert_export_problem(lines, *words)
+
+
+def test_an_export_line_nested_past_any_parser_is_a_problem_it_reports(db: Path) -> None:
+    lines = _exported_lines(db)
+    lines.insert(3, '{"a":' * 100_000)
+    assert_export_problem(lines, "line 4", "nests values deeper")
+
+
+def test_an_export_line_holding_a_nul_byte_is_a_problem_in_a_whole_sentence(db: Path) -> None:
+    lines = _exported_lines(db)
+    lines[5] = lines[5][:40] + "\x00" + lines[5][40:]
+    assert_export_problem(lines, "line 6 of the export is not JSON: invalid control character at column 41")
+
+
+def test_an_export_line_that_is_not_utf8_is_a_problem_it_reports(db: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.jsonl"
+    lines = [line.encode() for line in _exported_lines(db)]
+    lines[5] = lines[5][:40] + b"\xff" + lines[5][40:]
+    damaged.write_bytes(b"\n".join(lines) + b"\n")
+    ran = flowtrail("verify", "--file", str(damaged))
+    assert ran.code == 1, ran.err
+    assert "The first: line 6 of the export is not UTF-8 text" in ran.out
+
+
+def test_an_event_line_after_the_end_line_is_a_problem_it_reports(db: Path) -> None:
+    lines = _exported_lines(db)
+    assert_export_problem([*lines, lines[5]], f"line {len(lines) + 1} of the export comes after its end line")
+
+
+def test_an_end_line_naming_another_last_position_is_a_problem(db: Path) -> None:
+    lines = _exported_lines(db)
+    end = json.loads(lines[-1])
+    end["end"]["last_position"] = 99
+    assert_export_problem([*lines[:-1], json.dumps(end)], "last event is at position 47", "records 99")
+
+
+def test_a_whole_export_without_its_log_digest_is_a_problem(db: Path) -> None:
+    lines = _exported_lines(db)
+    end = json.loads(lines[-1])
+    del end["end"]["log_digest"]
+    assert_export_problem([*lines[:-1], json.dumps(end)], "no log digest")
+
+
+def test_a_verified_export_says_which_log_it_claims_to_come_from(db: Path) -> None:
+    lines = _exported_lines(db)
+    log = json.loads(lines[0])["log"]
+    ran = flowtrail("verify", "--file", "-", stdin="\n".join(lines) + "\n")
+    assert ran.code == 0, ran.err
+    assert f"taken from the log with id {log}" in ran.out
+    assert flowtrail("verify", "--file", "-", "--json", stdin="\n".join(lines)).json()["export_of"] == log
+
+
+def test_a_header_naming_a_policy_that_neither_exists_nor_decided_anything_is_a_problem(db: Path) -> None:
+    lines = _exported_lines(db)
+    header = json.loads(lines[0])
+    header["policies"].append("InventedPolicy@3")
+    assert_export_problem([json.dumps(header), *lines[1:]], "InventedPolicy@3", "no event uses")
+
+
+def test_a_header_leaving_out_a_policy_its_events_were_decided_by_is_a_problem(db: Path) -> None:
+    lines = _exported_lines(db)
+    header = json.loads(lines[0])
+    header["policies"].remove("CoreFlowPolicy@1")
+    assert_export_problem([json.dumps(header), *lines[1:]], "CoreFlowPolicy@1", "do not name")
+
+
+def test_a_header_whose_log_is_not_a_log_id_is_a_problem(db: Path) -> None:
+    lines = _exported_lines(db)
+    header = json.loads(lines[0]) | {"log": 12}
+    assert_export_problem([json.dumps(header), *lines[1:]], "names the log 12")
+
+
+def test_an_overlong_export_line_is_refused_in_bounded_memory(db: Path, tmp_path: Path) -> None:
+    """A line far past the longest an event can be is read in bounded pieces, not whole."""
+    lines = _exported_lines(db)
+    huge = tmp_path / "huge.jsonl"
+    with huge.open("w") as out:
+        out.write("\n".join(lines[:5]) + '\n{"data": "')
+        for _ in range(160):
+            out.write("x" * 1024 * 1024)
+        out.write('"}\n' + "\n".join(lines[5:]) + "\n")
+    script = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+        "print(done.stdout)"
+    )
+    assert ENTRY_POINT is not None
+    ran = subprocess.run(
+        [sys.executable, "-c", script, ENTRY_POINT, "verify", "--file", str(huge)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    code, megabytes = (int(word) for word in ran.stdout.split()[:2])
+    assert code == 1
+    assert "line 6 of the export is longer than any event can be" in ran.stdout
+    assert megabytes < 160, megabytes
+
+
+def test_an_export_of_an_event_whose_bytes_are_not_utf8_verifies_naming_the_damage(
+    db: Path, tmp_path: Path
+) -> None:
+    """An auditor exports a damaged log as it is: the export fails verification as the log does."""
+    _tamper(db, "UPDATE events SET data = x'ff00ff' WHERE position = 20")
+    exported = tmp_path / "damaged.jsonl"
+    ran = flowtrail("export", "--all", "-o", str(exported), database=db)
+    assert ran.code == 0, ran.err
+    assert '"data_hex": "ff00ff"' in exported.read_text()
+    checked = flowtrail("verify", "--file", str(exported))
+    assert checked.code == 1, checked.err
+    assert "The first: the hash at position 20" in checked.out
+    assert "position 20 does not decode" in checked.out
 
 
 @pytest.mark.parametrize("as_json", [[], ["--json"]])

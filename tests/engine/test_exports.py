@@ -6,12 +6,17 @@ import io
 import json
 from uuid import UUID
 
+import msgspec
 import pytest
 
 from flowtrail import states
 from flowtrail.core.errors import CorruptLogError
 from flowtrail.engine import read_export, verify_export
 from tests.engine.conftest import Orch, parent_with_subflow
+
+
+#: A log id, as a log's header names it.
+_LOG = "01a21031-0000-7000-8000-00000000c0de"
 
 
 def small_log(orch: Orch) -> dict[str, UUID]:
@@ -65,11 +70,44 @@ def test_an_export_of_a_task_run_holds_its_flow_run_above_and_its_subflow_below_
     assert verify_export(lines).ok
 
 
-def test_a_line_after_the_end_line_is_refused(orch: Orch) -> None:
+def test_a_line_after_the_end_line_is_a_problem_of_the_export(orch: Orch) -> None:
     small_log(orch)
     lines = exported(orch)
+    report = verify_export([*lines, lines[1]])
+    assert [(p.kind, p.message.split(":")[0]) for p in report.problems] == [
+        ("anchor", f"line {len(lines) + 1} of the export comes after its end line")
+    ]
+
+
+def test_reading_an_export_with_a_line_after_its_end_line_is_an_error(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    _, events, _ = read_export([*lines, lines[1]])
     with pytest.raises(CorruptLogError, match="after its end line"):
-        verify_export([*lines, lines[1]])
+        list(events)
+
+
+def test_a_damaged_event_line_keeps_its_place_when_its_position_is_legible(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    event = json.loads(lines[3]) | {"version": 2.0}
+    report = verify_export([*lines[:3], json.dumps(event), *lines[4:]])
+    assert (report.problems[0].kind, report.problems[0].position) == ("line", 3)
+    assert "missing" not in " ".join(p.message for p in report.problems)
+
+
+def test_bytes_that_are_not_utf8_are_exported_as_hexadecimal_and_read_back_exactly() -> None:
+    from flowtrail.engine.exports import ExportWriter
+    from tests.core.test_audit import sample_log
+
+    records = sample_log().records
+    damaged = [msgspec.structs.replace(records[0], data=b"\xff\x00\xff"), *records[1:]]
+    out = io.StringIO()
+    writer = ExportWriter(out, log_id=None, scope="all")
+    writer.write_all(damaged)
+    writer.finish()
+    _, events, _ = read_export(out.getvalue().splitlines())
+    assert list(events) == damaged
 
 
 def test_a_copied_event_before_the_end_line_is_caught(orch: Orch) -> None:
@@ -133,7 +171,7 @@ def test_an_export_rewritten_with_its_chains_and_last_hash_recomputed_is_caught_
 
     records = sample_log().records
     forged = io.StringIO()
-    writer = ExportWriter(forged, log_id="log", scope="all")
+    writer = ExportWriter(forged, log_id=_LOG, scope="all")
     writer.write_all(_forged_result(records))
     writer.finish()
     lines = forged.getvalue().splitlines()
@@ -149,7 +187,7 @@ def _whole(records: list) -> str:  # type: ignore[type-arg]
     from flowtrail.engine.exports import ExportWriter
 
     out = io.StringIO()
-    writer = ExportWriter(out, log_id="log", scope="all")
+    writer = ExportWriter(out, log_id=_LOG, scope="all")
     writer.write_all(records)
     writer.finish()
     return out.getvalue()
