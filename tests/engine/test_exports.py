@@ -14,7 +14,6 @@ from flowtrail.core.errors import CorruptLogError
 from flowtrail.engine import read_export, verify_export
 from tests.engine.conftest import Orch, parent_with_subflow
 
-
 #: A log id, as a log's header names it.
 _LOG = "01a21031-0000-7000-8000-00000000c0de"
 
