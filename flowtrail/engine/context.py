@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from flowtrail.core.errors import InvalidUrlError
 from flowtrail.core.fold import RunView
 from flowtrail.engine.checks import check_name
+from flowtrail.store.urls import sqlite_url
 
 if TYPE_CHECKING:
     from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
@@ -46,7 +47,7 @@ def default_url() -> str:
         if not url.strip():
             raise InvalidUrlError(f"{_ENVIRONMENT_URL} is set but empty")
         return url
-    return f"sqlite:///{Path.home() / '.flowtrail' / 'flowtrail.db'}"
+    return sqlite_url(Path.home() / ".flowtrail" / "flowtrail.db")
 
 
 @dataclass

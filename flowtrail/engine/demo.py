@@ -14,6 +14,7 @@ fresh log and shows the runs, two audit timelines, the verification and a rebuil
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -34,6 +35,7 @@ from flowtrail.engine.flows import Flow, flow
 from flowtrail.engine.orchestrator import SyncOrchestrator
 from flowtrail.engine.render import console, history_table, rebuild_with_progress, report_lines, runs_table
 from flowtrail.engine.results import OrchestrationResult
+from flowtrail.store.urls import sqlite_url
 
 __all__ = ["DemoRun", "run_pipeline", "show_demo"]
 
@@ -177,7 +179,7 @@ def _all_views(orchestrator: SyncOrchestrator) -> list[RunView]:
 def show_demo(path: Path, *, replace: bool) -> None:
     """Run the pipeline into a fresh log at ``path`` and show what the log holds."""
     _fresh(path, replace=replace)
-    url = f"sqlite:///{path}"
+    url = sqlite_url(path)
     out = console()
     out.print(
         Text.assemble(("flowtrail demo", "bold"), f": one night of an ETL pipeline, recorded in {path}\n")
@@ -218,4 +220,4 @@ def show_demo(path: Path, *, replace: bool) -> None:
     program = _program()
     out.print(f"\nThe log stays at {path}. Look around:")
     for command in ("runs", f"history {run.parent_id}", "verify", "export --all -o demo-export.jsonl"):
-        out.print(f"  {program} --database {url} {command}", soft_wrap=True)
+        out.print(f"  {shlex.quote(program)} --database {shlex.quote(url)} {command}", soft_wrap=True)

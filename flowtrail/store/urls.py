@@ -1,7 +1,9 @@
 """Database URLs: the one documented way to say where a log lives.
 
 - ``sqlite:///runs.db`` (relative), ``sqlite:////var/lib/runs.db`` (absolute),
-  ``sqlite:///~/runs.db``, ``sqlite:///:memory:``; options as query parameters:
+  ``sqlite:///~/runs.db``, ``sqlite:///:memory:``; the path is percent-decoded, so a
+  path holding ``#``, ``?`` or ``%`` is written with them encoded (``sqlite:///a%23b.db``
+  is the file ``a#b.db``; `sqlite_url` writes one); options as query parameters:
   ``?durability=normal`` (default ``full``), ``?busy_timeout=5`` (seconds),
   ``?max_event_bytes=1048576``, ``?mode=ro`` (read only: an auditor's copy).
 - ``postgresql://user@host:5432/db`` (or ``postgres://``), with ``?schema=name``
@@ -15,11 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from flowtrail.core.errors import InvalidUrlError
 
-__all__ = ["StoreUrl", "parse_url"]
+__all__ = ["StoreUrl", "parse_url", "sqlite_url"]
 
 _SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes", "mode"}
 _FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes", "busy_timeout"}
@@ -63,6 +65,11 @@ def _number(options: dict[str, str], name: str, default: float, *, whole: bool =
     return value
 
 
+def sqlite_url(path: str | Path) -> str:
+    """The URL of the SQLite file at ``path``, whatever characters its name holds."""
+    return f"sqlite:///{quote(str(path), safe='/:')}"
+
+
 def parse_url(url: str) -> StoreUrl:
     """Parse and check a database URL."""
     given: object = url  # also reached from untyped callers (the CLI, the environment)
@@ -79,12 +86,19 @@ def parse_url(url: str) -> StoreUrl:
         unknown = set(options) - _SQLITE_OPTIONS
         if unknown:
             raise InvalidUrlError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
-        raw = parts.path[1:] if parts.path.startswith("/") else parts.path
         if parts.netloc or not url[len("sqlite:") :].startswith("///"):
             # sqlite:/tmp/x.db would otherwise open tmp/x.db under the working folder.
             raise InvalidUrlError(
                 f"a SQLite URL has three slashes before its path: sqlite:///{parts.netloc}{parts.path}"
             )
+        # Percent-decoded as any URL's path is: a file name holding "#" or "?" would
+        # otherwise have no spelling (read as a fragment, or as options).
+        try:
+            raw = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path, errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidUrlError(
+                f"the path of {url!r} is percent-encoded bytes that are not UTF-8 text"
+            ) from None
         if not raw:
             raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
         durability = options.get("durability", "full")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -144,6 +145,21 @@ def test_the_demo_replaces_a_log_it_made(demo: tuple[Path, Ran], tmp_path: Path)
     shutil.copyfile(demo[0], again)
     ran = flowtrail("demo", "--path", str(again), "--replace", HOME=str(tmp_path))
     assert ran.code == 0, ran.err
+
+
+@pytest.mark.parametrize("name", ["we#ird dir/d.db", "a?b c/d%41.db"])
+def test_the_demo_writes_its_log_to_a_path_of_any_name_and_prints_commands_that_work(
+    tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / name
+    ran = flowtrail("demo", "--path", str(path), HOME=str(tmp_path))
+    assert ran.code == 0, ran.err
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    (printed,) = [line for line in ran.out.splitlines() if "--database" in line and line.endswith(" runs")]
+    command = shlex.split(printed)
+    command[0] = str(ENTRY_POINT)
+    looked = subprocess.run([*command[:-1], "runs", "--json"], capture_output=True, text=True, check=False)
+    assert (looked.returncode, len(json.loads(looked.stdout))) == (0, 5)
 
 
 # -- runs, history, subflow ---------------------------------------------------------------------

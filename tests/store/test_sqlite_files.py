@@ -26,7 +26,7 @@ from flowtrail.core.effects import Begin, Commit, Execute, ExecuteMany, Fetch, S
 from flowtrail.store.drivers import run_sync
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore, _Connection, _Options
 from flowtrail.store.sqlite_schema import check_filesystem, filesystem_type, schema_script, translate
-from flowtrail.store.urls import parse_url
+from flowtrail.store.urls import parse_url, sqlite_url
 from tests.store.builders import new_stream
 
 MOUNTINFO = """\
@@ -166,6 +166,15 @@ async def _open_and_close_async(db: Path) -> None:
 )
 def test_sqlite_urls_name_a_file(url: str, target: str) -> None:
     assert parse_url(url).target == target
+
+
+@pytest.mark.parametrize("path", ["/tmp/we#ird dir/d.db", "/tmp/a?b/d%41.db", "runs:ä.db", ":memory:"])
+def test_a_sqlite_url_written_for_a_path_names_that_path(path: str) -> None:
+    assert parse_url(sqlite_url(path)).target == path
+
+
+def test_a_sqlite_url_path_is_percent_decoded() -> None:
+    assert parse_url("sqlite:///we%23ird%3Fdir/d.db").target == "we#ird?dir/d.db"
 
 
 def test_a_home_relative_url_is_expanded() -> None:
