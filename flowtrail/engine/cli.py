@@ -54,11 +54,15 @@ from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import MAX_LIMIT, FlowRunSort
 from flowtrail.store.schema import SCHEMA_VERSION
 from flowtrail.store.sqlite_schema import is_memory
-from flowtrail.store.urls import parse_url
+from flowtrail.store.urls import parse_url, sqlite_url
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where `flowtrail demo` leaves its log by default (beside the caller), and its URL.
+DEMO_FILE = "flowtrail-demo.db"
+DEMO_URL = sqlite_url(DEMO_FILE)
 
 #: Exit status of an error the user can fix (click's usage errors use it too).
 USER_ERROR = 2
@@ -146,10 +150,7 @@ def opened(settings: Settings, *, write: bool = False) -> Iterator[SyncOrchestra
     url = settings.url
     target = parse_url(url)
     if target.backend == "sqlite" and target.target != ":memory:" and not Path(target.target).exists():
-        raise UserError(
-            f"There is no flowtrail database at {target.target}: run a flow or `flowtrail demo` "
-            "first, or name one with --database"
-        )
+        raise UserError(f"There is no flowtrail database at {target.target}: {_missing_hint(settings)}")
     try:
         try:
             orchestrator = SyncOrchestrator.open(url, create=False)
@@ -163,6 +164,17 @@ def opened(settings: Settings, *, write: bool = False) -> Iterator[SyncOrchestra
         ) from None
     with orchestrator:
         yield orchestrator
+
+
+def _missing_hint(settings: Settings) -> str:
+    """What to do about a missing log: the default one is made by the first flow run,
+    and the demo writes its own file, not the default log."""
+    if settings.database is None:
+        return (
+            f"a flow run creates it; or name another log with --database (the demo's, "
+            f"from this folder: --database {DEMO_URL})"
+        )
+    return "name an existing log, or create an empty one there with `flowtrail migrate`"
 
 
 def _emit_json(value: object) -> None:
@@ -514,7 +526,7 @@ def _shown(url: str) -> str:
 @click.option(
     "--path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("flowtrail-demo.db"),
+    default=Path(DEMO_FILE),
     show_default=True,
     help="Where the demo's SQLite log goes.",
 )

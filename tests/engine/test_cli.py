@@ -504,6 +504,23 @@ def test_a_missing_database_is_not_created(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
+def test_a_missing_default_log_points_at_the_log_the_demo_leaves(tmp_path: Path) -> None:
+    ran = flowtrail("runs", HOME=str(tmp_path))
+    assert_user_error(ran, "There is no flowtrail database at", "--database sqlite:///flowtrail-demo.db")
+    hinted = ran.err.rsplit("--database ", 1)[1].rstrip(")\n")
+    assert ENTRY_POINT is not None
+    for command in (["demo"], ["--database", hinted, "runs", "--json"]):
+        done = subprocess.run(
+            [ENTRY_POINT, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 5
+
+
+def test_a_missing_named_log_says_how_to_create_it(tmp_path: Path) -> None:
+    assert_user_error(flowtrail("runs", database=tmp_path / "nothing.db"), "flowtrail migrate")
+
+
 def test_a_file_that_is_not_sqlite_is_one_sentence(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(4096))
