@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -77,16 +78,36 @@ class UserError(click.ClickException):
         click.echo(f"flowtrail: {printable(self.format_message())}", err=True)
 
 
+#: How a command ends when the reader of its output has gone (`flowtrail export --all |
+#: head`): silently, with the status a shell reports for any Unix tool a closed pipe
+#: stops (128 + SIGPIPE). Not 0, since the output was cut short (``set -o pipefail``
+#: should see it), and not 1 or 2, which say that verify found a problem or that the
+#: input was wrong.
+PIPE_CLOSED = 128 + signal.SIGPIPE
+
+
+class ReaderGoneError(Exception):
+    """The reader of standard output has gone (a closed pipe)."""
+
+
 class _Group(click.Group):
     """Turns flowtrail's own errors, and the OS's, into one sentence."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError as exc:  # --help or --version into a closed pipe
+            raise ReaderGoneError from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FlowtrailError as exc:
             raise UserError(_sentence(exc)) from exc
-        except BrokenPipeError:
-            raise  # the reader has gone, which is not an error to report (see `main`)
+        except BrokenPipeError as exc:
+            raise ReaderGoneError from exc  # past click, which would exit 1 (see `main`)
         except OSError as exc:
             raise UserError(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}") from exc
 
@@ -540,7 +561,11 @@ def demo(path: Path, replace: bool) -> None:
 def main() -> None:
     """The ``flowtrail`` entry point."""
     try:
-        cli(prog_name="flowtrail")
-    except BrokenPipeError:  # `flowtrail export --all | head`: the reader has gone
-        sys.stderr.close()
-        sys.exit(1)
+        try:
+            cli(prog_name="flowtrail")
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe is still caught, not at exit
+    except (BrokenPipeError, ReaderGoneError):
+        # Whatever is still buffered goes nowhere, rather than fail again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(PIPE_CLOSED)

@@ -54,6 +54,14 @@ _STATUS_STYLE = {
 }
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader has gone: left to the CLI, which ends every command alike on it
+        (rich's own way exits 1, which for flowtrail says that verify found a problem)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console(*, stderr: bool = False) -> Console:
     """A console: colours and the real width on a terminal; plain, wide lines elsewhere
     (so piped output keeps one row per line).
@@ -64,9 +72,9 @@ def console(*, stderr: bool = False) -> Console:
     """
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(file=stream, stderr=stderr, highlight=False, markup=False, emoji=False)
+        return _Console(file=stream, stderr=stderr, highlight=False, markup=False, emoji=False)
     width = int(os.environ.get("COLUMNS", "0") or 0) or 200
-    return Console(
+    return _Console(
         file=stream, width=width, no_color=True, soft_wrap=True, highlight=False, markup=False, emoji=False
     )
 
