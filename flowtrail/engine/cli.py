@@ -48,6 +48,7 @@ from flowtrail.engine.render import (
     rebuild_with_progress,
     report_lines,
     runs_table,
+    show,
     took,
 )
 from flowtrail.engine.replay import MOST_WORKERS
@@ -232,7 +233,7 @@ def run_filters(command: F) -> F:
         click.option(
             "--sort",
             type=click.Choice([sort.value for sort in FlowRunSort], case_sensitive=False),
-            default=FlowRunSort.ID_DESC.value,
+            default=FlowRunSort.ID_DESC.value.lower(),  # as --help shows the choices
             show_default=True,
         ),
         click.option("--json", "as_json", is_flag=True, help="Print the runs' views as JSON."),
@@ -256,7 +257,7 @@ def _show_runs(source: SyncOrchestrator | RunSnapshot, title: str, **filters: An
     if not runs:
         out.print("No flow runs match.")
         return
-    out.print(runs_table(runs, title=title, width=out.width))
+    show(out, runs_table(runs, title=title, width=out.width), titled=False)
 
 
 @cli.command()
@@ -306,7 +307,9 @@ def history(settings: Settings, run_id: str, as_json: bool) -> None:
     what = f"flow run of {view.flow_name}" if view.flow_name else f"task run {view.task_key}"
     state = view.state.name if view.state else "no state"
     out = console()
-    out.print(history_table(entries, title=f"{view.name}: {what}, now {state}", width=out.width))
+    show(
+        out, history_table(entries, title=f"{view.name}: {what}, now {state}", width=out.width), titled=False
+    )
 
 
 @cli.command()
@@ -333,7 +336,8 @@ def subflow(settings: Settings, parent_task_run_id: str, as_json: bool) -> None:
         _emit_json(found)
     else:
         out = console()
-        out.print(runs_table([found], title=f"The subflow run of task run {task.name}", width=out.width))
+        title = f"The subflow run of task run {task.name}"
+        show(out, runs_table([found], title=title, width=out.width), titled=False)
 
 
 def _flow_run_or_none(orchestrator: SyncOrchestrator, run_id: str) -> RunView | None:

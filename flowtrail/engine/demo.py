@@ -33,7 +33,14 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.states import State
 from flowtrail.engine.flows import Flow, flow
 from flowtrail.engine.orchestrator import SyncOrchestrator
-from flowtrail.engine.render import console, history_table, rebuild_with_progress, report_lines, runs_table
+from flowtrail.engine.render import (
+    console,
+    history_table,
+    rebuild_with_progress,
+    report_lines,
+    runs_table,
+    show,
+)
 from flowtrail.engine.results import OrchestrationResult
 from flowtrail.store.urls import sqlite_url
 
@@ -188,7 +195,7 @@ def show_demo(path: Path, *, replace: bool) -> None:
         run = run_pipeline(url)
     _mark(path)
     with SyncOrchestrator.open(url) as orchestrator:
-        out.print(runs_table(orchestrator.read_flow_runs(limit=None), title="The runs", width=out.width))
+        show(out, runs_table(orchestrator.read_flow_runs(limit=None), title="The runs", width=out.width))
         for page in run.pages:
             out.print(Text(f"failure hook of publish: {page}", style="yellow"))
         for what, result in run.late_proposals:
@@ -202,7 +209,7 @@ def show_demo(path: Path, *, replace: bool) -> None:
             view = orchestrator.read_flow_run(run_id)
             title = f"Audit timeline of {view.name} ({view.flow_name}){f': {why}' if why else ''}"
             out.print()
-            out.print(history_table(orchestrator.read_history(run_id), title=title, width=out.width))
+            show(out, history_table(orchestrator.read_history(run_id), title=title, width=out.width))
         report = orchestrator.verify()
         out.print()
         for line in report_lines(report):

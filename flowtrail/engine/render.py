@@ -32,7 +32,15 @@ from flowtrail.core.states import State, StateType
 from flowtrail.engine.orchestrator import SyncOrchestrator
 from flowtrail.engine.results import HistoryEntry
 
-__all__ = ["console", "history_table", "printable", "rebuild_with_progress", "report_lines", "runs_table"]
+__all__ = [
+    "console",
+    "history_table",
+    "printable",
+    "rebuild_with_progress",
+    "report_lines",
+    "runs_table",
+    "show",
+]
 
 #: Colours by state type (used only on a terminal).
 _STATE_STYLE = {
@@ -150,6 +158,26 @@ def runs_table(runs: Sequence[RunView], *, width: int, title: str | None = None)
         }
         table.add_row(*(cells[name] for name in shown))
     return table
+
+
+def show(out: Console, table: Table, *, titled: bool = True) -> None:
+    """A table on a terminal; elsewhere (a pipe, a file) plain lines, one per row, the
+    cells separated by tabs under a line of the column names, for `cut` and `awk` to read
+    (preceded by the title as a line of its own where ``titled``)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Written to the file itself: rich would expand the tabs into spaces.
+    if titled and table.title is not None:
+        out.file.write(f"{_plain(table.title)}\n")
+    out.file.write("\t".join(_plain(column.header) for column in table.columns) + "\n")
+    for row in zip(*(column.cells for column in table.columns), strict=True):
+        out.file.write("\t".join(_plain(cell) for cell in row) + "\n")
+
+
+def _plain(cell: object) -> str:
+    """A cell's text; cells hold `printable` text already, so no tab or line break is left."""
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def _decision_cells(event: StateProposed, current: State | None) -> tuple[Text, Text, State | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sqlite3
@@ -198,6 +199,40 @@ def test_runs_table_names_each_run_and_its_state(db: Path) -> None:
     assert ran.code == 0
     assert "nightly-etl-2026-11-23" in ran.out
     assert "TimedOut" in ran.out
+
+
+@pytest.mark.parametrize("command", [["runs"], ["history", "extract"], ["subflow", "extract"]])
+def test_piped_output_is_tab_separated_lines_not_a_drawn_table(db: Path, command: list[str]) -> None:
+    extract = run_of(db, "extract")
+    if command[0] != "runs":
+        command = [command[0], extract["id"] if command[0] == "history" else extract["parent_task_run_id"]]
+    ran = flowtrail(*command, database=db)
+    assert ran.code == 0, ran.err
+    assert not set(ran.out) & set("━─│┃┏┓┗┛╇╈┡┩")
+    lines = ran.out.splitlines()
+    assert lines[0].split("\t")[:2] == (
+        ["id", "name"] if command[0] != "history" else ["pos", "recorded (UTC)"]
+    )
+    assert {len(line.split("\t")) for line in lines} == {len(lines[0].split("\t"))}
+
+
+def test_runs_help_shows_its_default_sort_as_it_spells_the_choices(db: Path) -> None:
+    ran = flowtrail("runs", "--help")
+    assert "[default: id_desc]" in " ".join(ran.out.split())
+
+
+def test_the_readme_synopsis_names_every_option_of_every_command() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    synopsis = readme.split("## The command line", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    for command in ("runs", "history", "subflow", "verify", "rebuild", "export", "migrate", "demo"):
+        shown = flowtrail(command, "--help").out
+        options = re.findall(r"^  (?:(-\w), )?(--[\w-]+)", shown, re.MULTILINE)
+        lines = [line for line in synopsis.splitlines() if line.startswith(f"flowtrail {command}")]
+        assert lines, command
+        for short, long in options:
+            if long != "--help":
+                spelt = [long, f"{short} "] if short else [long]
+                assert any(word in line for line in lines for word in spelt), (command, long)
 
 
 def test_the_database_comes_from_the_environment(db: Path) -> None:
