@@ -101,6 +101,8 @@ def parse_url(url: str) -> StoreUrl:
             ) from None
         if not raw:
             raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
+        if "\x00" in raw:
+            raise InvalidUrlError(f"the path of {url!r} holds a NUL character, which no file name can")
         durability = options.get("durability", "full")
         if durability not in ("full", "normal"):
             raise InvalidUrlError(f"durability is 'full' or 'normal', not {durability!r}")

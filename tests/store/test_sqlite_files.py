@@ -189,6 +189,7 @@ def test_a_home_relative_url_is_expanded() -> None:
         "mysql://localhost/db",
         "sqlite://host/runs.db",
         "sqlite:/tmp/runs.db",
+        "sqlite:///a%00b.db",
         "sqlite:runs.db",
         "sqlite:///",
         "sqlite:///runs.db?durability=sometimes",
