@@ -9,7 +9,6 @@ in the same transaction as the rows. Either way the projection is a script of ef
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
@@ -25,7 +24,12 @@ Dialect = Literal["sqlite", "postgresql"]
 #: The log's own tables: no projection may own (and so drop) one.
 LOG_TABLES = frozenset({"flowtrail_meta", "events", "idempotency_keys", "checkpoints"})
 
-_TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+def _plain_name(name: str) -> bool:
+    """Letters, digits and underscores (ASCII), not starting with a digit, 63 at most."""
+    return (
+        0 < len(name) <= 63 and name.isascii() and name.replace("_", "a").isalnum() and not name[0].isdigit()
+    )
 
 
 def foreign_tables(tables: object, taken: frozenset[str]) -> str | None:
@@ -35,7 +39,7 @@ def foreign_tables(tables: object, taken: frozenset[str]) -> str | None:
     if isinstance(tables, str | bytes) or not isinstance(tables, Sequence):
         return f"tables is a list of table names, not {tables!r}"
     for table in tables:
-        if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table.lower()):
+        if not isinstance(table, str) or not _plain_name(table):
             return f"{table!r} is not a plain table name (letters, digits and _, 63 at most)"
         if table.lower() in LOG_TABLES | taken:
             return f"{table!r} is one of flowtrail's own tables, which a projection's rebuild would drop"
