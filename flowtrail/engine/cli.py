@@ -434,10 +434,17 @@ def rebuild(settings: Settings, workers: int | None) -> None:
                 f"Cannot rebuild the run views: the event{at} does not decode ({exc}). They stay "
                 "out of date; `flowtrail verify` names every damaged event"
             ) from exc
+        orphaned = orchestrator.orphaned_events
     rate = applied / seconds if seconds > 0 else 0.0
     out.print(
         f"Rebuilt the run views from {applied} events in {took(timedelta(seconds=seconds))} ({rate:,.0f} events/s)."
     )
+    if orphaned:
+        # Not an error: the views are as the log allows. But a run is missing from them.
+        out.print(
+            f"{orphaned} event(s) belong to runs whose creation is not in the log, and are in no "
+            "view: the log is damaged, and `flowtrail verify` names where."
+        )
 
 
 @cli.command()

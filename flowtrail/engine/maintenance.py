@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from flowtrail.core.effects import Execute, Fetch, Join, OnWriter, Row, Script
 from flowtrail.core.errors import InvalidVersionError
@@ -27,7 +27,7 @@ from flowtrail.projections.rebuild import RunViewsRebuild
 from flowtrail.projections.runs import RunViews
 from flowtrail.store.scripts import LogSql, record_of
 
-__all__ = ["Backend", "catch_up_script", "rebuild_script", "snapshot_script"]
+__all__ = ["Backend", "RebuildCounts", "catch_up_script", "rebuild_script", "snapshot_script"]
 
 #: Called with (events done, events in all) as a long operation goes.
 Progress = Callable[[int, int], None]
@@ -47,6 +47,16 @@ class Backend(Protocol):
     def mark_current(self, projection: Projection) -> Script[None]: ...
 
 
+class RebuildCounts(NamedTuple):
+    """What a rebuild went through."""
+
+    #: Events folded into the views.
+    applied: int
+    #: Events of runs whose creation is not in the log (a damaged log: `verify` names
+    #: the damage): no view holds them.
+    orphaned: int
+
+
 def rebuild_script(
     backend: Backend,
     views: RunViews,
@@ -55,7 +65,7 @@ def rebuild_script(
     batch: int,
     cache_size: int,
     split: SplitReplay | None = None,
-) -> Script[int]:
+) -> Script[RebuildCounts]:
     """Drop the run views, replay the log into them a chunk at a time, mark them current.
 
     With ``split``, the events up to the log's end when its helpers start (just before
@@ -67,7 +77,7 @@ def rebuild_script(
     sql = backend.sql
     yield from _set_cache(sql.lean_cache)
     try:
-        applied = yield from _rebuild(backend, views, progress, batch, cache_size, split)
+        counts = yield from _rebuild(backend, views, progress, batch, cache_size, split)
     except GeneratorExit:
         raise  # closed midway (its task cancelled): it can run nothing more
     except BaseException:
@@ -75,7 +85,7 @@ def rebuild_script(
             yield from _set_cache(sql.usual_cache)
         raise
     yield from _set_cache(sql.usual_cache)
-    return applied
+    return counts
 
 
 def signs_of_life() -> str:
@@ -122,7 +132,7 @@ def _rebuild(
     batch: int,
     cache_size: int,
     split: SplitReplay | None,
-) -> Script[int]:
+) -> Script[RebuildCounts]:
     rebuild = RunViewsRebuild(views, cache_size=cache_size, token=uuid.uuid4().hex, signs=signs_of_life)
     reset = rebuild.reset(backend.dialect, backend.mark_stale(views), backend.sql.last_position)
     head, partitions = 0, 1
@@ -145,7 +155,7 @@ def _rebuild(
     yield OnWriter(rebuild.finish(backend.sql.read_batch, record_of, backend.mark_current(views)))
     if progress is not None:
         progress(rebuild.position, rebuild.position)
-    return rebuild.applied
+    return RebuildCounts(rebuild.applied, rebuild.orphaned)
 
 
 def _replay(
@@ -193,10 +203,11 @@ def _replay_split(
         yield OnWriter(reset)
         own = (head, low, high, batch)
         yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
-        done: list[tuple[str, int]] = yield Join(helpers)
-        for file, applied in done:
+        done: list[tuple[str, int, int]] = yield Join(helpers)
+        for file, applied, orphaned in done:
             yield OnWriter(copy_rows(views.tables, file, rebuild.still_running()))
             rebuild.applied += applied
+            rebuild.orphaned += orphaned
     finally:
         helpers.close()
     # Everything up to the head is in; the rest is the catch-up's (finish).

@@ -43,6 +43,7 @@ from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.logs import get_logger
 from flowtrail.engine.maintenance import (
     Progress,
+    RebuildCounts,
     catch_up_script,
     rebuild_script,
     running_elsewhere,
@@ -163,8 +164,22 @@ class _Base:
         )
         self._entered: list[AbstractContextManager[None]] = []
 
+    #: Events the last `rebuild` found of runs whose creation is not in the log (a
+    #: damaged log: `verify` names the damage); no view holds them.
+    orphaned_events = 0
+
     def _reset_cache(self) -> None:
         self._context.cache = ViewCache()
+
+    def _rebuilt(self, counts: RebuildCounts) -> int:
+        self._reset_cache()
+        self.orphaned_events = counts.orphaned
+        if counts.orphaned:
+            get_logger("flowtrail.views").warning(
+                "events of runs whose creation is not in the log are in no view: verify names the damage",
+                orphaned_events=counts.orphaned,
+            )
+        return counts.applied
 
     def _view(self, run_id: UUID | str, kind: RunKind) -> Script[RunView | None]:
         return self._context.view_of(run_id_of(run_id), kind)
@@ -406,11 +421,10 @@ class SyncOrchestrator(_Base):
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
             )
             try:
-                applied = self.store.perform(script)
+                counts = self.store.perform(script)
             finally:
                 script.close()  # interrupted: stop its helpers now, not when collected
-        self._reset_cache()
-        return applied
+        return self._rebuilt(counts)
 
     def as_of(self, position: int) -> RunSnapshot:
         at = check_position(position)
@@ -694,11 +708,10 @@ class Orchestrator(_Base):
                 self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
             )
             try:
-                applied = await self.store.perform(script)
+                counts = await self.store.perform(script)
             finally:
                 script.close()  # cancelled: stop its helpers now, not when collected
-        self._reset_cache()
-        return applied
+        return self._rebuilt(counts)
 
     async def as_of(self, position: int) -> RunSnapshot:
         """The run views as they were when the log ended at ``position``."""

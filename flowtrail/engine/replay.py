@@ -106,14 +106,16 @@ class ReplayOutcome(msgspec.Struct, frozen=True, omit_defaults=True):
     """What a helper prints when it ends: events applied, or the error that stopped it."""
 
     applied: int = 0
+    orphaned: int = 0
     error: str | None = None
     message: str = ""
     event_type: str | None = None
     position: int | None = None
 
 
-def replay_partition(task: ReplayTask) -> int:
-    """Replay one partition of the log into ``task.out``; the number of events applied."""
+def replay_partition(task: ReplayTask) -> tuple[int, int]:
+    """Replay one partition of the log into ``task.out``; the events applied, and the
+    events of runs whose creation is not in the log."""
     # Read-only: a connection that can write may, closing, take itself for the log's last
     # one and remove its write-ahead log from under the rebuilding process (seen when a
     # helper failed at once: the rebuilding process's later commits were lost).
@@ -142,7 +144,7 @@ def replay_partition(task: ReplayTask) -> int:
             if len(rows) < task.batch:
                 break
         run_sync(transaction(rebuild.flush()), writer.execute, translate)
-        return rebuild.applied
+        return rebuild.applied, rebuild.orphaned
     finally:
         source.close()
         out.close()
@@ -214,10 +216,11 @@ class _Helpers:
             for task in tasks
         ]
 
-    def join(self) -> list[tuple[str, int]]:
-        """Wait for every helper: (its file, events applied) each; a helper's error is raised."""
+    def join(self) -> list[tuple[str, int, int]]:
+        """Wait for every helper: (its file, events applied, events orphaned) each; a
+        helper's error is raised."""
         self._joining = True
-        done: list[tuple[str, int]] = []
+        done: list[tuple[str, int, int]] = []
         failure: FlowtrailError | None = None
         for task, process in zip(self._tasks, self._processes, strict=True):
             stdout, stderr = process.communicate()
@@ -232,7 +235,7 @@ class _Helpers:
             if outcome.error is not None:
                 failure = failure or _error_of(outcome)
             else:
-                done.append((task.out, outcome.applied))
+                done.append((task.out, outcome.applied, outcome.orphaned))
         if failure is not None:
             raise failure
         return done
@@ -398,7 +401,8 @@ def main(argv: Sequence[str]) -> int:
         # As in the rebuilding process: the replay makes no cyclic garbage, and the
         # collector's passes took a sixth of a helper's time (36 s against 30 s).
         with collector_paused():
-            outcome = ReplayOutcome(applied=replay_partition(task))
+            applied, orphaned = replay_partition(task)
+            outcome = ReplayOutcome(applied=applied, orphaned=orphaned)
     except _Orphaned as exc:
         # Clean up after the rebuild that cannot: the last helper out removes the folder.
         out = Path(task.out)

@@ -85,6 +85,9 @@ class RunViewsRebuild:
         self.cache_size = cache_size
         self.flush_every = flush_every
         self.applied = 0
+        #: Events of runs whose creation is not in the log (damage `verify` names): no
+        #: view holds them.
+        self.orphaned = 0
         self.position = 0
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._dirty: dict[str, RunView] = {}
@@ -220,6 +223,7 @@ class RunViewsRebuild:
             view = views.pop(run_id, None) or dirty.get(run_id)
             if view is None:
                 if not isinstance(event, FlowRunCreated | TaskRunCreated):
+                    self.orphaned += 1
                     continue
             elif record.version != view.version + 1:
                 # Not its turn: an append already applied it to the stored row. Write the

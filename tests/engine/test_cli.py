@@ -380,6 +380,21 @@ def test_rebuild_split_over_helper_processes_keeps_the_views(db: Path) -> None:
     assert runs_json(db) == before
 
 
+def test_rebuild_says_how_many_events_belong_to_runs_whose_creation_is_gone(db: Path) -> None:
+    connection = sqlite3.connect(db)
+    connection.execute("DROP TRIGGER events_are_never_deleted")
+    (stream,) = connection.execute("SELECT stream_id FROM events WHERE position = 20").fetchone()
+    connection.execute("DELETE FROM events WHERE stream_id = ? AND version = 1", (stream,))
+    (left,) = connection.execute("SELECT count(*) FROM events WHERE stream_id = ?", (stream,)).fetchone()
+    connection.commit()
+    connection.close()
+    ran = flowtrail("rebuild", database=db)
+    assert ran.code == 0, ran.err
+    assert ran.out.startswith(f"Rebuilt the run views from {46 - left} events in ")
+    assert f"{left} event(s) belong to runs whose creation is not in the log" in ran.out
+    assert "`flowtrail verify` names where" in ran.out
+
+
 @pytest.mark.parametrize("workers", ["0", "33"])
 def test_rebuild_with_workers_out_of_range_is_a_one_line_error(db: Path, workers: str) -> None:
     ran = flowtrail("rebuild", "--workers", workers, database=db)

@@ -90,6 +90,40 @@ def test_a_split_rebuild_writes_the_rows_a_rebuild_in_one_process_writes(
     assert file_orch.verify().ok
 
 
+def _remove_creations(path: Path, run_ids: list[str]) -> int:
+    """Remove the runs' creations from the log (damage only verify should find); the
+    events of theirs left."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("DROP TRIGGER events_are_never_deleted")
+        marks = ", ".join("?" * len(run_ids))
+        connection.execute(f"DELETE FROM events WHERE version = 1 AND stream_id IN ({marks})", run_ids)
+        (left,) = connection.execute(
+            f"SELECT count(*) FROM events WHERE stream_id IN ({marks})", run_ids
+        ).fetchone()
+        connection.commit()
+    finally:
+        connection.close()
+    return int(left)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_rebuild_counts_the_events_of_runs_whose_creation_is_gone(
+    file_orch: Orch, tmp_path: Path, workers: int
+) -> None:
+    _busy_log(file_orch, runs=20)
+    runs = file_orch.read_flow_runs(flow_names=["etl"], sort="ID_DESC", limit=None)
+    damaged = [str(runs[0].id), str(runs[-1].id)]  # the newest and the oldest: both partitions
+    left = _remove_creations(tmp_path / "split.db", damaged)
+    assert left > 0
+    applied = file_orch.rebuild(workers=workers)
+    assert file_orch.orphaned_events == left
+    assert applied + left == file_orch.last_position() - 2
+    assert len(file_orch.read_flow_runs(flow_names=["etl"], limit=None)) == 18
+    file_orch.rebuild(workers=1)
+    assert file_orch.orphaned_events == left  # each rebuild counts its own
+
+
 def test_a_split_rebuild_reports_progress_up_to_every_event(file_orch: Orch) -> None:
     _busy_log(file_orch, runs=20)
     seen: list[tuple[int, int]] = []
