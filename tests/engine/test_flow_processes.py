@@ -66,17 +66,24 @@ def test_a_killed_flow_stays_running_until_a_crash_is_proposed(databases: Databa
         assert orch.verify().ok
 
 
-def test_sigterm_cancels_the_run_with_its_cancellation_hooks(databases: Databases, tmp_path: Path) -> None:
-    url = databases.url("term")
-    marker = tmp_path / "marker"
-    worker = _start("sleeper", url, str(marker))
+def _terminated(command: str, url: str, marker: Path) -> None:
+    """Run the worker until its flow runs, then send it SIGTERM; it ends as SIGTERM says."""
+    worker = _start(command, url, str(marker))
     _wait_for_line(worker, "running")
     worker.send_signal(signal.SIGTERM)
     code, output = _finish(worker)
     assert code == 128 + signal.SIGTERM, output
+
+
+CANCELLED = ["Pending", "Running", "Cancelling", "Cancelled"]
+
+
+def test_sigterm_cancels_the_run_with_its_cancellation_hooks(databases: Databases, tmp_path: Path) -> None:
+    url, marker = databases.url("term"), tmp_path / "marker"
+    _terminated("sleeper", url, marker)
     with SyncOrchestrator.open(url) as orch:
         run = _only(orch, "sleeper")
-        assert [s.name for s in orch.read_states(run.id)] == ["Pending", "Running", "Cancelling", "Cancelled"]
+        assert [s.name for s in orch.read_states(run.id)] == CANCELLED
         assert run.state.message == "Flow run was cancelled."
         assert marker.read_text() == f"CANCELLING {run.id}"
 
@@ -84,22 +91,11 @@ def test_sigterm_cancels_the_run_with_its_cancellation_hooks(databases: Database
 def test_sigterm_cancels_an_async_flow_and_its_async_subflow_with_their_cancellation_hooks(
     databases: Databases, tmp_path: Path
 ) -> None:
-    url = databases.url("aterm")
-    marker = tmp_path / "marker"
-    worker = _start("async-sleeper", url, str(marker))
-    _wait_for_line(worker, "running")
-    worker.send_signal(signal.SIGTERM)
-    code, output = _finish(worker)
-    assert code == 128 + signal.SIGTERM, output
+    url, marker = databases.url("aterm"), tmp_path / "marker"
+    _terminated("async-sleeper", url, marker)
     with SyncOrchestrator.open(url) as orch:
         for name in ("async-child", "async-parent"):
-            run = _only(orch, name)
-            assert [s.name for s in orch.read_states(run.id)] == [
-                "Pending",
-                "Running",
-                "Cancelling",
-                "Cancelled",
-            ], name
+            assert [s.name for s in orch.read_states(_only(orch, name).id)] == CANCELLED, name
     assert marker.read_text().splitlines() == ["async-child CANCELLING", "async-parent CANCELLING"]
 
 
