@@ -429,6 +429,13 @@ async def _hooks_async(effect: Hooks) -> None:
                 _hook_failed(hook, effect)
 
 
+#: The timeouts of the async flows whose functions this task runs inside, outermost
+#: first: (the timeout, the flow's token, its seconds).
+_limits: contextvars.ContextVar[tuple[tuple[asyncio.Timeout, object, float], ...]] = contextvars.ContextVar(
+    "flowtrail_async_limits", default=()
+)
+
+
 async def _invoke_async(effect: Invoke, orchestrator: Orchestrator, url: str) -> Any:
     flow = effect.flow
     args, kwargs = flow.call_arguments(effect.parameters)
@@ -437,6 +444,7 @@ async def _invoke_async(effect: Invoke, orchestrator: Orchestrator, url: str) ->
         if flow.timeout_seconds is None:
             return await flow.fn(*args, **kwargs)
         limit = asyncio.timeout(flow.timeout_seconds)
+        inside = _limits.set((*_limits.get(), (limit, effect.token, flow.timeout_seconds)))
         try:
             async with limit:
                 return await flow.fn(*args, **kwargs)
@@ -444,6 +452,19 @@ async def _invoke_async(effect: Invoke, orchestrator: Orchestrator, url: str) ->
             if limit.expired():
                 raise FlowTimeout(effect.token, flow.timeout_seconds) from exc
             raise
+        finally:
+            _limits.reset(inside)
+
+
+def _timed_out(exc: BaseException) -> FlowTimeout | None:
+    """The timeout of an enclosing async flow, where ``exc`` is the cancellation it
+    sent: a subflow stops with its parent (Failed), as under a sync flow's timeout,
+    rather than crash as if cancelled by the runtime."""
+    if isinstance(exc, asyncio.CancelledError):
+        for limit, token, seconds in reversed(_limits.get()):
+            if limit.expired():
+                return FlowTimeout(token, seconds)
+    return None
 
 
 async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator, url: str) -> Outcome:
@@ -468,7 +489,7 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
                 case Hooks():
                     await _hooks_async(effect)
         except BaseException as exc:  # the script decides what a crash records
-            failure = _terminated(exc) or exc
+            failure = _terminated(exc) or _timed_out(exc) or exc
 
 
 async def call_async(

@@ -459,6 +459,35 @@ def test_an_async_flow_cancelled_by_its_caller_crashes_cancelled_by_the_runtime(
     assert (state.name, state.message) == ("Crashed", "Execution was cancelled by the runtime environment.")
 
 
+def test_an_async_parents_timeout_fails_its_async_subflow_as_a_sync_parents_does(
+    databases: Databases,
+) -> None:
+    from flowtrail import Orchestrator
+
+    @flow
+    async def child() -> None:
+        await asyncio.sleep(5)
+
+    @flow(timeout_seconds=0.3)
+    async def parent() -> None:
+        await child()
+
+    async def scenario() -> tuple[Any, Any]:
+        async with Orchestrator.open(databases.url("nested")) as orch:
+            with pytest.raises(FlowTimeoutError):
+                await parent()
+            (parent_run,) = await orch.read_flow_runs(flow_names=["parent"])
+            (child_run,) = await orch.read_flow_runs(flow_names=["child"])
+            return parent_run.state, child_run.state
+
+    parent_state, child_state = asyncio.run(scenario())
+    assert parent_state.name == "TimedOut"
+    assert (child_state.name, child_state.message) == (
+        "Failed",
+        "Interrupted by the timeout of an enclosing flow run.",
+    )
+
+
 def test_an_enclosing_timeout_stops_a_subflow_and_times_out_the_parent(orch: SyncOrchestrator) -> None:
     @flow
     def child() -> None:
