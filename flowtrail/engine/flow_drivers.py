@@ -208,6 +208,46 @@ def _termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+class _ForkedTermination:
+    """A process forked while a flow's SIGTERM handler is installed (a pool of workers
+    the flow starts, say) gets SIGTERM's default action back, and loses no SIGTERM.
+
+    CPython drops a signal that reaches a child between the fork and its own reset of
+    signal state (the handler runs nowhere): a busy machine's worker, sent SIGTERM by
+    `multiprocessing.Pool.terminate` before it ever ran, then waited for work for ever,
+    and the pool with it. So SIGTERM is blocked across the fork, and the child unblocks
+    it only once its handler is the default one again, which ends it at once.
+    """
+
+    def __init__(self) -> None:
+        self.blocked = False
+
+    def before(self) -> None:
+        self.blocked = signal.getsignal(signal.SIGTERM) is _raise_termination
+        if self.blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def in_parent(self) -> None:
+        if self.blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+    def in_child(self) -> None:
+        if self.blocked:
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            finally:  # never leave the child deaf to SIGTERM
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+_forked_termination = _ForkedTermination()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_forked_termination.before,
+        after_in_parent=_forked_termination.in_parent,
+        after_in_child=_forked_termination.in_child,
+    )
+
+
 #: The message of the cancellation `_termination_cancels_async` sends the flow's task.
 _TERMINATED = "flowtrail: SIGTERM"
 

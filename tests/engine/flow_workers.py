@@ -4,6 +4,10 @@ python -m tests.engine.flow_workers sleeper URL MARKER
     A flow that sleeps; its cancellation hook writes MARKER.
 python -m tests.engine.flow_workers async-sleeper URL MARKER
     An async flow whose async subflow sleeps; their cancellation hooks append to MARKER.
+python -m tests.engine.flow_workers pools URL
+    A flow that forks a process reporting what SIGTERM does there (and whether it is
+    blocked), then starts and terminates a pool of two forked workers 30 times; print
+    the report, then "pools done".
 python -m tests.engine.flow_workers timeout URL
     A flow that outlives its 0.5 s timeout.
 python -m tests.engine.flow_workers parent URL [RUN_ID]
@@ -79,6 +83,36 @@ def async_sleeper(url: str, marker: str) -> None:
             await parent()
 
     asyncio.run(main())
+
+
+def _sigterm_here(out: Any) -> None:
+    blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    out.send(
+        f"{'default' if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 'handled'} "
+        f"{'blocked' if blocked else 'unblocked'}"
+    )
+
+
+def pools(url: str) -> None:
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    fork = multiprocessing.get_context("fork")
+
+    @flow(name="pools")
+    def starting_pools() -> str:
+        reader, writer = fork.Pipe(duplex=False)
+        child = fork.Process(target=_sigterm_here, args=(writer,))
+        child.start()
+        report = reader.recv()
+        child.join()
+        blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        for _ in range(30):
+            with fork.Pool(2) as pool:  # its __exit__ sends each worker SIGTERM
+                pool.map(abs, [-1, -2, -3, -4])
+        return f"child: {report}; parent: {'blocked' if blocked else 'unblocked'}"
+
+    with SyncOrchestrator.open(url):
+        print(starting_pools(), flush=True)
+    print("pools done", flush=True)
 
 
 def timed_out(url: str) -> None:
@@ -226,6 +260,8 @@ def main(argv: list[str]) -> None:
         sleeper(url, rest[0])
     elif command == "async-sleeper":
         async_sleeper(url, rest[0])
+    elif command == "pools":
+        pools(url)
     elif command == "timeout":
         timed_out(url)
     elif command == "parent":

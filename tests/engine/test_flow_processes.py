@@ -99,6 +99,17 @@ def test_sigterm_cancels_an_async_flow_and_its_async_subflow_with_their_cancella
     assert marker.read_text().splitlines() == ["async-child CANCELLING", "async-parent CANCELLING"]
 
 
+def test_a_process_forked_in_a_flow_gets_sigterms_default_action_and_its_pools_terminate(
+    databases: Databases,
+) -> None:
+    """A pool's workers, sent SIGTERM by Pool.terminate on a busy machine before they
+    ever ran, lost it and waited for work for ever (the pool with them)."""
+    code, output = _finish(_start("pools", databases.url("pools")))
+    assert code == 0, output
+    assert "child: default unblocked; parent: unblocked" in output
+    assert "pools done" in output
+
+
 def test_a_timeout_interrupts_a_sleeping_sync_flow_in_its_own_process(databases: Databases) -> None:
     url = databases.url("timeout")
     started = time.monotonic()
