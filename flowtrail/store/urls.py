@@ -66,8 +66,10 @@ def _number(options: dict[str, str], name: str, default: float, *, whole: bool =
 
 
 def sqlite_url(path: str | Path) -> str:
-    """The URL of the SQLite file at ``path``, whatever characters its name holds."""
-    return f"sqlite:///{quote(str(path), safe='/:')}"
+    """The URL of the SQLite file at ``path``, whatever characters its name holds (a
+    leading ``~`` is the file's own, encoded, not a home folder)."""
+    quoted = quote(str(path), safe="/:")
+    return f"sqlite:///{'%7E' + quoted[1:] if quoted.startswith('~') else quoted}"
 
 
 def parse_url(url: str) -> StoreUrl:
@@ -109,8 +111,10 @@ def parse_url(url: str) -> StoreUrl:
         mode = options.get("mode", "rw")
         if mode not in ("ro", "rw"):
             raise InvalidUrlError(f"mode is 'ro' (read only) or 'rw', not {mode!r}")
+        # Only a ~ written as it is names a home folder: %7E is a file name's own.
+        home = parts.path.startswith("/~")
         try:
-            target = raw if raw == ":memory:" else str(Path(raw).expanduser())
+            target = str(Path(raw).expanduser()) if home else raw
         except RuntimeError:  # ~name of a user this machine does not know
             raise InvalidUrlError(f"the home folder in {raw!r} is not known on this machine") from None
         return StoreUrl(

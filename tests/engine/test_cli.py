@@ -148,6 +148,20 @@ def test_the_demo_replaces_a_log_it_made(demo: tuple[Path, Ran], tmp_path: Path)
     assert ran.code == 0, ran.err
 
 
+def test_the_demo_writes_a_relative_path_starting_with_a_tilde_where_it_says(tmp_path: Path) -> None:
+    ran = subprocess.run(
+        [ENTRY_POINT, "demo", "--path", "~x.db"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path / "home")},
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["~x.db"]
+
+
 @pytest.mark.parametrize("name", ["we#ird dir/d.db", "a?b c/d%41.db"])
 def test_the_demo_writes_its_log_to_a_path_of_any_name_and_prints_commands_that_work(
     tmp_path: Path, name: str

@@ -168,13 +168,23 @@ def test_sqlite_urls_name_a_file(url: str, target: str) -> None:
     assert parse_url(url).target == target
 
 
-@pytest.mark.parametrize("path", ["/tmp/we#ird dir/d.db", "/tmp/a?b/d%41.db", "runs:ä.db", ":memory:"])
+@pytest.mark.parametrize(
+    "path",
+    ["/tmp/we#ird dir/d.db", "/tmp/a?b/d%41.db", "runs:ä.db", ":memory:", "~x.db", "~/d.db", "/t/~x.db"],
+)
 def test_a_sqlite_url_written_for_a_path_names_that_path(path: str) -> None:
     assert parse_url(sqlite_url(path)).target == path
 
 
 def test_a_sqlite_url_path_is_percent_decoded() -> None:
     assert parse_url("sqlite:///we%23ird%3Fdir/d.db").target == "we#ird?dir/d.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "target"), [("sqlite:///%7Ex.db", "~x.db"), ("sqlite:///./~x.db", "./~x.db")]
+)
+def test_only_a_tilde_written_as_it_is_at_the_start_names_a_home_folder(url: str, target: str) -> None:
+    assert parse_url(url).target == target
 
 
 def test_a_home_relative_url_is_expanded() -> None:
