@@ -566,10 +566,8 @@ def _shown(url: str) -> str:
 def demo(path: Path, replace: bool) -> None:
     """Run a small pipeline on a fresh log and audit it: retries, a timeout, a failure
     hook, late proposals the policy refuses; then verify and rebuild."""
-    try:
+    with contextlib.suppress(RuntimeError):  # ~name of no user here: a file name that starts with ~
         path = path.expanduser()
-    except RuntimeError:  # ~name of no user here: a file name that starts with ~
-        pass
     show_demo(path.resolve(), replace=replace)
 
 

@@ -48,6 +48,10 @@ def _data(data: bytes) -> dict[str, str]:
         return {"data_hex": data.hex()}
 
 
+#: The fields of a row an export writes as they are (JSON text or numbers).
+_ROW_FIELDS = ("position", "stream_id", "version", "event_type", "schema_version", "recorded_at")
+
+
 class ExportWriter:
     """Writes an export to a text file: the header now, then `write` each event (in
     position order), then `finish`."""
@@ -67,6 +71,14 @@ class ExportWriter:
         out.write(json.dumps(header) + "\n")
 
     def write(self, record: RecordedEvent) -> None:
+        for field in _ROW_FIELDS:
+            value = getattr(record, field)
+            if isinstance(value, bytes | bytearray | memoryview):  # no JSON value carries it as it is
+                raise CorruptLogError(
+                    f"the event at position {record.position} holds bytes as its {field}, where the "
+                    "log keeps text or a number: the log was changed by hand, and an export cannot "
+                    "carry it; `flowtrail verify` names every damaged event"
+                )
         line = {
             "position": record.position,
             "stream_id": record.stream_id,

@@ -234,7 +234,9 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
             after = str(rows[-1][0])
     for run_id, stored_version in ahead:
         ((logged,),) = yield Fetch("SELECT max(version) FROM events WHERE stream_id = ?", (run_id,))
-        if stored_version > (logged or 0):
+        if not isinstance(logged, int):  # none, or a damaged row's (the audit names it)
+            logged = 0
+        if stored_version > logged:
             differences.append(
                 (
                     run_id,

@@ -891,6 +891,24 @@ def test_verify_of_one_run_reports_its_row_whose_data_is_not_bytes_as_a_problem(
     assert "The first: the row at position 21 holds a value of the wrong type" in ran.out
 
 
+def test_verify_reports_a_row_whose_version_is_not_a_number_as_a_problem_of_the_log(db: Path) -> None:
+    _tamper(db, "UPDATE events SET version = 'x' WHERE position = 10")
+    ran = flowtrail("verify", database=db)
+    assert ran.code == 1, ran.err
+    assert "Traceback" not in ran.err
+    assert "The first: the row at position 10 holds a value of the wrong type" in ran.out
+
+
+def test_export_of_a_row_holding_bytes_where_the_log_keeps_text_is_one_sentence(
+    db: Path, tmp_path: Path
+) -> None:
+    _tamper(db, "UPDATE events SET stream_id = cast(stream_id AS blob) WHERE position = 10")
+    out = tmp_path / "export.jsonl"
+    ran = flowtrail("export", "--all", "-o", str(out), database=db)
+    assert_user_error(ran, "position 10 holds bytes as its stream_id", "flowtrail verify")
+    assert not out.exists()
+
+
 # -- the library stays light --------------------------------------------------------------------------
 
 
