@@ -166,16 +166,12 @@ class Auditor:
             self.unreadable(
                 f"the row at position {position!r} holds a value of the wrong type",
                 position=position if type(position) is int else None,
+                seal=recorded.hash if type(recorded.hash) is bytes else None,
             )
             return
         self._checked += 1
         self._check_position(recorded)
-        if self._digest is not None:
-            self._digest.update(recorded.hash)
-        if self._anchor is not None and recorded.position == self._anchor[0]:
-            self._anchor_seen = recorded.hash
-            if self._digest is not None:
-                self._anchor_digest = self._digest.digest()
+        self._seal(recorded.position, recorded.hash)
         stream = self._streams.get(recorded.stream_id)
         if stream is None:
             stream = self._streams[recorded.stream_id] = _Stream()
@@ -202,15 +198,30 @@ class Auditor:
         if isinstance(event, StateProposed) and before is not None:
             self._check_decision(recorded, event, before)
 
-    def unreadable(self, message: str, *, position: int | None = None, kind: str = "row") -> None:
+    def unreadable(
+        self, message: str, *, position: int | None = None, kind: str = "row", seal: bytes | None = None
+    ) -> None:
         """The next event of the log could not be read as one (a row of the wrong
         types, a damaged line of an export): a problem. Where its position is known, it
-        still takes its place in the log, so the events after it are not missing."""
+        still takes its place in the log, so the events after it are not missing; where
+        its hash (``seal``) is legible, it still counts in the log digest, as it does in
+        the digest an export of the log ends with."""
         self._checked += 1
         self._problem(kind, message, None, position=position)
         if position is not None:
             self._last_position = max(self._last_position, position)
             self._expected_position = max(self._expected_position, position + 1)
+        if seal is not None:
+            self._seal(position, seal)
+
+    def _seal(self, position: int | None, seal: bytes) -> None:
+        """Fold the hash of the event at ``position`` into the log digest and the anchor."""
+        if self._digest is not None:
+            self._digest.update(seal)
+        if self._anchor is not None and position == self._anchor[0]:
+            self._anchor_seen = seal
+            if self._digest is not None:
+                self._anchor_digest = self._digest.digest()
 
     def policies_used(self) -> frozenset[tuple[str, int]]:
         """Every (policy name, version) the decisions checked so far were recorded as made by."""

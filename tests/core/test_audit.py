@@ -376,6 +376,14 @@ def test_a_whole_log_check_reports_the_digest_of_every_events_hash_in_order() ->
     assert report.log_digest == hashlib.sha256(b"".join(r.hash for r in records)).hexdigest()
 
 
+def test_a_row_holding_a_value_of_the_wrong_type_still_counts_in_the_log_digest() -> None:
+    """An export of the log ends with the digest of every row's hash, this one's too."""
+    records = sample_log().records
+    records[6] = msgspec.structs.replace(records[6], recorded_at=float(records[6].recorded_at))
+    report = verify(records)
+    assert report.log_digest == hashlib.sha256(b"".join(r.hash for r in records)).hexdigest()
+
+
 def test_a_check_of_some_runs_reports_no_log_digest() -> None:
     records = sample_log().records
     assert verify(records[2:], first_position=3).log_digest is None
