@@ -14,13 +14,21 @@ which was extended, no longer matches it. An export of the whole log also ends w
 log digest (see `flowtrail.core.audit`), which changes with any event of any run.
 (Anyone able to rewrite the whole file can rewrite the end line too: keep the digest
 somewhere else to catch that.)
+
+A check reads an export only as the exporter writes it: each kind of line holds its own
+fields, each once (JSON keeps the last of a field spelt twice, which a check would
+otherwise read past); text is text UTF-8 can hold; hashes are lowercase hexadecimal
+digits; the file starts with no byte-order mark. Anything else is a problem of the
+export, named with its line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -130,6 +138,7 @@ class _DamageError(Exception):
         super().__init__(predicate)
         self.predicate = predicate
         self.position = position
+        self.seal: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -139,9 +148,47 @@ class _Unreadable:
     message: str
     #: Where the line says it sits in the log, when it says so legibly.
     position: int | None = None
+    #: The hash the line holds, when it holds one legibly.
+    seal: bytes | None = None
 
 
-def _object(text: str | bytes) -> dict[str, Any]:
+#: The fields each kind of line holds, as `ExportWriter` writes them (an event holds
+#: ``data`` or ``data_hex``). Any other field is one the exporter did not write, which a
+#: check of the line would silently pass over: it is a problem.
+_HEADER_FIELDS = frozenset({"format", "version", "log", "scope", "policies"})
+_EVENT_FIELDS = frozenset(
+    {
+        "position",
+        "stream_id",
+        "version",
+        "event_type",
+        "schema_version",
+        "recorded_at",
+        "data",
+        "data_hex",
+        "hash",
+    }
+)
+_END_FIELDS = frozenset({"events", "last_position", "last_hash", "log_digest"})
+
+#: Hexadecimal digits as the exporter writes them (`bytes.hex`): lowercase, in pairs,
+#: nothing between. One spelling, so that the end line's hashes (compared as text) and
+#: the events' (read as bytes) follow one rule.
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A line's JSON object, and every key it (or an object in it) spells twice or more:
+    JSON keeps the last, so the line says two things and a check would read only one."""
+
+    fields: dict[str, Any]
+    repeated: tuple[str, ...]
+
+
+def _object(text: str | bytes) -> _Line:
     if len(text) > MAX_LINE:
         raise _DamageError(f"is longer than any event can be (over {MAX_LINE:,} bytes)")
     if isinstance(text, bytes):
@@ -149,8 +196,19 @@ def _object(text: str | bytes) -> dict[str, Any]:
             text = text.decode()
         except UnicodeDecodeError:
             raise _DamageError("is not UTF-8 text") from None
+    if text.startswith(_BOM):  # the parser's own words for it name a codec
+        raise _DamageError("starts with a byte-order mark, which no line of an export does")
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        fields = dict(items)
+        if len(fields) < len(items):
+            counts = Counter(key for key, _ in items)
+            repeated.extend(key for key, count in counts.items() if count > 1)
+        return fields
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise _DamageError(f"is not JSON: {_where(exc)}") from None
     except ValueError:  # an integer of more digits than Python converts (4,300 by default)
@@ -159,7 +217,17 @@ def _object(text: str | bytes) -> dict[str, Any]:
         raise _DamageError("nests values deeper than any line of an export does") from None
     if not isinstance(value, dict):
         raise _DamageError("is not a JSON object")
-    return value
+    return _Line(value, tuple(repeated))
+
+
+def _holdable(text: str) -> bool:
+    """Whether UTF-8 can hold ``text``: JSON can spell a lone surrogate ("\\ud800"),
+    which no event's stored text holds and no report could print."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _where(exc: json.JSONDecodeError) -> str:
@@ -201,6 +269,8 @@ def _text(item: dict[str, Any], key: str) -> str:
     value = _field(item, key)
     if not isinstance(value, str):
         raise _DamageError(f"is not an event: its {key} is {_shown(value)}, not a string")
+    if not _holdable(value):
+        raise _DamageError(f"is not an event: its {key} is not text UTF-8 can hold")
     return value
 
 
@@ -211,10 +281,9 @@ def _field(item: dict[str, Any], key: str) -> Any:
 
 
 def _hex(item: dict[str, Any], key: str) -> bytes:
-    try:
-        return bytes.fromhex(_text(item, key))
-    except ValueError:
-        raise _DamageError(f"is not an event: its {key} is not hexadecimal digits") from None
+    if _HEX.fullmatch(text := _text(item, key)) is None:
+        raise _DamageError(f"is not an event: its {key} is not lowercase hexadecimal digits in pairs")
+    return bytes.fromhex(text)
 
 
 def _bytes(item: dict[str, Any]) -> bytes:
@@ -223,15 +292,18 @@ def _bytes(item: dict[str, Any]) -> bytes:
         if "data" in item:
             raise _DamageError("is not an event: it has both data and data_hex")
         return _hex(item, "data_hex")
-    try:
-        return _text(item, "data").encode()
-    except UnicodeEncodeError:  # a lone surrogate, which JSON may spell but UTF-8 cannot
-        raise _DamageError("is not an event: its data is not text UTF-8 can hold") from None
+    return _text(item, "data").encode()
 
 
-def _record(item: dict[str, Any]) -> RecordedEvent:
-    position = item.get("position")
+def _record(line: _Line) -> RecordedEvent:
+    item, repeated = line.fields, line.repeated
     try:
+        if repeated:
+            raise _DamageError(f"is not an event: it holds the field {_shown(repeated[0])} twice")
+        if unknown := sorted(item.keys() - _EVENT_FIELDS):
+            raise _DamageError(
+                f"is not an event: it holds the field {_shown(unknown[0])}, which no event has"
+            )
         return RecordedEvent(
             position=_number(item, "position"),
             stream_id=_text(item, "stream_id"),
@@ -243,9 +315,17 @@ def _record(item: dict[str, Any]) -> RecordedEvent:
             hash=_hex(item, "hash"),
         )
     except _DamageError as exc:
+        # What of the line is still legible keeps it in the log: its place, so that the
+        # events after it are not missing, and its hash, so that the log digest is made
+        # of the events the export's end line's was (an unchanged export of a damaged log
+        # names the damage, and only it, as a check of the log does).
+        position = item.get("position") if "position" not in repeated else None
         low, high = _RANGES["position"]
         if type(position) is int and low <= position <= high:
-            exc.position = position  # the line keeps its place: the events after it are not missing
+            exc.position = position
+        if "hash" not in repeated:
+            with contextlib.suppress(_DamageError):
+                exc.seal = _hex(item, "hash")
         raise
 
 
@@ -258,19 +338,32 @@ class _Reading:
             _, first = next(self._numbered)
         except StopIteration:
             raise CorruptLogError("the export is empty") from None
+        # A byte-order mark is what an editor adds on saving: the export is still
+        # recognisable, and everything else in it is checked, but it is not the file
+        # the exporter wrote (which never starts with one), so it is a problem.
+        if isinstance(first, bytes):
+            self.marked = first.startswith(_BOM.encode())
+            first = first.removeprefix(_BOM.encode())
+        else:
+            self.marked = first.startswith(_BOM)
+            first = first.removeprefix(_BOM)
         try:
             header = _object(first)
         except _DamageError as exc:
             raise CorruptLogError(f"this is not a flowtrail export: its first line {exc.predicate}") from None
-        if header.get("format") != FORMAT:
+        fields = header.fields
+        if fields.get("format") != FORMAT:
             raise CorruptLogError("this is not a flowtrail export (its first line does not say so)")
-        if header.get("version") != VERSION:
-            raise CorruptLogError(
-                f"export format version {_shown(header.get('version'))} is not one this flowtrail reads"
-            )
-        self.header = header
+        version = fields.get("version")
+        if type(version) is not int or version != VERSION:  # 1.0 and true are not 1
+            raise CorruptLogError(f"export format version {_shown(version)} is not one this flowtrail reads")
+        self.header = fields
+        #: Keys the header spells twice or more.
+        self.header_repeated = header.repeated
         #: The end line's fields, once it is read.
         self.end: dict[str, Any] | None = None
+        #: What is wrong with the end line, once it is read.
+        self.end_damage: list[str] = []
         #: A line after the end line (the first one), once one is read.
         self.extended: _Unreadable | None = None
 
@@ -286,15 +379,31 @@ class _Reading:
                 )
                 return
             try:
-                item = _object(text)
-                if "end" in item:
-                    self.end = item["end"] if isinstance(item["end"], dict) else {}
-                    if not isinstance(item["end"], dict):
-                        raise _DamageError('is an end line whose "end" is not a JSON object')
+                line = _object(text)
+                if "end" in line.fields:
+                    self._read_end(number, line)
                     continue
-                yield _record(item)
+                yield _record(line)
             except _DamageError as exc:
-                yield _Unreadable(f"line {number} of the export {exc.predicate}", exc.position)
+                yield _Unreadable(f"line {number} of the export {exc.predicate}", exc.position, exc.seal)
+
+    def _read_end(self, number: int, line: _Line) -> None:
+        end = line.fields["end"]
+        self.end = end if isinstance(end, dict) else {}
+        unknown = sorted(line.fields.keys() - {"end"}) + sorted(self.end.keys() - _END_FIELDS)
+        if not isinstance(end, dict):
+            self.end_damage.append(
+                f'line {number} of the export is an end line whose "end" is not a JSON object'
+            )
+        elif line.repeated:
+            self.end_damage.append(
+                f"line {number} of the export is an end line holding the field {_shown(line.repeated[0])} twice"
+            )
+        elif unknown:
+            self.end_damage.append(
+                f"line {number} of the export is an end line holding the field {_shown(unknown[0])}, "
+                "which no end line has"
+            )
 
 
 def read_export(
@@ -313,6 +422,8 @@ def read_export(
             yield item
         if reading.extended is not None:
             raise CorruptLogError(reading.extended.message)
+        if reading.end_damage:
+            raise CorruptLogError(reading.end_damage[0])
         end.update(reading.end or {})
 
     return reading.header, events(), end
@@ -330,13 +441,13 @@ def verify_export(lines: Iterable[str] | Iterable[bytes]) -> AuditReport:
     count = 0
     for item in reading.items():
         if isinstance(item, _Unreadable):
-            auditor.unreadable(item.message, position=item.position, kind="line")
+            auditor.unreadable(item.message, position=item.position, kind="line", seal=item.seal)
         else:
             auditor.check(item)
         last, count = item, count + 1
     report = auditor.finish()
     problems = [
-        *_header_problems(reading.header, auditor.policies_used()),
+        *_header_problems(reading, auditor.policies_used()),
         *report.problems,
         *_end_problems(reading, whole, count, last, report.log_digest),
     ]
@@ -345,6 +456,10 @@ def verify_export(lines: Iterable[str] | Iterable[bytes]) -> AuditReport:
 
 
 _POLICY = re.compile(r"(.+)@([0-9]{1,9})")
+
+
+def _is_hex(value: object) -> bool:
+    return isinstance(value, str) and _HEX.fullmatch(value) is not None
 
 
 def _is_uuid(value: object) -> bool:
@@ -357,9 +472,18 @@ def _is_uuid(value: object) -> bool:
     return True
 
 
-def _header_problems(header: dict[str, Any], used: frozenset[tuple[str, int]]) -> list[Problem]:
+def _header_problems(reading: _Reading, used: frozenset[tuple[str, int]]) -> list[Problem]:
     """What the header claims that is malformed, or that its events contradict."""
+    header = reading.header
     found: list[str] = []
+    if reading.marked:
+        found.append(
+            "the export starts with a byte-order mark, which flowtrail never writes: it was saved again since"
+        )
+    if reading.header_repeated:
+        found.append(f"the header holds the field {_shown(reading.header_repeated[0])} twice")
+    if unknown := sorted(header.keys() - _HEADER_FIELDS):
+        found.append(f"the header holds the field {_shown(unknown[0])}, which no export's header has")
     log, scope, policies = header.get("log"), header.get("scope"), header.get("policies")
     if log is not None and not _is_uuid(log):
         found.append(f"the header names the log {_shown(log)}, which is not a log id")
@@ -371,6 +495,9 @@ def _header_problems(header: dict[str, Any], used: frozenset[tuple[str, int]]) -
     named: set[tuple[str, int]] = set()
     for text in policies:
         match = _POLICY.fullmatch(text)
+        if not _holdable(text):
+            found.append(f"the header names the policy {_shown(text)}, which is not text UTF-8 can hold")
+            continue
         if match is None:
             found.append(f"the header names the policy {_shown(text)}, which is not a name@version")
             continue
@@ -399,10 +526,16 @@ def _end_problems(
     found: list[str] = []
     if reading.extended is not None:
         found.append(reading.extended.message)
+    found += reading.end_damage
     end = reading.end
     if end is None:
         found.append("the export has no end line: it was cut short")
         return [Problem(kind="anchor", message=message) for message in found]
+    malformed = [key for key in ("last_hash", "log_digest") if key in end and not _is_hex(end[key])]
+    found += [
+        f"the end line's {key} is not lowercase hexadecimal digits in pairs, as an export writes it"
+        for key in malformed
+    ]
     events = end.get("events")
     if type(events) is not int or events != count:
         found.append(
@@ -417,7 +550,7 @@ def _end_problems(
                 f"the export's last event is at position {position}, but its end line records "
                 f"{_shown(recorded)}: events were added or removed, or the end line was changed"
             )
-        if end.get("last_hash") != seal:
+        if "last_hash" not in malformed and end.get("last_hash") != seal:
             found.append(
                 "the export's last event does not carry the hash its end line records: "
                 "events were added or removed, or the last one was changed"
@@ -427,7 +560,7 @@ def _end_problems(
             "the export of the whole log has no log digest on its end line: it was removed, "
             "and with it the check of every event against it"
         )
-    elif whole and end["log_digest"] != digest:
+    elif whole and "log_digest" not in malformed and end["log_digest"] != digest:
         found.append(
             "the export's events are not those its end line's log digest was made of: "
             "an event was changed, removed, added or reordered"

@@ -773,6 +773,33 @@ def test_an_export_line_that_is_not_utf8_is_a_problem_it_reports(db: Path, tmp_p
     assert "The first: line 6 of the export is not UTF-8 text" in ran.out
 
 
+@pytest.mark.parametrize("field", ["stream_id", "event_type"])
+def test_an_export_text_utf8_cannot_hold_is_a_problem_it_reports(db: Path, field: str) -> None:
+    lines = _exported_lines(db)
+    lines[5] = lines[5].replace(f'"{field}": "', f'"{field}": "\\ud800', 1)
+    assert_export_problem(
+        lines, f"line 6 of the export is not an event: its {field} is not text UTF-8 can hold"
+    )
+
+
+def test_a_header_policy_utf8_cannot_hold_is_a_problem_it_reports_in_json(db: Path) -> None:
+    lines = _exported_lines(db)
+    lines[0] = lines[0].replace('"policies": [', '"policies": ["X\\ud800@1", ')
+    assert_export_problem(lines, "the header names the policy", "not text UTF-8 can hold")
+
+
+def test_an_unchanged_export_of_a_log_with_an_unreadable_event_finds_what_a_check_of_the_log_does(
+    db: Path, tmp_path: Path
+) -> None:
+    _tamper(db, "UPDATE events SET recorded_at = 'abc' WHERE position = 10")
+    exported = tmp_path / "damaged.jsonl"
+    assert flowtrail("export", "--all", "-o", str(exported), database=db).code == 0
+    of_log = flowtrail("verify", "--json", database=db).json()["problems"]
+    of_export = flowtrail("verify", "--file", str(exported), "--json").json()["problems"]
+    assert len(of_export) == len(of_log)
+    assert [p["message"] for p in of_export[1:]] == [p["message"] for p in of_log[1:]]
+
+
 def test_an_event_line_after_the_end_line_is_a_problem_it_reports(db: Path) -> None:
     lines = _exported_lines(db)
     assert_export_problem([*lines, lines[5]], f"line {len(lines) + 1} of the export comes after its end line")

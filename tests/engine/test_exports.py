@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from uuid import UUID
 
 import msgspec
@@ -190,3 +191,166 @@ def _whole(records: list) -> str:  # type: ignore[type-arg]
     writer.write_all(records)
     writer.finish()
     return out.getvalue()
+
+
+def _changed(line: str, change: str) -> str:
+    """``line`` with ``change`` (JSON members, comma-terminated) put first in its object."""
+    return "{" + change + " " + line[1:]
+
+
+def _first_problem(lines: list[str]) -> str:
+    report = verify_export(lines)
+    assert report.first_problem is not None, "the export verified"
+    return report.first_problem.message
+
+
+@pytest.mark.parametrize("field", ["data", "position", "hash", "stream_id"])
+def test_an_event_line_spelling_a_field_twice_is_a_problem(orch: Orch, field: str) -> None:
+    """JSON keeps the last of the two, so a check would pass over the first."""
+    small_log(orch)
+    lines = exported(orch)
+    lines[5] = _changed(lines[5], f'"{field}": "forged",')
+    assert (
+        _first_problem(lines) == f'line 6 of the export is not an event: it holds the field "{field}" twice'
+    )
+
+
+def test_an_event_line_holding_a_field_no_event_has_is_a_problem(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[5] = _changed(lines[5], '"decision": "COMPLETED",')
+    assert _first_problem(lines) == (
+        'line 6 of the export is not an event: it holds the field "decision", which no event has'
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ('"scope": "all",', 'the header holds the field "scope" twice'),
+        ('"signed_by": "me",', 'the header holds the field "signed_by", which no export\'s header has'),
+    ],
+)
+def test_a_header_spelling_a_field_twice_or_one_no_header_has_is_a_problem(
+    orch: Orch, change: str, problem: str
+) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[0] = _changed(lines[0], change)
+    assert _first_problem(lines) == problem
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        ('{"end": {', '{"end": {"events": 1, ', 'an end line holding the field "events" twice'),
+        ('{"end": {', '{"signed_by": "me", "end": {', 'an end line holding the field "signed_by", which'),
+        ('{"end": {', '{"end": {"signed_by": "me", ', 'an end line holding the field "signed_by", which'),
+    ],
+)
+def test_an_end_line_spelling_a_field_twice_or_one_no_end_line_has_is_a_problem(
+    orch: Orch, old: str, new: str, problem: str
+) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[-1] = lines[-1].replace(old, new)
+    (only,) = verify_export(lines).problems
+    assert only.message.startswith(f"line {len(lines)} of the export is {problem}")
+    with pytest.raises(CorruptLogError, match=problem):
+        list(read_export(lines)[1])
+
+
+@pytest.mark.parametrize("field", ["stream_id", "event_type", "hash"])
+def test_an_event_text_utf8_cannot_hold_is_a_problem_naming_its_line_and_field(
+    orch: Orch, field: str
+) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[5] = lines[5].replace(f'"{field}": "', f'"{field}": "\\ud800', 1)
+    assert (
+        _first_problem(lines)
+        == f"line 6 of the export is not an event: its {field} is not text UTF-8 can hold"
+    )
+
+
+def test_a_header_policy_utf8_cannot_hold_is_a_problem_a_report_can_print(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[0] = lines[0].replace('"policies": [', '"policies": ["X\\ud800@1", ')
+    report = verify_export(lines)
+    assert [p.message for p in report.problems] == [
+        'the header names the policy "X\\ud800@1", which is not text UTF-8 can hold'
+    ]
+    msgspec.json.encode(report)
+
+
+@pytest.mark.parametrize("version", ["1.0", "true"])
+def test_an_export_whose_format_version_is_not_the_integer_1_is_refused(orch: Orch, version: str) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[0] = lines[0].replace('"version": 1', f'"version": {version}')
+    with pytest.raises(CorruptLogError, match=f"format version {version} is not one"):
+        verify_export(lines)
+
+
+@pytest.mark.parametrize("spelling", [str.upper, lambda digits: digits[:2] + " " + digits[2:]])
+def test_an_event_hash_not_spelled_as_the_exporter_writes_it_is_a_problem(
+    orch: Orch, spelling: Callable[[str], str]
+) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    event = json.loads(lines[5])
+    event["hash"] = spelling(event["hash"])
+    lines[5] = json.dumps(event)
+    assert _first_problem(lines) == (
+        "line 6 of the export is not an event: its hash is not lowercase hexadecimal digits in pairs"
+    )
+
+
+@pytest.mark.parametrize("key", ["last_hash", "log_digest"])
+def test_an_end_line_hash_not_spelled_as_the_exporter_writes_it_is_the_one_problem(
+    orch: Orch, key: str
+) -> None:
+    """The end line's hashes follow the events' rule, and an upper-case one is not also
+    reported as a hash that differs."""
+    small_log(orch)
+    lines = exported(orch)
+    end = json.loads(lines[-1])
+    end["end"][key] = end["end"][key].upper()
+    lines[-1] = json.dumps(end)
+    assert [p.message for p in verify_export(lines).problems] == [
+        f"the end line's {key} is not lowercase hexadecimal digits in pairs, as an export writes it"
+    ]
+
+
+def test_an_export_starting_with_a_byte_order_mark_is_a_problem_named_in_plain_words(orch: Orch) -> None:
+    """An editor that adds the mark leaves the export recognisable: the rest is checked."""
+    small_log(orch)
+    lines = [line.encode() for line in exported(orch)]
+    report = verify_export([b"\xef\xbb\xbf" + lines[0], *lines[1:]])
+    assert [p.message for p in report.problems] == [
+        "the export starts with a byte-order mark, which flowtrail never writes: it was saved again since"
+    ]
+    assert report.events_checked == orch.last_position()
+
+
+def test_a_byte_order_mark_starting_an_event_line_is_a_problem_named_in_plain_words(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    lines[5] = "\ufeff" + lines[5]
+    assert _first_problem(lines) == (
+        "line 6 of the export starts with a byte-order mark, which no line of an export does"
+    )
+
+
+def test_an_unchanged_export_of_a_log_with_an_unreadable_event_reports_what_the_log_check_does() -> None:
+    """The exporter seals every event into the log digest, the unreadable one too."""
+    from flowtrail.core import verify
+    from tests.core.test_audit import sample_log
+
+    records = sample_log().records
+    records[6] = msgspec.structs.replace(records[6], recorded_at="abc")  # type: ignore[arg-type]
+    exported_lines = _whole(records).splitlines()
+    of_log, of_export = verify(records), verify_export(exported_lines)
+    assert len(of_export.problems) == len(of_log.problems)
+    assert of_export.log_digest == of_log.log_digest == json.loads(exported_lines[-1])["end"]["log_digest"]
