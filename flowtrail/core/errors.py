@@ -199,9 +199,12 @@ class LogNotFoundError(StoreError):
 class CorruptLogError(StoreError):
     """The database file or its rows are not a sound flowtrail log."""
 
-    def __init__(self, message: str, *, position: int | None = None) -> None:
+    def __init__(self, message: str, *, position: int | None = None, undecodable: bool = False) -> None:
         super().__init__(message)
         self.position = position
+        #: A row holds text that is not UTF-8 (a table edited by hand), which the
+        #: driver could not read as text: its bytes can still be read.
+        self.undecodable = undecodable
 
 
 class SchemaVersionError(StoreError):

@@ -22,7 +22,7 @@ from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
 from flowtrail.projections.runs import RunViews, stored_view_differences
 from flowtrail.store.schema import projection_is_current
-from flowtrail.store.scripts import record_of
+from flowtrail.store.scripts import read_rows_script, record_of
 
 __all__ = ["export_records", "log_id", "prepare_catch_up", "related_streams", "verify_script"]
 
@@ -230,7 +230,7 @@ def verify_script(
     auditor = Auditor(anchor=anchor)
     position = 1
     while True:
-        rows: list[Row] = yield Fetch(context.sql.read_batch, (position, _BATCH))
+        rows = yield from read_rows_script(context.sql, position, _BATCH)
         for row in rows:
             auditor.check(_as_found(row))
         if len(rows) < _BATCH:

@@ -85,6 +85,9 @@ class PortableLogSql:
     _columns = "position, stream_id, version, event_type, schema_version, recorded_at, data, hash"
     read_stream = f"SELECT {_columns} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
     read_batch = f"SELECT {_columns} FROM events WHERE position >= ? ORDER BY position LIMIT ?"
+    #: `read_batch` for rows the driver cannot read as text (a dialect whose text is
+    #: always UTF-8 needs no other).
+    read_batch_as_bytes = read_batch
     stream_version = "SELECT max(version) FROM events WHERE stream_id = ?"
     log_id = "SELECT value FROM flowtrail_meta WHERE key = 'log_id'"
 

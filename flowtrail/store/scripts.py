@@ -26,6 +26,7 @@ __all__ = [
     "append_script",
     "last_position_script",
     "read_batch_script",
+    "read_rows_script",
     "read_stream_script",
     "record_of",
     "stream_version_script",
@@ -66,6 +67,11 @@ class LogSql(Protocol):
 
     @property
     def read_batch(self) -> str: ...
+
+    @property
+    def read_batch_as_bytes(self) -> str:
+        """`read_batch` with every text column read as its bytes."""
+        ...
 
     @property
     def stream_version(self) -> str: ...
@@ -260,8 +266,36 @@ def read_stream_script(sql: LogSql, stream_id: str, from_version: int) -> Script
 
 
 def read_batch_script(sql: LogSql, from_position: int, limit: int) -> Script[list[RecordedEvent]]:
-    rows: list[Row] = yield Fetch(sql.read_batch, (from_position, limit))
-    return [record_of(row) for row in rows]
+    return [record_of(row) for row in (yield from read_rows_script(sql, from_position, limit))]
+
+
+def read_rows_script(sql: LogSql, from_position: int, limit: int) -> Script[list[Row]]:
+    """The rows of `LogSql.read_batch`; where a row holds text that is not UTF-8 (a table
+    edited by hand), the batch read again as bytes, with the text that decodes as text:
+    the damage is then named where it is (a hash that does not match, a value of the
+    wrong type), not a batch that cannot be read."""
+    try:
+        rows: list[Row] = yield Fetch(sql.read_batch, (from_position, limit))
+    except CorruptLogError as exc:
+        if not exc.undecodable:
+            raise
+        rows = [
+            _text_where_it_decodes(row)
+            for row in (yield Fetch(sql.read_batch_as_bytes, (from_position, limit)))
+        ]
+    return rows
+
+
+def _text_where_it_decodes(row: Row) -> Row:
+    def text(value: object) -> object:
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return value
+        return value
+
+    return (row[0], text(row[1]), row[2], text(row[3]), *row[4:])
 
 
 def last_position_script(sql: LogSql) -> Script[int]:

@@ -127,6 +127,13 @@ class SqliteLogSql(PortableLogSql):
 
     position_lookup = "SELECT 'p', NULL, max(position), NULL, NULL FROM events"
     lean_cache = f"PRAGMA cache_size = -{REBUILD_CACHE_KIB}"
+    # Every column as the bytes it holds: a row edited by hand to hold text that is not
+    # UTF-8 can then be read, and its damage named, where `read_batch` cannot read it.
+    read_batch_as_bytes = (
+        "SELECT position, CAST(stream_id AS BLOB), version, CAST(event_type AS BLOB), schema_version, "
+        "recorded_at, CAST(data AS BLOB), CAST(hash AS BLOB) FROM events WHERE position >= ? "
+        "ORDER BY position LIMIT ?"
+    )
     usual_cache = f"PRAGMA cache_size = -{CACHE_KIB}"
 
     #: The events after one position and up to another whose stream id falls in a range
@@ -327,7 +334,9 @@ def translate(exc: Exception) -> BaseException:
     text = str(exc)
     if base in _BUSY or "database is locked" in text:
         return StoreBusyError(f"the database stayed locked by another writer past the busy timeout ({text})")
-    if base in _CORRUPT or "malformed" in text or "not a database" in text or "Could not decode" in text:
+    if "Could not decode" in text:
+        return CorruptLogError(f"the database file is damaged: {text}", undecodable=True)
+    if base in _CORRUPT or "malformed" in text or "not a database" in text:
         return CorruptLogError(f"the database file is damaged: {text}")
     if base in _UNAVAILABLE:
         return StoreUnavailableError(f"the database cannot be used right now: {text}")

@@ -936,6 +936,27 @@ def test_export_of_a_row_holding_bytes_where_the_log_keeps_text_is_one_sentence(
     assert not out.exists()
 
 
+def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_and_exported(
+    db: Path, tmp_path: Path
+) -> None:
+    _tamper(db, "UPDATE events SET data = data || x'ff' WHERE position = 10")
+    ran = flowtrail("verify", database=db)
+    assert ran.code == 1, ran.err
+    assert "The first: the hash at position 10 does not seal its contents" in ran.out
+    exported = tmp_path / "damaged.jsonl"
+    assert flowtrail("export", "--all", "-o", str(exported), database=db).code == 0
+    checked = flowtrail("verify", "--file", str(exported))
+    assert checked.code == 1, checked.err
+    assert "The first: the hash at position 10 does not seal its contents" in checked.out
+
+
+def test_a_stream_id_edited_to_text_that_is_not_utf8_is_named_by_verify(db: Path) -> None:
+    _tamper(db, "UPDATE events SET stream_id = stream_id || x'ff' WHERE position = 10")
+    ran = flowtrail("verify", database=db)
+    assert ran.code == 1, ran.err
+    assert "The first: the row at position 10 holds a value of the wrong type" in ran.out
+
+
 # -- the library stays light --------------------------------------------------------------------------
 
 
