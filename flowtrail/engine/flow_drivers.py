@@ -355,6 +355,8 @@ def _call_scope(effect: Invoke, orchestrator: Any, url: str) -> Any:
 
 
 def _hooks_sync(effect: Hooks) -> None:
+    if not effect.hooks:
+        return  # most states have none: no context to bind
     with _run_bound(effect):
         for hook in effect.hooks:
             try:
@@ -459,6 +461,8 @@ def run_flow_run(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool
 
 
 async def _hooks_async(effect: Hooks) -> None:
+    if not effect.hooks:
+        return
     with _run_bound(effect):
         for hook in effect.hooks:
             try:
