@@ -35,6 +35,7 @@ caller needs to act on them (run id, stream, position, event type)::
         ├── FlowFailedError               the run ended Failed and its exception is not at hand
         ├── FlowTimeoutError              the run exceeded its timeout (also a TimeoutError)
         ├── CancelledRunError             the run ended Cancelled
+        ├── UnfinishedRunError            the call ended with the run Paused or Scheduled
         └── ResultNotAvailableError       the run completed elsewhere and its result was not recorded
 
 Every class can be caught through its parents; `InvalidInputError` is also a
@@ -74,6 +75,7 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "StoreUnavailableError",
+    "UnfinishedRunError",
     "UnknownEventTypeError",
     "UnsupportedFilesystemError",
     "UnsupportedSchemaVersionError",
@@ -290,6 +292,11 @@ class FlowTimeoutError(FlowRunError, TimeoutError):
 
 class CancelledRunError(FlowRunError):
     """The flow run ended Cancelled."""
+
+
+class UnfinishedRunError(FlowRunError):
+    """The call ended with the run in a state that is not final (it returned Paused or
+    Scheduled, say): there is no result yet (Prefect's PausedRun and UnfinishedRun)."""
 
 
 class ResultNotAvailableError(FlowRunError):

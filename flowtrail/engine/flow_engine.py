@@ -33,6 +33,7 @@ from flowtrail.core.errors import (
     FlowtrailError,
     ParameterValidationError,
     ResultNotAvailableError,
+    UnfinishedRunError,
     ViewsOutOfDateError,
 )
 from flowtrail.core.events import SetStateStatus
@@ -144,6 +145,10 @@ class Outcome:
             raise self.error
         if state.is_cancelled() or state.is_cancelling():
             raise CancelledRunError(f"flow run {self.run.id} was cancelled: {state.message or state.name}")
+        if not state.is_final():
+            raise UnfinishedRunError(
+                f"flow run {self.run.id} is {state.name}, not finished: it has no result yet"
+            )
         raise FlowFailedError(
             f"flow run {self.run.id} ended {state.name}: {state.message or ''}".rstrip(": ")
         )

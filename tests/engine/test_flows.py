@@ -23,6 +23,7 @@ from flowtrail.core import (
     ParameterValidationError,
     ResultNotAvailableError,
     StateProposed,
+    UnfinishedRunError,
 )
 from flowtrail.core import states as pure
 from flowtrail.engine import run_flow_run
@@ -176,6 +177,15 @@ def test_a_flow_returning_a_state_that_is_not_final_ends_the_call_in_it(
     assert pausing(return_state=True).name == reached
     assert calls == [1]
     assert history(orch, only_run(orch, "pausing").id) == ["Pending", "Running", reached]
+
+
+def test_a_call_ending_with_the_run_paused_raises_that_it_is_unfinished(orch: SyncOrchestrator) -> None:
+    @flow
+    def waiting() -> Any:
+        return states.Paused()
+
+    with pytest.raises(UnfinishedRunError, match="is Paused, not finished"):
+        waiting()
 
 
 def test_a_flow_returning_cancelling_fires_its_cancellation_hooks_once(orch: SyncOrchestrator) -> None:
