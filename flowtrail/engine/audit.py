@@ -22,7 +22,7 @@ from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
 from flowtrail.projections.runs import RunViews, stored_view_differences
 from flowtrail.store.schema import projection_is_current
-from flowtrail.store.scripts import read_rows_script, record_of
+from flowtrail.store.scripts import read_rows_script, record_of, stream_rows_script
 
 __all__ = ["export_records", "log_id", "prepare_catch_up", "related_streams", "verify_script"]
 
@@ -170,7 +170,7 @@ def _records_of(
     head = int(rows[0][0] or 0)
     records: list[RecordedEvent] = []
     for stream in streams:
-        rows = yield Fetch(context.sql.read_stream, (str(stream), 1))
+        rows = yield from stream_rows_script(context.sql, str(stream), 1)
         records += [record for record in map(as_read, rows) if record.position <= head]
     records.sort(key=lambda record: record.position)
     return records

@@ -65,7 +65,7 @@ from flowtrail.engine.names import random_run_name
 from flowtrail.engine.results import HistoryEntry, OrchestrationDetails, OrchestrationResult
 from flowtrail.projections.queries import stored_view
 from flowtrail.store.api import AppendResult
-from flowtrail.store.scripts import LogSql, record_of
+from flowtrail.store.scripts import LogSql, read_stream_script, record_of
 
 __all__ = ["Context", "ViewCache"]
 
@@ -250,8 +250,7 @@ class Context:
         return _of_kind((yield from self.load(run_id, fresh=True)), kind)
 
     def records_of(self, run_id: UUID, from_version: int = 1) -> Script[list[RecordedEvent]]:
-        rows: list[Row] = yield Fetch(self.sql.read_stream, (str(run_id), from_version))
-        return [record_of(row) for row in rows]
+        return (yield from read_stream_script(self.sql, str(run_id), from_version))
 
     def record_at(self, position: int) -> Script[RecordedEvent]:
         rows: list[Row] = yield Fetch(self.sql.read_batch, (position, 1))

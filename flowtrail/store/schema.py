@@ -88,6 +88,7 @@ class PortableLogSql:
     #: `read_batch` for rows the driver cannot read as text (a dialect whose text is
     #: always UTF-8 needs no other).
     read_batch_as_bytes = read_batch
+    read_stream_as_bytes = read_stream
     stream_version = "SELECT max(version) FROM events WHERE stream_id = ?"
     log_id = "SELECT value FROM flowtrail_meta WHERE key = 'log_id'"
 

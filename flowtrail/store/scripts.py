@@ -27,6 +27,7 @@ __all__ = [
     "last_position_script",
     "read_batch_script",
     "read_rows_script",
+    "stream_rows_script",
     "read_stream_script",
     "record_of",
     "stream_version_script",
@@ -71,6 +72,11 @@ class LogSql(Protocol):
     @property
     def read_batch_as_bytes(self) -> str:
         """`read_batch` with every text column read as its bytes."""
+        ...
+
+    @property
+    def read_stream_as_bytes(self) -> str:
+        """`read_stream` with every text column read as its bytes."""
         ...
 
     @property
@@ -261,8 +267,12 @@ def _replayed_result(sql: LogSql, first: int, last: int) -> Script[AppendResult]
 
 
 def read_stream_script(sql: LogSql, stream_id: str, from_version: int) -> Script[list[RecordedEvent]]:
-    rows: list[Row] = yield Fetch(sql.read_stream, (stream_id, from_version))
-    return [record_of(row) for row in rows]
+    return [record_of(row) for row in (yield from stream_rows_script(sql, stream_id, from_version))]
+
+
+def stream_rows_script(sql: LogSql, stream_id: str, from_version: int) -> Script[list[Row]]:
+    """The rows of `LogSql.read_stream`, read as `read_rows_script` reads a batch."""
+    return (yield from _rows(sql.read_stream, sql.read_stream_as_bytes, (stream_id, from_version)))
 
 
 def read_batch_script(sql: LogSql, from_position: int, limit: int) -> Script[list[RecordedEvent]]:
@@ -274,15 +284,16 @@ def read_rows_script(sql: LogSql, from_position: int, limit: int) -> Script[list
     edited by hand), the batch read again as bytes, with the text that decodes as text:
     the damage is then named where it is (a hash that does not match, a value of the
     wrong type), not a batch that cannot be read."""
+    return (yield from _rows(sql.read_batch, sql.read_batch_as_bytes, (from_position, limit)))
+
+
+def _rows(statement: str, as_bytes: str, params: tuple[object, ...]) -> Script[list[Row]]:
     try:
-        rows: list[Row] = yield Fetch(sql.read_batch, (from_position, limit))
+        rows: list[Row] = yield Fetch(statement, params)
     except CorruptLogError as exc:
         if not exc.undecodable:
             raise
-        rows = [
-            _text_where_it_decodes(row)
-            for row in (yield Fetch(sql.read_batch_as_bytes, (from_position, limit)))
-        ]
+        rows = [_text_where_it_decodes(row) for row in (yield Fetch(as_bytes, params))]
     return rows
 
 

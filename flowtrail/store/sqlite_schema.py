@@ -129,11 +129,12 @@ class SqliteLogSql(PortableLogSql):
     lean_cache = f"PRAGMA cache_size = -{REBUILD_CACHE_KIB}"
     # Every column as the bytes it holds: a row edited by hand to hold text that is not
     # UTF-8 can then be read, and its damage named, where `read_batch` cannot read it.
-    read_batch_as_bytes = (
+    _as_bytes = (
         "SELECT position, CAST(stream_id AS BLOB), version, CAST(event_type AS BLOB), schema_version, "
-        "recorded_at, CAST(data AS BLOB), CAST(hash AS BLOB) FROM events WHERE position >= ? "
-        "ORDER BY position LIMIT ?"
+        "recorded_at, CAST(data AS BLOB), CAST(hash AS BLOB) FROM events "
     )
+    read_batch_as_bytes = _as_bytes + "WHERE position >= ? ORDER BY position LIMIT ?"
+    read_stream_as_bytes = _as_bytes + "WHERE stream_id = ? AND version >= ? ORDER BY version"
     usual_cache = f"PRAGMA cache_size = -{CACHE_KIB}"
 
     #: The events after one position and up to another whose stream id falls in a range

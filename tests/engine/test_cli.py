@@ -950,6 +950,14 @@ def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_and_expor
     assert "The first: the hash at position 10 does not seal its contents" in checked.out
 
 
+def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_of_its_run(db: Path) -> None:
+    _tamper(db, "UPDATE events SET data = data || x'ff' WHERE position = 10")
+    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 10").fetchone()
+    ran = flowtrail("verify", "--run", stream, database=db)
+    assert ran.code == 1, ran.err
+    assert "The first: the hash at position 10 does not seal its contents" in ran.out
+
+
 def test_a_stream_id_edited_to_text_that_is_not_utf8_is_named_by_verify(db: Path) -> None:
     _tamper(db, "UPDATE events SET stream_id = stream_id || x'ff' WHERE position = 10")
     ran = flowtrail("verify", database=db)
