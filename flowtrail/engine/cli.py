@@ -117,6 +117,8 @@ def _sentence(exc: FlowtrailError) -> str:
     """The error as a sentence: capitalised where it starts with a plain word, and left
     alone where it starts with a name (a file, an option) that must read as given."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, CodecError) and exc.position is not None and f"position {exc.position}" not in text:
+        text = f"the event at position {exc.position} is damaged: {text}"
     first = text.split(" ", 1)[0]
     return text[0].upper() + text[1:] if first.isalpha() and first.islower() else text
 

@@ -958,6 +958,12 @@ def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_of_its_ru
     assert "The first: the hash at position 10 does not seal its contents" in ran.out
 
 
+def test_history_of_a_run_whose_event_does_not_decode_names_its_position(db: Path) -> None:
+    _tamper(db, "UPDATE events SET data = data || x'ff' WHERE position = 10")
+    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 10").fetchone()
+    assert_user_error(flowtrail("history", stream, database=db), "The event at position 10 is damaged")
+
+
 def test_a_stream_id_edited_to_text_that_is_not_utf8_is_named_by_verify(db: Path) -> None:
     _tamper(db, "UPDATE events SET stream_id = stream_id || x'ff' WHERE position = 10")
     ran = flowtrail("verify", database=db)
