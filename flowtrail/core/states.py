@@ -45,6 +45,7 @@ __all__ = [
     "TimedOut",
     "aware",
     "default_name",
+    "parse_uuid",
 ]
 
 
@@ -228,16 +229,27 @@ def check_types(state: State) -> State:
     return msgspec.structs.replace(state, state_details=msgspec.structs.replace(details, **ids))
 
 
-def _uuid(value: object, field: str) -> UUID:
-    """A run or transition id given as a UUID, or as its text."""
+def parse_uuid(value: object) -> UUID | None:
+    """A UUID given as one (a subclass of it made plain) or as its text; None for
+    anything else."""
+    if type(value) is UUID:
+        return value
     if isinstance(value, UUID):
         return UUID(int=value.int)
     if isinstance(value, str):
         try:
             return UUID(value)
         except ValueError:
-            pass
-    raise InvalidStateError(f"state_details.{field} must be a UUID, got {value!r}")
+            return None
+    return None
+
+
+def _uuid(value: object, field: str) -> UUID:
+    """A run or transition id given as a UUID, or as its text."""
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidStateError(f"state_details.{field} must be a UUID, got {value!r}")
+    return parsed
 
 
 # --- constructors ---------------------------------------------------------------------------

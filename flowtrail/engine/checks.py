@@ -12,7 +12,7 @@ from flowtrail.core.errors import InvalidDataError, InvalidIdError, InvalidInput
 from flowtrail.core.events import RetryDelay
 from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
-from flowtrail.core.states import State, check_types
+from flowtrail.core.states import State, check_types, parse_uuid
 
 __all__ = [
     "check_name",
@@ -40,14 +40,10 @@ _CONTROL = frozenset({"Cc", "Cs"})
 
 def run_id_of(value: object, what: str = "run id") -> UUID:
     """A run id from a UUID or its string form."""
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise InvalidIdError(f"{what} {value!r} is not a UUID")
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidIdError(f"{what} {value!r} is not a UUID")
+    return parsed
 
 
 def shown(value: object) -> str:

@@ -190,15 +190,20 @@ def _raise_termination(signum: int, frame: FrameType | None) -> None:
     raise TerminationSignal(signum)
 
 
-@contextmanager
-def _termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
-    """Turn SIGTERM into a cancellation while the outermost flow runs (main thread only)."""
-    install = (
+def _owns_sigterm(parent: FlowRunContext | None) -> bool:
+    """Whether this call turns SIGTERM into a cancellation: the outermost flow, on the
+    main thread, where SIGTERM still has its default action."""
+    return (
         parent is None
         and threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     )
-    if not install:
+
+
+@contextmanager
+def _termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
+    """Turn SIGTERM into a cancellation while the outermost flow runs (main thread only)."""
+    if not _owns_sigterm(parent):
         yield
         return
     signal.signal(signal.SIGTERM, _raise_termination)
@@ -259,13 +264,8 @@ def _termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
     then Cancelled), with the cancellation hooks, as for a sync flow. (A handler that
     raised from inside the event loop would end `asyncio.run` instead, which cancels
     every task: the run would be recorded Crashed.)"""
-    install = (
-        parent is None
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    )
     task = asyncio.current_task()
-    if not install or task is None:
+    if not _owns_sigterm(parent) or task is None:
         yield
         return
     loop = asyncio.get_running_loop()

@@ -14,8 +14,9 @@ from flowtrail.core.effects import Fetch, Row, Script
 from flowtrail.core.errors import InvalidIdError, InvalidInputError, ViewsOutOfDateError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
+from flowtrail.core.jsondata import check_json
 from flowtrail.core.projection import Dialect
-from flowtrail.core.states import StateType
+from flowtrail.core.states import StateType, parse_uuid
 from flowtrail.projections.runs import RunViews, decode_view
 
 __all__ = [
@@ -180,17 +181,8 @@ def _texts(name: str, given: Iterable[object] | None) -> list[object] | None:
     for value in values or ():
         if not isinstance(value, str) or "\x00" in value:
             raise InvalidInputError(f"{name} holds strings without NUL characters, not {value!r}")
-        if not value.isascii() and not _encodes(value):
-            raise InvalidInputError(f"{name} holds {value!r}, which no run can hold (a lone surrogate)")
+        check_json(value, path=name)  # text no run can hold (a lone surrogate) is refused
     return values
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _run_ids(name: str, given: Iterable[object] | None) -> list[object] | None:
@@ -200,20 +192,11 @@ def _run_ids(name: str, given: Iterable[object] | None) -> list[object] | None:
         return None
     spelled: list[object] = []
     for value in values:
-        parsed = value if isinstance(value, UUID) else _uuid(value)
+        parsed = parse_uuid(value)
         if parsed is None:
             raise InvalidIdError(f"{name} holds {value!r}, which is not a UUID")
         spelled.append(str(parsed))
     return spelled
-
-
-def _uuid(value: object) -> UUID | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
 
 
 def read_flow_runs(

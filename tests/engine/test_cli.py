@@ -355,6 +355,18 @@ def test_verify_one_run_checks_it_and_the_runs_above_it(db: Path) -> None:
     assert report["streams_checked"] == 3  # the subflow, its parent task run, the parent flow run
 
 
+def _stream_at(path: Path, position: int) -> str:
+    """The stream of the event at ``position`` of the log at ``path``."""
+    connection = sqlite3.connect(path)
+    try:
+        (stream,) = connection.execute(
+            "SELECT stream_id FROM events WHERE position = ?", (position,)
+        ).fetchone()
+    finally:
+        connection.close()
+    return str(stream)
+
+
 def _tamper(path: Path, sql: str) -> None:
     connection = sqlite3.connect(path)
     connection.execute("DROP TRIGGER events_are_never_updated")
@@ -897,7 +909,7 @@ def test_history_of_a_run_whose_recording_time_was_damaged_is_one_sentence(
     db: Path, as_json: list[str]
 ) -> None:
     _tamper(db, "UPDATE events SET recorded_at = 'abc' WHERE position = 20")
-    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 20").fetchone()
+    stream = _stream_at(db, 20)
     assert_user_error(flowtrail("history", stream, *as_json, database=db), "position 20", "'abc'")
 
 
@@ -912,7 +924,7 @@ def test_verify_reports_a_row_whose_data_is_not_bytes_as_a_problem_of_the_log(db
 
 def test_verify_of_one_run_reports_its_row_whose_data_is_not_bytes_as_a_problem(db: Path) -> None:
     _tamper(db, "UPDATE events SET data = 5 WHERE position = 21")
-    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 21").fetchone()
+    stream = _stream_at(db, 21)
     ran = flowtrail("verify", "--run", stream, database=db)
     assert ran.code == 1, ran.err
     assert "The first: the row at position 21 holds a value of the wrong type" in ran.out
@@ -952,7 +964,7 @@ def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_and_expor
 
 def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_of_its_run(db: Path) -> None:
     _tamper(db, "UPDATE events SET data = data || x'ff' WHERE position = 10")
-    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 10").fetchone()
+    stream = _stream_at(db, 10)
     ran = flowtrail("verify", "--run", stream, database=db)
     assert ran.code == 1, ran.err
     assert "The first: the hash at position 10 does not seal its contents" in ran.out
@@ -960,7 +972,7 @@ def test_a_row_edited_to_hold_text_that_is_not_utf8_is_named_by_verify_of_its_ru
 
 def test_history_of_a_run_whose_event_does_not_decode_names_its_position(db: Path) -> None:
     _tamper(db, "UPDATE events SET data = data || x'ff' WHERE position = 10")
-    (stream,) = sqlite3.connect(db).execute("SELECT stream_id FROM events WHERE position = 10").fetchone()
+    stream = _stream_at(db, 10)
     assert_user_error(flowtrail("history", stream, database=db), "The event at position 10 is damaged")
 
 
