@@ -27,6 +27,7 @@ __all__ = [
     "Fetch",
     "Join",
     "Joinable",
+    "Locked",
     "OnWriter",
     "Rollback",
     "Row",
@@ -103,6 +104,20 @@ class Append(NamedTuple):
     known: Mapping[str, object] | None = None
 
 
+class Locked(NamedTuple):
+    """Run a script of reads (`Fetch`) and appends (`Append`) in one write transaction,
+    holding the log's write lock from its first read to its end: it reads every write
+    committed before it, and no other writer can move a stream between its reads and
+    its appends. The result is the script's result; where the script raises, nothing it
+    appended remains.
+
+    For a write that keeps losing to concurrent writers: decided under the lock, it
+    cannot lose again. Every other writer waits meanwhile, so the script should be short.
+    """
+
+    script: Script[Any]
+
+
 class OnWriter(NamedTuple):
     """Run a script of SQL effects on the writer connection; the result is its result.
 
@@ -130,4 +145,4 @@ class Join(NamedTuple):
     work: Joinable
 
 
-Effect = Begin | Commit | Rollback | Execute | ExecuteMany | Fetch | Append | OnWriter | Join
+Effect = Begin | Commit | Rollback | Execute | ExecuteMany | Fetch | Append | Locked | OnWriter | Join

@@ -7,7 +7,8 @@ Proposing is: read the run's view, gather the outside facts the policy needs (th
 enclosing flow run, for a task), decide (pure), and append the decision at the view's
 version, with the facts' stream expected at the version read. If anything moved in
 between, the append is refused as a conflict and the proposal is decided again on the
-new view, a bounded number of times.
+new view; after a few conflicts, holding the log's write lock from the first read, so
+that it cannot lose again (`Context._landed`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from msgspec import UNSET
 
 from flowtrail.core.chain import RecordedEvent
-from flowtrail.core.effects import Append, Fetch, Row, Script, StreamWrite
+from flowtrail.core.effects import Append, Fetch, Locked, Row, Script, StreamWrite
 from flowtrail.core.errors import (
     ConcurrencyConflictError,
     ContentionError,
@@ -67,9 +68,14 @@ from flowtrail.projections.queries import stored_view
 from flowtrail.store.api import AppendResult
 from flowtrail.store.scripts import LogSql, read_stream_script, record_of
 
-__all__ = ["Context", "ViewCache"]
+__all__ = ["OPTIMISTIC_ATTEMPTS", "Context", "ViewCache"]
+
+T = TypeVar("T")
 
 Clock = Callable[[], datetime]
+
+#: Attempts at a write made without holding the log's write lock; later ones hold it.
+OPTIMISTIC_ATTEMPTS = 3
 
 
 class ViewCache:
@@ -256,6 +262,30 @@ class Context:
         rows: list[Row] = yield Fetch(self.sql.read_batch, (position, 1))
         return record_of(rows[0])
 
+    # -- writing -----------------------------------------------------------------------------
+
+    def _landed(self, run_id: UUID, attempt: Callable[[bool], Script[T]]) -> Script[T]:
+        """What ``attempt(fresh)`` returns once its append lands.
+
+        The first attempts decide on what they read and append at the versions read;
+        where another writer moved a stream on meanwhile, the append is refused as a
+        conflict and the next attempt (``fresh``) reads again. After `OPTIMISTIC_ATTEMPTS`
+        conflicts, an attempt is made holding the log's write lock from its first read
+        (`Locked`): no other writer can move a stream before it appends, so many writers
+        on one run each land in turn instead of giving up. ContentionError after
+        ``max_attempts``.
+        """
+        for number in range(self.max_attempts):
+            script = attempt(number > 0)
+            try:
+                if number < OPTIMISTIC_ATTEMPTS:
+                    return (yield from script)
+                result: T = yield Locked(script)
+                return result
+            except ConcurrencyConflictError:
+                continue
+        raise ContentionError(run_id, self.max_attempts)
+
     # -- proposing ---------------------------------------------------------------------------
 
     def propose(
@@ -271,23 +301,22 @@ class Context:
             if idempotency_key is None
             else _stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
         )
-        for attempt in range(self.max_attempts):
-            view = yield from self.load(target, from_log=attempt > 0)
+
+        def attempt(fresh: bool) -> Script[OrchestrationResult]:
+            view = yield from self.load(target, from_log=fresh)
             now = self.clock()
             proposal = Proposal(
                 state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
             )
-            writes, expect, views, before = yield from self._decided(view, proposal, fresh=attempt > 0)
-            try:
-                result: AppendResult = yield Append(writes, key, expect, before)
-            except ConcurrencyConflictError:
-                continue
+            writes, expect, views, before = yield from self._decided(view, proposal, fresh=fresh)
+            result: AppendResult = yield Append(writes, key, expect, before)
             if result.replayed:
                 return (yield from self._replayed_proposal(result))
             for changed in views:
                 self.cache.put(changed)
             return _result_of(views[0], result.first_position)
-        raise ContentionError(target, self.max_attempts)
+
+        return (yield from self._landed(target, attempt))
 
     def propose_in_turn(self, run_id: object, proposed: Iterable[State]) -> Script[list[OrchestrationResult]]:
         """Propose ``proposed`` one after another and record them in one append.
@@ -305,19 +334,18 @@ class Context:
         wanted = [check_state(s) for s in proposed]
         if not wanted:
             raise InvalidInputError("propose_in_turn needs at least one state")
-        for attempt in range(self.max_attempts):
-            view = yield from self.load(target, from_log=attempt > 0)
+
+        def attempt(fresh: bool) -> Script[list[OrchestrationResult]]:
+            view = yield from self.load(target, from_log=fresh)
             turn = _Turn()
             yield from self._in_turn(
-                view, [(s, False) for s in wanted], turn, fresh=attempt > 0, going_on=_retrying
+                view, [(s, False) for s in wanted], turn, fresh=fresh, going_on=_retrying
             )
-            try:
-                result: AppendResult = yield Append(turn.writes(), None, turn.expect, turn.before)
-            except ConcurrencyConflictError:
-                continue
+            result: AppendResult = yield Append(turn.writes(), None, turn.expect, turn.before)
             turn.cache(self.cache)
             return [_result_of(view, result.first_position + offset) for view, offset in turn.decided]
-        raise ContentionError(target, self.max_attempts)
+
+        return (yield from self._landed(target, attempt))
 
     def _in_turn(
         self,
@@ -527,44 +555,44 @@ class Context:
         """Append the creation, ``state`` (forced) and the ``then`` states (proposed in
         turn, up to the first answer that is not ACCEPT) in one append."""
         proposals = ([(state, True)] if state is not None else []) + [(s, False) for s in then]
-        for attempt in range(self.max_attempts):
+
+        def attempt(fresh: bool) -> Script[RunView]:
             turn = _Turn()
             turn.add([StreamWrite(str(created.run_id), [created], 0)], [], {}, {})
             view = yield from self._in_turn(
-                evolve(None, created), proposals, turn, fresh=attempt > 0, going_on=_accepted
+                evolve(None, created), proposals, turn, fresh=fresh, going_on=_accepted
             )
             try:
                 result: AppendResult = yield Append(turn.writes(), key)
             except ConcurrencyConflictError as conflict:
                 if conflict.stream_id == str(created.run_id):
                     raise RunAlreadyExistsError(created.run_id) from conflict
-                continue  # the subflow's parent task run moved on: decide its copies again
+                raise  # the subflow's parent task run moved on: decide its copies again
             if result.replayed:
                 original = yield from self.record_at(result.first_position)
                 return (yield from self.load(original.decode().run_id, fresh=True))
             turn.cache(self.cache)
             self.cache.put(view)  # also when no state was proposed
             return view
-        raise ContentionError(created.run_id, self.max_attempts)
+
+        return (yield from self._landed(created.run_id, attempt))
 
     # -- changing settings --------------------------------------------------------------------
 
     def _amend(
         self, run_id: UUID, make: Callable[[datetime], Event], kind: RunKind | None
     ) -> Script[RunView]:
-        for attempt in range(self.max_attempts):
-            view = yield from self.load(run_id, from_log=attempt > 0)
+        def attempt(fresh: bool) -> Script[RunView]:
+            view = yield from self.load(run_id, from_log=fresh)
             if kind is not None:
                 _of_kind(view, kind)
             event = make(self.clock())
-            try:
-                yield Append([StreamWrite(str(run_id), [event], view.version)], known={str(run_id): view})
-            except ConcurrencyConflictError:
-                continue
+            yield Append([StreamWrite(str(run_id), [event], view.version)], known={str(run_id): view})
             after = evolve(view, event)
             self.cache.put(after)
             return after
-        raise ContentionError(run_id, self.max_attempts)
+
+        return (yield from self._landed(run_id, attempt))
 
     def set_name(self, run_id: object, name: object) -> Script[RunView]:
         """Rename a flow run (Prefect's set_flow_run_name; a task run id is an error)."""

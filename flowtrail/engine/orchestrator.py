@@ -83,6 +83,13 @@ def _proposer(proposer: str) -> str:
     return proposer
 
 
+def _max_attempts(attempts: object) -> int:
+    """How many attempts a write makes before a ContentionError: a whole number, at least 1."""
+    if type(attempts) is not int or attempts < 1:
+        raise InvalidInputError(f"max_attempts is a whole number of at least 1, not {shown(attempts)}")
+    return attempts
+
+
 def _checked_clock(clock: Clock) -> Clock:
     """A caller's clock, whose readings are checked: every event records them."""
     if not callable(clock):
@@ -159,7 +166,7 @@ class _Base:
         self._context = Context(
             sql=sql,
             clock=_utc_now if clock is None else _checked_clock(clock),
-            max_attempts=max_attempts,
+            max_attempts=_max_attempts(max_attempts),
             proposer=_proposer(proposer),
         )
         self._entered: list[AbstractContextManager[None]] = []
@@ -207,12 +214,14 @@ class SyncOrchestrator(_Base):
         clock: Clock | None = None,
         rebuild_stale: bool = True,
         proposer: str = "client",
+        max_attempts: int = 25,
         **options: Any,
     ) -> SyncOrchestrator:
         """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
         _proposer(proposer)
+        _max_attempts(max_attempts)
         store = open_sync_store(url, projections=[cls._views], **options)
-        orchestrator = cls(store, clock=clock, proposer=proposer)
+        orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
         orchestrator.url = url
         try:
             stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
@@ -481,10 +490,11 @@ class Orchestrator(_Base):
         clock: Clock | None = None,
         rebuild_stale: bool = True,
         proposer: str = "client",
+        max_attempts: int = 25,
         **options: Any,
     ) -> _Opening:
         """Open the log at ``url``: ``async with Orchestrator.open(url) as orch`` or ``await``."""
-        return _Opening(cls, url, clock, rebuild_stale, proposer, options)
+        return _Opening(cls, url, clock, rebuild_stale, proposer, max_attempts, options)
 
     async def close(self) -> None:
         await self.store.close()
@@ -758,16 +768,18 @@ class _Opening:
         clock: Clock | None,
         rebuild_stale: bool,
         proposer: str,
+        max_attempts: int,
         options: dict[str, Any],
     ) -> None:
-        self._args = (cls, url, clock, rebuild_stale, proposer, options)
+        self._args = (cls, url, clock, rebuild_stale, proposer, max_attempts, options)
         self._opened: Orchestrator | None = None
 
     async def _open(self) -> Orchestrator:
-        cls, url, clock, rebuild_stale, proposer, options = self._args
+        cls, url, clock, rebuild_stale, proposer, max_attempts, options = self._args
         _proposer(proposer)
+        _max_attempts(max_attempts)
         store = await open_store(url, projections=[cls._views], **options)
-        orchestrator = cls(store, clock=clock, proposer=proposer)
+        orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
         orchestrator.url = url
         try:
             stale = rebuild_stale and bool(store.stale_projections) and not store.read_only

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from flowtrail.core.chain import RecordedEvent
-from flowtrail.core.effects import Append, Effect, Fetch, Join, OnWriter, Script
+from flowtrail.core.effects import Append, Effect, Fetch, Join, Locked, OnWriter, Script
 from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError, StoreError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Dialect, Projection
@@ -39,6 +39,7 @@ from flowtrail.store.scripts import (
     LogSql,
     append_script,
     last_position_script,
+    locked_script,
     read_batch_script,
     read_stream_script,
     stream_version_script,
@@ -153,6 +154,10 @@ class _Backend:
         """Whether the log was opened to be read only (``mode=ro``)."""
         return self._options.read_only
 
+    def _locked(self, script: Script[T]) -> Script[T]:
+        """``script`` run in one write transaction (`Locked`), its appends as `Append`'s."""
+        return locked_script(script, self._options.prepare, self.sql, self._options.projections)
+
     @staticmethod
     def mark_stale(projection: Projection) -> Script[None]:
         return mark_stale_script(projection)
@@ -222,6 +227,8 @@ class SyncLogStore(_Backend):
             case Fetch():
                 with self._read_lock:
                     return self._reader.execute(effect)
+            case Locked(script):
+                return self.run(self._locked(script), write=True)
             case OnWriter(script):
                 return self.run(script, write=True)
             case Join(work):
@@ -398,6 +405,8 @@ class AsyncLogStore(_Backend):
             case Fetch():
                 async with self._read_lock:
                     return await self._reader.execute(effect)
+            case Locked(script):
+                return await self._run(self._locked(script), write=True)
             case OnWriter(script):
                 return await self._run(script, write=True)
             case Join(work):

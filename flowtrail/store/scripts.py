@@ -10,21 +10,23 @@ with one statement, then the inline projections run in the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from flowtrail.core.chain import GENESIS, RecordedEvent, chain_hash
-from flowtrail.core.effects import Begin, Commit, ExecuteMany, Fetch, Rollback, Row, Script
-from flowtrail.core.errors import ConcurrencyConflictError, CorruptLogError, FlowtrailError
+from flowtrail.core.effects import Append, Begin, Commit, ExecuteMany, Fetch, Rollback, Row, Script
+from flowtrail.core.errors import ConcurrencyConflictError, CorruptLogError, FlowtrailError, StoreError
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Projection
-from flowtrail.store.api import AppendResult, PreparedAppend
+from flowtrail.store.api import AppendResult, PreparedAppend, StreamWrite
 
 __all__ = [
     "LogSql",
     "append_script",
     "last_position_script",
+    "locked_script",
     "read_batch_script",
     "read_rows_script",
     "stream_rows_script",
@@ -33,6 +35,8 @@ __all__ = [
     "stream_version_script",
     "wall_clock_micros",
 ]
+
+T = TypeVar("T")
 
 #: Statements are run with at most this many values bound to an IN list.
 _IN_CHUNK = 500
@@ -129,9 +133,34 @@ def append_script(
     clock: Callable[[], int] = wall_clock_micros,
 ) -> Script[list[AppendResult | FlowtrailError]]:
     """Append every request of ``batch`` in one transaction; a result (or error) each."""
+    return (yield from _in_transaction(_append_in_transaction(batch, sql, projections, clock)))
+
+
+#: Makes an append's request from a script's `Append` (checked and encoded).
+Prepare = Callable[
+    [Sequence[StreamWrite], str | None, Mapping[str, int] | None, Mapping[str, object] | None], PreparedAppend
+]
+
+
+def locked_script(
+    script: Script[T],
+    prepare: Prepare,
+    sql: LogSql,
+    projections: Sequence[Projection] = (),
+    clock: Callable[[], int] = wall_clock_micros,
+) -> Script[T]:
+    """Run ``script`` (its `Fetch` and `Append` effects) in one write transaction: see
+    `flowtrail.core.effects.Locked`. An append refused (a conflict, a request the log
+    does not take) is thrown into the script, as the store's own write path throws it;
+    any other error ends the transaction with nothing written."""
+    return (yield from _in_transaction(_holding_the_lock(script, prepare, sql, projections, clock)))
+
+
+def _in_transaction(body: Script[T]) -> Script[T]:
+    """``body`` between BEGIN and COMMIT; rolled back if it raises or the COMMIT fails."""
     yield Begin()
     try:
-        results = yield from _append_in_transaction(batch, sql, projections, clock)
+        result = yield from body
     except BaseException:
         yield Rollback()
         raise
@@ -141,7 +170,45 @@ def append_script(
         # A failed COMMIT (busy, I/O) can leave the transaction open: end it.
         yield Rollback()
         raise
-    return results
+    return result
+
+
+def _holding_the_lock(
+    script: Script[T],
+    prepare: Prepare,
+    sql: LogSql,
+    projections: Sequence[Projection],
+    clock: Callable[[], int],
+) -> Script[T]:
+    """Carry out ``script``'s reads and appends inside the transaction `locked_script` began."""
+    reply: object = None
+    refusal: FlowtrailError | None = None
+    with contextlib.closing(script):
+        while True:
+            try:
+                effect = script.send(reply) if refusal is None else script.throw(refusal)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            reply, refusal = None, None
+            match effect:
+                case Fetch():
+                    reply = yield effect
+                case Append(writes, key, expect, known):
+                    try:
+                        request = prepare(writes, key, expect, known)
+                    except FlowtrailError as exc:
+                        refusal = exc
+                        continue
+                    (outcome,) = yield from _append_in_transaction([request], sql, projections, clock)
+                    if isinstance(outcome, FlowtrailError):
+                        refusal = outcome
+                    else:
+                        reply = outcome
+                case _:
+                    raise StoreError(
+                        f"a script holding the write lock only reads and appends, not {effect!r}"
+                    )
 
 
 def _append_in_transaction(

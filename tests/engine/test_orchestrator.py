@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -9,7 +10,7 @@ from uuid import uuid4
 
 import pytest
 
-from flowtrail import SetStateStatus, StateType, SyncOrchestrator, states
+from flowtrail import Orchestrator, SetStateStatus, StateType, SyncOrchestrator, states
 from flowtrail.core import (
     ContentionError,
     FlowRunCreated,
@@ -19,8 +20,10 @@ from flowtrail.core import (
     InvalidVersionError,
     RunNotFoundError,
     StateProposed,
+    StoreBusyError,
 )
 from flowtrail.engine.ids import new_run_id
+from flowtrail.engine.operations import OPTIMISTIC_ATTEMPTS
 from flowtrail.projections import DecisionStats
 from flowtrail.store import StreamWrite
 from flowtrail.testing import T0
@@ -155,6 +158,16 @@ def test_a_bad_proposer_is_refused_at_opening(tmp_path: Path, proposer: object) 
         SyncOrchestrator.open(f"sqlite:///{tmp_path}/p.db", proposer=proposer)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("attempts", [0, -1, 2.5, True, "3", None])
+def test_a_bad_max_attempts_is_refused_before_the_log_is_opened(tmp_path: Path, attempts: object) -> None:
+    url = f"sqlite:///{tmp_path}/a.db"
+    with pytest.raises(InvalidInputError, match="max_attempts"):
+        SyncOrchestrator.open(url, max_attempts=attempts)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="max_attempts"):
+        asyncio.run(Orchestrator.open(url, max_attempts=attempts).__aenter__())  # type: ignore[arg-type]
+    assert not (tmp_path / "a.db").exists()
+
+
 def test_a_clock_giving_a_naive_datetime_is_a_typed_error_that_writes_nothing(tmp_path: Path) -> None:
     with SyncOrchestrator.open(f"sqlite:///{tmp_path}/c.db", clock=datetime.now) as orch:
         with pytest.raises(InvalidInputError, match="time zone"):
@@ -240,16 +253,78 @@ def test_a_proposal_that_loses_every_attempt_is_a_contention_error_that_records_
     orch: Orch,
 ) -> None:
     run = orch.create_flow_run("etl", state=states.Pending())
+    # Every attempt of three decides without the write lock (OPTIMISTIC_ATTEMPTS).
+    losing = Orch(orch.kind, orch.url, max_attempts=OPTIMISTIC_ATTEMPTS)
     with SyncOrchestrator.open(orch.url) as rival:
         # Between each attempt's read and its append, another writer moves the run on.
-        orch.clock.on_reading = lambda: rival.propose_state(run.id, states.Pending())
+        losing.clock.on_reading = lambda: rival.propose_state(run.id, states.Pending())
         with pytest.raises(ContentionError) as raised:
-            orch.propose_state(run.id, states.Running())
-        orch.clock.on_reading = None
-        assert (raised.value.run_id, raised.value.attempts) == (run.id, 25)
+            losing.propose_state(run.id, states.Running())
+        losing.close()
+        assert (raised.value.run_id, raised.value.attempts) == (run.id, 3)
         history = orch.read_history(run.id)
-    assert [entry.event.proposal.state.type for entry in history[2:]] == [StateType.PENDING] * 25
-    assert orch.read_flow_run(run.id).version == 27
+    assert [entry.event.proposal.state.type for entry in history[2:]] == [StateType.PENDING] * 3
+    assert orch.read_flow_run(run.id).version == 5
+    assert orch.verify().ok
+
+
+def _meddling(orch: Orch, run_id: object) -> tuple[SyncOrchestrator, list[str]]:
+    """A rival writer that, at each reading of ``orch``'s clock (once per attempt), tries
+    to move the run on, waiting at most 0.2 s for the write lock; and what it did."""
+    rival = SyncOrchestrator.open(orch.url, busy_timeout=0.2)
+    seen: list[str] = []
+
+    def meddle() -> None:
+        try:
+            rival.propose_state(run_id, states.Pending())
+            seen.append("moved")
+        except StoreBusyError:
+            seen.append("waited")
+
+    orch.clock.on_reading = meddle
+    return rival, seen
+
+
+def test_a_proposal_that_keeps_losing_is_decided_holding_the_write_lock_and_lands(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    rival, seen = _meddling(orch, run.id)
+    with rival:
+        result = orch.propose_state(run.id, states.Running())
+    orch.clock.on_reading = None
+    assert seen == ["moved"] * OPTIMISTIC_ATTEMPTS + ["waited"]
+    assert (result.status, result.state.type, result.run.version) == (Status.ACCEPT, StateType.RUNNING, 6)
+    assert orch.read_flow_run(run.id) == result.run
+    assert orch.verify().ok
+
+
+def test_a_rename_that_keeps_losing_is_made_holding_the_write_lock(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    rival, seen = _meddling(orch, run.id)
+    with rival:
+        renamed = orch.set_flow_run_name(run.id, "renamed")
+    orch.clock.on_reading = None
+    assert seen == ["moved"] * OPTIMISTIC_ATTEMPTS + ["waited"]
+    assert (renamed.name, renamed.version) == ("renamed", 6)
+    assert orch.read_flow_run(run.id) == renamed
+
+
+def test_an_error_inside_a_locked_attempt_writes_nothing_and_frees_the_lock(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    rival, seen = _meddling(orch, run.id)
+
+    def then_fail() -> None:
+        if len(seen) == OPTIMISTIC_ATTEMPTS:
+            raise RuntimeError("the clock broke")
+        rival_meddle()
+
+    rival_meddle = orch.clock.on_reading
+    orch.clock.on_reading = then_fail
+    with rival, pytest.raises(RuntimeError, match="the clock broke"):
+        orch.propose_state(run.id, states.Running())
+    orch.clock.on_reading = None
+    assert orch.read_flow_run(run.id).version == 2 + OPTIMISTIC_ATTEMPTS
+    # The lock was let go: the next proposal lands at once.
+    assert orch.propose_state(run.id, states.Running()).status is Status.ACCEPT
     assert orch.verify().ok
 
 

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import pytest
 
-from flowtrail import SyncOrchestrator
+from flowtrail import SyncOrchestrator, states
 from flowtrail.core import StateProposed, fold
 from flowtrail.core.effects import Fetch, Script
 from flowtrail.projections import DecisionStats
@@ -148,3 +148,25 @@ def test_views_rebuilt_while_another_process_appends_equal_the_fold(databases: D
         for view in runs:
             assert fold(r.decode() for r in orch.store.read_stream(str(view.id))) == view, view.id
         assert all(isinstance(v.id, UUID) for v in runs)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_many_processes_proposing_on_one_run_each_land_every_proposal(
+    databases: Databases, mode: str
+) -> None:
+    db = databases.url("crowd")
+    with SyncOrchestrator.open(db) as orch:
+        run = orch.create_flow_run("crowd", state=states.Running())
+    processes, proposers, count = 3, 5, 12
+    crowd = [_start("crowd", db, str(run.id), mode, str(proposers), str(count)) for _ in range(processes)]
+    answers = []
+    for process in crowd:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        answers += out.splitlines()
+    assert "gave up" not in answers
+    versions = sorted(int(line.split()[1]) for line in answers)
+    assert versions == list(range(3, 3 + processes * proposers * count))
+    with SyncOrchestrator.open(db) as orch:
+        assert orch.read_flow_run(run.id).run_count == 1 + processes * proposers * count
+        assert orch.verify().ok

@@ -7,6 +7,10 @@ python -m tests.engine.workers catch-up URL
     Bring DecisionStats up to date in small steps, printing "step N"; killed by the test.
 python -m tests.engine.workers churn URL COUNT
     Create COUNT runs and take each through Pending, Running, Completed.
+python -m tests.engine.workers crowd URL RUN sync|async PROPOSERS COUNT
+    PROPOSERS threads (sync) or tasks (async) each propose Running COUNT times for the
+    one run RUN; after each answer, print "ack VERSION STATUS", or "gave up" on a
+    ContentionError.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+import threading
 
 from flowtrail import Orchestrator, SyncOrchestrator, states
+from flowtrail.core import ContentionError
 from flowtrail.engine.results import OrchestrationResult
 from flowtrail.projections import DecisionStats
 
@@ -68,6 +74,42 @@ def churn(url: str, count: int) -> None:
     print("done", flush=True)
 
 
+def _answer(result: OrchestrationResult | None) -> None:
+    line = "gave up" if result is None else f"ack {result.run.version} {result.status.value}"
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+def crowd_sync(url: str, run_id: str, proposers: int, count: int) -> None:
+    with SyncOrchestrator.open(url, rebuild_stale=False) as orch:
+
+        def propose() -> None:
+            for _ in range(count):
+                try:
+                    _answer(orch.propose_state(run_id, states.Running()))
+                except ContentionError:
+                    _answer(None)
+
+        threads = [threading.Thread(target=propose) for _ in range(proposers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+async def crowd_async(url: str, run_id: str, proposers: int, count: int) -> None:
+    async with Orchestrator.open(url, rebuild_stale=False) as orch:
+
+        async def propose() -> None:
+            for _ in range(count):
+                try:
+                    _answer(await orch.propose_state(run_id, states.Running()))
+                except ContentionError:
+                    _answer(None)
+
+        await asyncio.gather(*(propose() for _ in range(proposers)))
+
+
 def main(argv: list[str]) -> None:
     command, url, *rest = argv
     if command == "propose":
@@ -79,6 +121,12 @@ def main(argv: list[str]) -> None:
         catch_up(url)
     elif command == "churn":
         churn(url, int(rest[0]))
+    elif command == "crowd":
+        run_id, mode, proposers, count = rest
+        crowd = crowd_sync if mode == "sync" else crowd_async
+        result = crowd(url, run_id, int(proposers), int(count))
+        if result is not None:
+            asyncio.run(result)
     else:
         raise SystemExit(f"unknown command {command}")
 

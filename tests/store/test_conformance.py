@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import pytest
@@ -17,9 +18,13 @@ from flowtrail.core import (
     StoreError,
     verify,
 )
+from flowtrail.core.effects import Append, Effect, Execute, Locked, Script
 from flowtrail.store.api import StreamWrite
+from flowtrail.store.scripts import stream_version_script
 from tests.store.builders import created, new_stream, renamed
 from tests.store.conftest import Log
+
+T = TypeVar("T")
 
 # --- appending -----------------------------------------------------------------------------------
 
@@ -218,6 +223,68 @@ def test_concurrent_appends_with_one_key_write_once(log: Log) -> None:
     assert all(not isinstance(r, Exception) for r in results)
     assert sum(not r.replayed for r in results) == 1
     assert log.last_position() == 1
+
+
+# --- writing holding the lock ----------------------------------------------------------------------
+
+
+def _locked(log: Log, script: Script[T]) -> T:
+    result: T = log._call("perform", _one_effect(Locked(script)))
+    return result
+
+
+def _one_effect(effect: Effect) -> Script[Any]:
+    return (yield effect)
+
+
+def test_a_locked_script_reads_its_own_appends(log: Log) -> None:
+    stream, events = new_stream(2)
+
+    def script() -> Script[tuple[int, int]]:
+        before = yield from stream_version_script(log.store.sql, stream)
+        yield Append([StreamWrite(stream, events, 0)])
+        return before, (yield from stream_version_script(log.store.sql, stream))
+
+    assert _locked(log, script()) == (0, 2)
+    assert log.stream_version(stream) == 2
+
+
+def test_a_conflict_in_a_locked_script_is_thrown_into_it_and_it_goes_on(log: Log) -> None:
+    stream, events = new_stream(1)
+    log.append(stream, events, 0)
+
+    def script() -> Script[int]:
+        try:
+            yield Append([StreamWrite(stream, [renamed(UUID(stream))], 0)])
+        except ConcurrencyConflictError as conflict:
+            version = conflict.current_version
+        result = yield Append([StreamWrite(stream, [renamed(UUID(stream))], version)])
+        return int(result.last_position)
+
+    assert _locked(log, script()) == 2
+    assert [r.version for r in log.read_stream(stream)] == [1, 2]
+
+
+def test_a_locked_script_that_raises_after_appending_leaves_nothing_written(log: Log) -> None:
+    stream, events = new_stream(2)
+
+    def script() -> Script[None]:
+        yield Append([StreamWrite(stream, events, 0)])
+        raise RuntimeError("changed its mind")
+
+    with pytest.raises(RuntimeError, match="changed its mind"):
+        _locked(log, script())
+    assert log.last_position() == 0
+    log.append(stream, events, 0)  # and the write lock is free again
+    assert log.last_position() == 2
+
+
+def test_a_locked_script_may_only_read_and_append(log: Log) -> None:
+    def script() -> Script[None]:
+        yield Execute("DELETE FROM events")
+
+    with pytest.raises(StoreError, match="only reads and appends"):
+        _locked(log, script())
 
 
 # --- bad input ----------------------------------------------------------------------------------------
