@@ -13,11 +13,8 @@ that it cannot lose again (`Context._landed`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +49,7 @@ from flowtrail.core.fold import RunView, evolve, flow_run_facts
 from flowtrail.core.policies import decide, mirror_proposal
 from flowtrail.core.rules import stamp
 from flowtrail.core.states import State, StateType
+from flowtrail.engine.cache import ViewCache
 from flowtrail.engine.checks import (
     check_name,
     check_parameters,
@@ -62,13 +60,14 @@ from flowtrail.engine.checks import (
     run_id_of,
 )
 from flowtrail.engine.ids import new_run_id
+from flowtrail.engine.keys import loose_task_run_key, stored_key, task_run_key
 from flowtrail.engine.names import random_run_name
 from flowtrail.engine.results import HistoryEntry, OrchestrationDetails, OrchestrationResult
 from flowtrail.projections.queries import stored_view
 from flowtrail.store.api import AppendResult
 from flowtrail.store.scripts import LogSql, read_stream_script, record_of
 
-__all__ = ["OPTIMISTIC_ATTEMPTS", "Context", "ViewCache"]
+__all__ = ["OPTIMISTIC_ATTEMPTS", "Context"]
 
 T = TypeVar("T")
 
@@ -76,33 +75,6 @@ Clock = Callable[[], datetime]
 
 #: Attempts at a write made without holding the log's write lock; later ones hold it.
 OPTIMISTIC_ATTEMPTS = 3
-
-
-class ViewCache:
-    """The views this process wrote last, by run id: a hint that saves a read per
-    proposal. A stale entry only costs a conflict, after which the view is re-read."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._views: OrderedDict[UUID, RunView] = OrderedDict()
-
-    def get(self, run_id: UUID) -> RunView | None:
-        view = self._views.get(run_id)
-        if view is not None:
-            self._views.move_to_end(run_id)
-        return view
-
-    def put(self, view: RunView) -> None:
-        known = self._views.get(view.id)
-        if known is not None and known.version > view.version:
-            return  # a concurrent proposal of this process already cached a newer one
-        self._views[view.id] = view
-        self._views.move_to_end(view.id)
-        if len(self._views) > self._size:
-            self._views.popitem(last=False)
-
-    def drop(self, run_id: UUID) -> None:
-        self._views.pop(run_id, None)
 
 
 @dataclass
@@ -143,41 +115,6 @@ class _Turn:
     def cache(self, cache: ViewCache) -> None:
         for view in self.after.values():
             cache.put(view)
-
-
-#: The longest key the log stores (`flowtrail.store.api`).
-_MAX_STORED_KEY = 512
-
-
-def _stored_key(kind: str, *parts: str, ambiguous: bool = False) -> str:
-    """The key an append is made idempotent on, for ``kind`` and its parts.
-
-    Spelled ``kind:part:part`` (each part formatted as an f-string formats it, as keys
-    always were), unless the caller says that spelling could also be another list of
-    parts (``ambiguous``), or it is too long or not printable for the log: then
-    ``kind#`` and the SHA-256 of the parts in JSON. Keys spelled plainly before are
-    spelled the same way, so a log keeps recognising them.
-    """
-    plain = ":".join(f"{part}" for part in (kind, *parts))
-    if not ambiguous and len(plain) <= _MAX_STORED_KEY and plain.isprintable():
-        return plain
-    return f"{kind}#{hashlib.sha256(json.dumps([f'{part}' for part in parts]).encode()).hexdigest()}"
-
-
-def _task_run_key(flow_run: uuid.UUID, task_key: str, dynamic: str) -> str:
-    """A task run's key in its flow run: one per (flow run, task key, dynamic key)."""
-    return _stored_key("task-run", str(flow_run), task_key, dynamic, ambiguous=":" in f"{task_key}{dynamic}")
-
-
-def _loose_task_run_key(key: str) -> str:
-    """A task run's key outside any flow run, never the spelling of one inside a flow run
-    (``task-run:<run id>:<task key>:<dynamic key>``)."""
-    first, _, rest = f"{key}".partition(":")
-    try:
-        in_a_flow_run = str(uuid.UUID(first)) == first and rest.count(":") == 1
-    except ValueError:
-        in_a_flow_run = False
-    return _stored_key("task-run", key, ambiguous=in_a_flow_run)
 
 
 def _of_kind(view: RunView, kind: RunKind) -> RunView:
@@ -299,7 +236,7 @@ class Context:
         key = (
             None
             if idempotency_key is None
-            else _stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
+            else stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
         )
 
         def attempt(fresh: bool) -> Script[OrchestrationResult]:
@@ -497,7 +434,7 @@ class Context:
         key = (
             None
             if idempotency_key is None
-            else _stored_key("flow-run", check_name(idempotency_key, "an idempotency key"))
+            else stored_key("flow-run", check_name(idempotency_key, "an idempotency key"))
         )
         return (yield from self._create(created, initial, key, following))
 
@@ -539,9 +476,9 @@ class Context:
             idempotency_key=given_key,
         )
         if flow_run is not None:
-            key: str | None = _task_run_key(flow_run, key_of_task, dynamic)
+            key: str | None = task_run_key(flow_run, key_of_task, dynamic)
         else:
-            key = None if given_key is None else _loose_task_run_key(given_key)
+            key = None if given_key is None else loose_task_run_key(given_key)
         initial = None if state is None else check_state(state)
         return (yield from self._create(created, initial, key))
 

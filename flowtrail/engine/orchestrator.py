@@ -37,6 +37,7 @@ from flowtrail.core.projection import Projection, foreign_tables
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verify_script
 from flowtrail.engine.bulk import collector_paused
+from flowtrail.engine.cache import ViewCache
 from flowtrail.engine.checks import check_name, found, run_id_of, shown
 from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
@@ -49,7 +50,7 @@ from flowtrail.engine.maintenance import (
     running_elsewhere,
     snapshot_script,
 )
-from flowtrail.engine.operations import Clock, Context, ViewCache
+from flowtrail.engine.operations import Clock, Context
 from flowtrail.engine.replay import split_replay
 from flowtrail.engine.results import HistoryEntry, OrchestrationResult
 from flowtrail.engine.snapshot import RunSnapshot

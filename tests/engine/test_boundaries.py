@@ -18,7 +18,7 @@ from flowtrail.core import (
     InvalidStateError,
     RunNotFoundError,
 )
-from flowtrail.engine.operations import _loose_task_run_key, _stored_key, _task_run_key
+from flowtrail.engine.keys import loose_task_run_key, stored_key, task_run_key
 from tests.engine.conftest import Orch
 
 
@@ -65,13 +65,13 @@ class _Key(str, enum.Enum):  # noqa: UP042 - a str mixin, spelled by f-strings u
 @pytest.mark.parametrize(
     ("spelled", "before"),
     [
-        (lambda: _task_run_key(_RUN, "extract", "3"), f"task-run:{_RUN}:extract:3"),
-        (lambda: _stored_key("flow-run", f"{_RUN}:daily:2026-01-01"), f"flow-run:{_RUN}:daily:2026-01-01"),
-        (lambda: _stored_key("flow-run", _Key.DAILY), f"flow-run:{_Key.DAILY}"),
-        (lambda: _stored_key("propose", str(_RUN), "attempt:1"), f"propose:{_RUN}:attempt:1"),
-        (lambda: _loose_task_run_key("nightly:3"), "task-run:nightly:3"),
-        (lambda: _loose_task_run_key(f"{str(_RUN).upper()}:x:y"), f"task-run:{str(_RUN).upper()}:x:y"),
-        (lambda: _loose_task_run_key(f"{_RUN}:x:y:z"), f"task-run:{_RUN}:x:y:z"),
+        (lambda: task_run_key(_RUN, "extract", "3"), f"task-run:{_RUN}:extract:3"),
+        (lambda: stored_key("flow-run", f"{_RUN}:daily:2026-01-01"), f"flow-run:{_RUN}:daily:2026-01-01"),
+        (lambda: stored_key("flow-run", _Key.DAILY), f"flow-run:{_Key.DAILY}"),
+        (lambda: stored_key("propose", str(_RUN), "attempt:1"), f"propose:{_RUN}:attempt:1"),
+        (lambda: loose_task_run_key("nightly:3"), "task-run:nightly:3"),
+        (lambda: loose_task_run_key(f"{str(_RUN).upper()}:x:y"), f"task-run:{str(_RUN).upper()}:x:y"),
+        (lambda: loose_task_run_key(f"{_RUN}:x:y:z"), f"task-run:{_RUN}:x:y:z"),
     ],
 )
 def test_keys_that_name_one_run_keep_the_spelling_logs_hold(spelled: Any, before: str) -> None:
@@ -80,9 +80,9 @@ def test_keys_that_name_one_run_keep_the_spelling_logs_hold(spelled: Any, before
 
 
 def test_only_keys_that_could_name_two_runs_are_spelled_as_a_digest() -> None:
-    assert _task_run_key(_RUN, "a:b", "c").startswith("task-run#")
-    assert _loose_task_run_key(f"{_RUN}:q:0").startswith("task-run#")
-    assert _stored_key("flow-run", "k" * 600).startswith("flow-run#")
+    assert task_run_key(_RUN, "a:b", "c").startswith("task-run#")
+    assert loose_task_run_key(f"{_RUN}:q:0").startswith("task-run#")
+    assert stored_key("flow-run", "k" * 600).startswith("flow-run#")
 
 
 @pytest.mark.parametrize("dynamic_key", [None, True, 1.5, object()])
