@@ -141,6 +141,13 @@ class _DamageError(Exception):
         self.seal: bytes | None = None
 
 
+def _begins_an_end_line(text: str | bytes) -> bool:
+    """Whether a line begins as the exporter begins its end line."""
+    if isinstance(text, bytes):
+        return text[:64].lstrip().startswith(b'{"end"')
+    return text[:64].lstrip().startswith('{"end"')
+
+
 @dataclass(frozen=True)
 class _Unreadable:
     """A line of a recognised export that is not the event or end line it should be."""
@@ -366,6 +373,8 @@ class _Reading:
         self.end_damage: list[str] = []
         #: A line after the end line (the first one), once one is read.
         self.extended: _Unreadable | None = None
+        #: Whether the end line was read, legible or not.
+        self.ended = False
 
     def items(self) -> Iterator[RecordedEvent | _Unreadable]:
         """Each event line, read as an event or as what is wrong with it. Reading stops
@@ -373,7 +382,7 @@ class _Reading:
         for number, text in self._numbered:
             if not text.strip():
                 continue
-            if self.end is not None:
+            if self.ended:
                 self.extended = _Unreadable(
                     f"line {number} of the export comes after its end line: lines were added to it"
                 )
@@ -385,9 +394,19 @@ class _Reading:
                     continue
                 yield _record(line)
             except _DamageError as exc:
+                if _begins_an_end_line(text):
+                    # The end line as the exporter begins it, damaged: most often a file
+                    # cut short in its last line. Not an event, and no anchor to check.
+                    self.ended = True
+                    self.end_damage.append(
+                        f"line {number} of the export is an end line that {exc.predicate}: "
+                        "the export was cut short or its end line changed"
+                    )
+                    continue
                 yield _Unreadable(f"line {number} of the export {exc.predicate}", exc.position, exc.seal)
 
     def _read_end(self, number: int, line: _Line) -> None:
+        self.ended = True
         end = line.fields["end"]
         self.end = end if isinstance(end, dict) else {}
         unknown = sorted(line.fields.keys() - {"end"}) + sorted(self.end.keys() - _END_FIELDS)
@@ -529,7 +548,8 @@ def _end_problems(
     found += reading.end_damage
     end = reading.end
     if end is None:
-        found.append("the export has no end line: it was cut short")
+        if not reading.ended:
+            found.append("the export has no end line: it was cut short")
         return [Problem(kind="anchor", message=message) for message in found]
     malformed = [key for key in ("last_hash", "log_digest") if key in end and not _is_hex(end[key])]
     found += [

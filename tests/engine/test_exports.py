@@ -79,6 +79,25 @@ def test_a_line_after_the_end_line_is_a_problem_of_the_export(orch: Orch) -> Non
     ]
 
 
+def test_an_export_cut_short_in_its_end_line_is_one_problem_and_no_extra_event(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    report = verify_export([*lines[:-1], lines[-1][:-40]])
+    assert report.events_checked == len(lines) - 2  # the header and the end line are not events
+    assert [(p.kind, p.message.split(":")[0]) for p in report.problems] == [
+        ("anchor", f"line {len(lines)} of the export is an end line that is not JSON")
+    ]
+    assert report.problems[0].message.endswith("the export was cut short or its end line changed")
+
+
+def test_reading_an_export_cut_short_in_its_end_line_is_an_error(orch: Orch) -> None:
+    small_log(orch)
+    lines = exported(orch)
+    _, events, _ = read_export([*lines[:-1], lines[-1][:-40]])
+    with pytest.raises(CorruptLogError, match="is an end line that is not JSON"):
+        list(events)
+
+
 def test_reading_an_export_with_a_line_after_its_end_line_is_an_error(orch: Orch) -> None:
     small_log(orch)
     lines = exported(orch)
