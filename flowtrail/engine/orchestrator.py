@@ -130,12 +130,35 @@ def _check_rebuild(batch: object, cache_size: object) -> None:
     _count("cache_size", cache_size, _MOST_CACHE)
 
 
+def _storable_name(name: object) -> bool:
+    """A text the checkpoints table holds as it is on both backends."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _storable_version(version: object) -> bool:
+    """A whole number a BIGINT column holds. Anything else is worse than refused: the
+    checkpoint is looked up by the version, so one the column rounds (1.5 becomes 2 on
+    PostgreSQL) is never found again and every step replays the log from its start."""
+    return type(version) is int and 0 <= version < 2**63
+
+
 def _check_catch_up(projection: object, batch: object) -> None:
-    if not all(
-        callable(getattr(projection, method, None)) for method in ("schema", "apply")
-    ) or not isinstance(getattr(projection, "name", None), str):
+    # Checked before `prepare`, which drops the tables of a projection whose version
+    # differs from its checkpoint's: a bad version must not cost the rows.
+    if (
+        not all(callable(getattr(projection, method, None)) for method in ("schema", "apply"))
+        or not _storable_name(getattr(projection, "name", None))
+        or not _storable_version(getattr(projection, "version", None))
+    ):
         raise InvalidInputError(
-            f"catch_up takes a Projection (a name, a schema and apply), not {projection!r}"
+            "catch_up takes a Projection (a name: non-empty text without NUL, a version: "
+            f"a whole number from 0 to 2**63 - 1, a schema and apply), not {projection!r}"
         )
     # A new version of the projection drops the tables it names: never the log's.
     wrong = foreign_tables(getattr(projection, "tables", None), frozenset(_Base._views.tables))

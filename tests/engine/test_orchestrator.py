@@ -22,6 +22,7 @@ from flowtrail.core import (
     StateProposed,
     StoreBusyError,
 )
+from flowtrail.core.effects import Fetch, Script
 from flowtrail.engine.ids import new_run_id
 from flowtrail.engine.operations import OPTIMISTIC_ATTEMPTS
 from flowtrail.projections import DecisionStats
@@ -755,6 +756,48 @@ def test_catching_up_something_that_is_not_a_projection_or_by_no_events_is_a_typ
     with pytest.raises(InvalidInputError, match=r"catch_up takes a Projection|batch is a whole number"):
         orch.catch_up(projection, batch=batch)
     assert orch.catch_up(DecisionStats()) == 1
+
+
+class _Versioned(DecisionStats):
+    """DecisionStats under another ``name`` and ``version``, whatever their type."""
+
+    def __init__(self, version: object, name: object = "decision_stats") -> None:
+        self.version = version  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("version", "name"),
+    [
+        (None, "decision_stats"),
+        (1.5, "decision_stats"),
+        ("1", "decision_stats"),
+        (True, "decision_stats"),
+        (2**70, "decision_stats"),
+        (1, ""),
+        (1, "decision\x00stats"),
+        (1, "decision\ud800stats"),
+    ],
+)
+def test_a_projection_whose_name_or_version_the_log_cannot_hold_is_refused_before_its_rows_are_touched(
+    orch: Orch, version: object, name: object
+) -> None:
+    orch.create_flow_run("etl", state=states.Pending())
+    assert orch.catch_up(DecisionStats()) == 2
+    with pytest.raises(InvalidInputError, match="catch_up takes a Projection"):
+        orch.catch_up(_Versioned(version, name))
+    # The rows and the checkpoint of the projection as it was are still there.
+    assert orch.catch_up(DecisionStats()) == 0
+    assert _decision_count(orch) == 1
+
+
+def _decision_count(orch: Orch) -> int:
+    def read() -> Script[int]:
+        rows = yield Fetch("SELECT sum(count) FROM decision_stats")
+        return int(rows[0][0])
+
+    result = orch.store.perform(read())
+    return int(result if orch.runner is None else orch.runner.run(result))
 
 
 class _Owning(DecisionStats):
