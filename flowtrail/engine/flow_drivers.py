@@ -5,10 +5,9 @@ the calling thread; an async flow is awaited on an `Orchestrator`. No event loop
 ever started behind a sync flow (async hooks of a sync flow excepted, which are run to
 completion on one of their own).
 
-While the outermost flow of a process runs on the main thread, SIGTERM raises
-`TerminationSignal` in it, which cancels the run (Cancelling, then Cancelled, with the
-cancellation hooks) and ends the process; the handler is installed only where SIGTERM
-still has its default action, and restored after.
+While the outermost flow of a process runs on the main thread, SIGTERM cancels the run
+(Cancelling, then Cancelled, with the cancellation hooks) and ends the process
+(`flowtrail.engine.termination`).
 """
 
 from __future__ import annotations
@@ -20,13 +19,11 @@ import concurrent.futures
 import contextvars
 import inspect
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from types import FrameType
 from typing import Any
 from uuid import UUID
 
@@ -48,11 +45,16 @@ from flowtrail.engine.flow_engine import (
     Invoke,
     Outcome,
     Sleep,
-    TerminationSignal,
 )
 from flowtrail.engine.flows import Flow
 from flowtrail.engine.logs import bound_contextvars, get_logger
 from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
+from flowtrail.engine.termination import (
+    holding_here,
+    terminated,
+    termination_cancels,
+    termination_cancels_async,
+)
 from flowtrail.engine.timeouts import FlowTimeout, sync_timeout
 
 __all__ = ["call_async", "call_sync", "run_flow_run", "run_flow_run_async"]
@@ -183,107 +185,7 @@ async def _async_orchestrator(parent: FlowRunContext | None) -> AsyncIterator[tu
         await orchestrator.close()
 
 
-# --- SIGTERM, prints ----------------------------------------------------------------------------
-
-
-def _raise_termination(signum: int, frame: FrameType | None) -> None:
-    raise TerminationSignal(signum)
-
-
-def _owns_sigterm(parent: FlowRunContext | None) -> bool:
-    """Whether this call turns SIGTERM into a cancellation: the outermost flow, on the
-    main thread, where SIGTERM still has its default action."""
-    return (
-        parent is None
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    )
-
-
-@contextmanager
-def _termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
-    """Turn SIGTERM into a cancellation while the outermost flow runs (main thread only)."""
-    if not _owns_sigterm(parent):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_termination)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-class _ForkedTermination:
-    """A process forked while a flow's SIGTERM handler is installed (a pool of workers
-    the flow starts, say) gets SIGTERM's default action back, and loses no SIGTERM.
-
-    CPython drops a signal that reaches a child between the fork and its own reset of
-    signal state (the handler runs nowhere): a busy machine's worker, sent SIGTERM by
-    `multiprocessing.Pool.terminate` before it ever ran, then waited for work for ever,
-    and the pool with it. So SIGTERM is blocked across the fork, and the child unblocks
-    it only once its handler is the default one again, which ends it at once.
-    """
-
-    def __init__(self) -> None:
-        self.blocked = False
-
-    def before(self) -> None:
-        self.blocked = signal.getsignal(signal.SIGTERM) is _raise_termination
-        if self.blocked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-
-    def in_parent(self) -> None:
-        if self.blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-    def in_child(self) -> None:
-        if self.blocked:
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            finally:  # never leave the child deaf to SIGTERM
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-_forked_termination = _ForkedTermination()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_forked_termination.before,
-        after_in_parent=_forked_termination.in_parent,
-        after_in_child=_forked_termination.in_child,
-    )
-
-
-#: The message of the cancellation `_termination_cancels_async` sends the flow's task.
-_TERMINATED = "flowtrail: SIGTERM"
-
-
-@contextmanager
-def _termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
-    """`_termination_cancels` for an async flow: SIGTERM cancels the task running it,
-    and the engine's driver, seeing that cancellation, cancels the run (Cancelling,
-    then Cancelled), with the cancellation hooks, as for a sync flow. (A handler that
-    raised from inside the event loop would end `asyncio.run` instead, which cancels
-    every task: the run would be recorded Crashed.)"""
-    task = asyncio.current_task()
-    if not _owns_sigterm(parent) or task is None:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel, _TERMINATED)
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
-def _terminated(exc: BaseException) -> TerminationSignal | None:
-    """The termination a cancellation of `_termination_cancels_async` stands for."""
-    if isinstance(exc, asyncio.CancelledError) and exc.args == (_TERMINATED,):
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()  # taken in: the run's cancellation is recorded, then it ends
-        return TerminationSignal(signal.SIGTERM)
-    return None
+# --- prints ---------------------------------------------------------------------------------------
 
 
 _printing: contextvars.ContextVar[bool] = contextvars.ContextVar("flowtrail_log_prints", default=False)
@@ -413,17 +315,26 @@ def drive_sync(script: EngineScript[Outcome], orchestrator: SyncOrchestrator, ur
     """Run the engine script with plain calls."""
     reply: Any = None
     failure: BaseException | None = None
+    holding = holding_here()  # SIGTERM waits for the script's next step: see termination
     while True:
         try:
-            effect = script.send(reply) if failure is None else script.throw(failure)
+            with holding.held():
+                effect = script.send(reply) if failure is None else script.throw(failure)
         except StopIteration as stop:
+            holding.deliver()
             outcome: Outcome = stop.value
             return outcome
-        reply, failure = None, None
+        except BaseException:
+            holding.deliver()
+            raise
+        reply, failure = None, holding.due()
+        if failure is not None:
+            continue
         try:
             match effect:
                 case Call(method, args, kwargs):
-                    reply = getattr(orchestrator, method)(*args, **kwargs)
+                    with holding.held():
+                        reply = getattr(orchestrator, method)(*args, **kwargs)
                 case Sleep(seconds):
                     time.sleep(seconds)
                 case Invoke():
@@ -439,7 +350,7 @@ def call_sync(
 ) -> Any:
     parameters = flow.bind(args, kwargs)
     parent = current_flow_run()
-    with _termination_cancels(parent), _sync_orchestrator(parent) as (orchestrator, url):
+    with termination_cancels(parent), _sync_orchestrator(parent) as (orchestrator, url):
         outcome = drive_sync(FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url)
     return outcome.result(return_state)
 
@@ -450,7 +361,7 @@ def run_flow_run(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool
     The run's recorded parameters are the call's; its retry settings are filled from
     the flow where the run has none.
     """
-    with _termination_cancels(None), _sync_orchestrator(None) as (orchestrator, url):
+    with termination_cancels(None), _sync_orchestrator(None) as (orchestrator, url):
         run = orchestrator.read_flow_run(run_id_of(run_id))
         script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()
         outcome = drive_sync(script, orchestrator, url)
@@ -515,17 +426,26 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
     """Run the engine script, awaiting each effect."""
     reply: Any = None
     failure: BaseException | None = None
+    holding = holding_here()
     while True:
         try:
-            effect = script.send(reply) if failure is None else script.throw(failure)
+            with holding.held():
+                effect = script.send(reply) if failure is None else script.throw(failure)
         except StopIteration as stop:
+            holding.deliver()
             outcome: Outcome = stop.value
             return outcome
-        reply, failure = None, None
+        except BaseException:
+            holding.deliver()
+            raise
+        reply, failure = None, holding.due()
+        if failure is not None:
+            continue
         try:
             match effect:
                 case Call(method, args, kwargs):
-                    reply = await getattr(orchestrator, method)(*args, **kwargs)
+                    with holding.held():
+                        reply = await getattr(orchestrator, method)(*args, **kwargs)
                 case Sleep(seconds):
                     await asyncio.sleep(seconds)
                 case Invoke():
@@ -533,7 +453,7 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
                 case Hooks():
                     await _hooks_async(effect)
         except BaseException as exc:  # the script decides what a crash records
-            failure = _terminated(exc) or _timed_out(exc) or exc
+            failure = terminated(exc) or _timed_out(exc) or exc
 
 
 async def call_async(
@@ -541,7 +461,7 @@ async def call_async(
 ) -> Any:
     parameters = flow.bind(args, kwargs)
     parent = current_flow_run()
-    with _termination_cancels_async(parent):
+    with termination_cancels_async(parent):
         async with _async_orchestrator(parent) as (orchestrator, url):
             outcome = await drive_async(
                 FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url
@@ -551,7 +471,7 @@ async def call_async(
 
 async def run_flow_run_async(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool = False) -> Any:
     """`run_flow_run` for async flows."""
-    with _termination_cancels_async(None):
+    with termination_cancels_async(None):
         async with _async_orchestrator(None) as (orchestrator, url):
             run = await orchestrator.read_flow_run(run_id_of(run_id))
             script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()

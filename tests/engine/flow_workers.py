@@ -26,6 +26,9 @@ python -m tests.engine.flow_workers fan-out URL
 python -m tests.engine.flow_workers in-block URL
     In an orchestrator block, square 5 in a subflow-free flow called by a forked
     process; print its exit status.
+python -m tests.engine.flow_workers term-in-call URL sync|async
+    A flow whose subflow's creation is answered with SIGTERM already sent to the
+    process: the signal arrives while the call that created the subflow is under way.
 """
 
 from __future__ import annotations
@@ -254,6 +257,55 @@ def forked_in_block(url: str) -> None:
         print(child.exitcode, flush=True)
 
 
+def _terminated_during_creation(create: Any) -> Any:
+    """``create_flow_run`` that has the process sent SIGTERM before it returns a subflow."""
+
+    def created(self: Any, flow_name: str, **kwargs: Any) -> Any:
+        run = create(self, flow_name, **kwargs)
+        if flow_name == "term-child":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run
+
+    async def created_async(self: Any, flow_name: str, **kwargs: Any) -> Any:
+        run = await create(self, flow_name, **kwargs)
+        if flow_name == "term-child":
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.1)  # the loop takes the signal in before the call returns
+        return run
+
+    return created_async if asyncio.iscoroutinefunction(create) else created
+
+
+def terminated_in_call(url: str, mode: str) -> None:
+    @flow(name="term-child")
+    def child() -> None:
+        time.sleep(60)
+
+    @flow(name="term-parent")
+    def parent() -> None:
+        child()
+
+    @flow(name="term-child")
+    async def async_child() -> None:
+        await asyncio.sleep(60)
+
+    @flow(name="term-parent")
+    async def async_parent() -> None:
+        await async_child()
+
+    async def run_async() -> None:
+        async with Orchestrator.open(url):
+            await async_parent()
+
+    if mode == "sync":
+        SyncOrchestrator.create_flow_run = _terminated_during_creation(SyncOrchestrator.create_flow_run)  # type: ignore[method-assign]
+        with SyncOrchestrator.open(url):
+            parent()
+    else:
+        Orchestrator.create_flow_run = _terminated_during_creation(Orchestrator.create_flow_run)  # type: ignore[method-assign]
+        asyncio.run(run_async())
+
+
 def main(argv: list[str]) -> None:
     command, url, *rest = argv
     if command == "sleeper":
@@ -272,6 +324,8 @@ def main(argv: list[str]) -> None:
         fan_out_in_forks(url)
     elif command == "in-block":
         forked_in_block(url)
+    elif command == "term-in-call":
+        terminated_in_call(url, rest[0])
     elif command == "pipeline":
         pipelines(url, int(rest[0]), int(rest[1]))
     else:

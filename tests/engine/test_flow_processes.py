@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flowtrail import StateType, SyncOrchestrator, states
 from tests.conftest import Databases
 
@@ -97,6 +99,20 @@ def test_sigterm_cancels_an_async_flow_and_its_async_subflow_with_their_cancella
         for name in ("async-child", "async-parent"):
             assert [s.name for s in orch.read_states(_only(orch, name).id)] == CANCELLED, name
     assert marker.read_text().splitlines() == ["async-child CANCELLING", "async-parent CANCELLING"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sigterm_during_the_call_that_creates_a_subflow_cancels_the_subflow_too(
+    databases: Databases, mode: str
+) -> None:
+    """The subflow was written Running, but the signal ended its call before the
+    engine knew the run: nobody recorded its end, and it stayed Running for ever."""
+    url = databases.url("term_in_call")
+    code, output = _finish(_start("term-in-call", url, mode))
+    assert code == 128 + signal.SIGTERM, output
+    with SyncOrchestrator.open(url) as orch:
+        for name in ("term-child", "term-parent"):
+            assert [s.name for s in orch.read_states(_only(orch, name).id)] == CANCELLED, name
 
 
 def test_a_process_forked_in_a_flow_gets_sigterms_default_action_and_its_pools_terminate(
