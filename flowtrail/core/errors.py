@@ -23,6 +23,7 @@ caller needs to act on them (run id, stream, position, event type)::
     │   ├── LogNotFoundError              no log where one was to be opened, not created
     │   ├── CorruptLogError               the file or the rows are not a sound log
     │   ├── SchemaVersionError            the database was written by a newer flowtrail
+    │   ├── ProjectionReplacedError       another version of a catch-up projection took over
     │   └── UnsupportedFilesystemError    a network file system SQLite cannot lock safely
     ├── OrchestrationError                a run-level request that cannot be served
     │   ├── RunNotFoundError              no run with that id
@@ -67,6 +68,7 @@ __all__ = [
     "ParameterValidationError",
     "PayloadTooLargeError",
     "PolicyNotFoundError",
+    "ProjectionReplacedError",
     "ResultNotAvailableError",
     "RunAlreadyExistsError",
     "RunNotFoundError",
@@ -192,6 +194,12 @@ class ViewsOutOfDateError(StoreError):
 class RebuildReplacedError(ViewsOutOfDateError):
     """A rebuild of the run views began while this one ran, and replaces it: this one
     stops writing, and the views are whole once the other ends."""
+
+
+class ProjectionReplacedError(StoreError):
+    """A catch-up of another version of the projection began while this one ran, and
+    replaced its tables and checkpoint: this one stops applying (it would otherwise
+    start again from the first event, into the other version's tables)."""
 
 
 class LogNotFoundError(StoreError):

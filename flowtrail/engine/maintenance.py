@@ -218,7 +218,11 @@ def catch_up_script(backend: Backend, projection: Projection, *, batch: int) -> 
     """Bring a catch-up projection to the end of the log, a step (transaction) at a time."""
     yield OnWriter(prepare_catch_up(projection, backend.dialect))
     applied = 0
-    while done := (yield OnWriter(catch_up_step(projection, backend.sql.read_batch, record_of, batch))):
+    while done := (
+        yield OnWriter(
+            catch_up_step(projection, backend.sql.read_batch, record_of, batch, resumed=applied > 0)
+        )
+    ):
         applied += done
     return applied
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Begin, Commit, Execute, ExecuteMany, Fetch, Rollback, Row, Script
+from flowtrail.core.errors import ProjectionReplacedError
 from flowtrail.core.events import Event, StateProposed
 from flowtrail.core.projection import Dialect, Projection
 
@@ -48,13 +49,41 @@ def checkpoint_of(projection: Projection) -> Script[int]:
     return int(rows[0][0]) if rows else 0
 
 
+def _resumed_from(projection: Projection, resumed: bool) -> Script[int]:
+    # Never start again from the first event over another version's rows: two versions
+    # caught up at once (a rolling deploy) would each undo the other's checkpoint, step
+    # after step, for ever. The version that prepared last keeps the tables.
+    rows: list[Row] = yield Fetch(
+        "SELECT version, position FROM checkpoints WHERE name = ?", (projection.name,)
+    )
+    if rows and rows[0][0] == projection.version:
+        return int(rows[0][1])
+    if rows or resumed:
+        taker = f"version {rows[0][0]}" if rows else "another version"
+        raise ProjectionReplacedError(
+            f"projection {projection.name!r} (version {projection.version}) was replaced by {taker} "
+            "of it while catching up: it stops here"
+        )
+    return 0
+
+
 def catch_up_step(
-    projection: Projection, read_batch: str, record_of: Callable[[Row], RecordedEvent], batch: int = 1_000
+    projection: Projection,
+    read_batch: str,
+    record_of: Callable[[Row], RecordedEvent],
+    batch: int = 1_000,
+    *,
+    resumed: bool = False,
 ) -> Script[int]:
-    """Apply the next ``batch`` events after the checkpoint; returns how many."""
+    """Apply the next ``batch`` events after the checkpoint; returns how many.
+
+    ``resumed``: an earlier step of this catch-up moved the checkpoint, so it must be
+    there still. A `ProjectionReplacedError` when another version of the projection
+    has taken its tables over since (its checkpoint is there instead, or none is).
+    """
     yield Begin()
     try:
-        position = yield from checkpoint_of(projection)
+        position = yield from _resumed_from(projection, resumed)
         rows: list[Row] = yield Fetch(read_batch, (position + 1, batch))
         if rows:
             records = [record_of(row) for row in rows]

@@ -18,17 +18,19 @@ from flowtrail.core import (
     InvalidIdError,
     InvalidInputError,
     InvalidVersionError,
+    ProjectionReplacedError,
     RunNotFoundError,
     StateProposed,
     StoreBusyError,
 )
 from flowtrail.core.effects import Fetch, Script
 from flowtrail.engine.ids import new_run_id
+from flowtrail.engine.maintenance import catch_up_script
 from flowtrail.engine.operations import OPTIMISTIC_ATTEMPTS
 from flowtrail.projections import DecisionStats
 from flowtrail.store import StreamWrite
 from flowtrail.testing import T0
-from tests.conftest import POSTGRES_DSN
+from tests.conftest import POSTGRES_DSN, Databases
 from tests.engine.conftest import Orch, parent_with_subflow
 
 Status = SetStateStatus
@@ -798,6 +800,39 @@ def _decision_count(orch: Orch) -> int:
 
     result = orch.store.perform(read())
     return int(result if orch.runner is None else orch.runner.run(result))
+
+
+class _DecisionStatsV2(DecisionStats):
+    version = DecisionStats.version + 1
+
+
+def test_a_catch_up_whose_projection_another_version_replaced_between_its_steps_stops(
+    databases: Databases,
+) -> None:
+    """Each found the other's checkpoint gone and applied the log again from its start,
+    into the other's tables, one batch after another: two versions caught up at once (a
+    rolling deploy) never ended. The version that prepared last keeps the tables."""
+    url = databases.url("replaced")
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as other:
+        for _ in range(4):
+            orch.create_flow_run("etl", state=states.Pending())
+        old = catch_up_script(orch.store, DecisionStats(), batch=2)
+        step = next(old)  # the tables made ready
+        step = old.send(orch.store.run(step.script, write=True))  # the first step, applied
+        step = old.send(orch.store.run(step.script, write=True))
+        assert other.catch_up(_DecisionStatsV2()) == 8  # another version takes over here
+        with pytest.raises(ProjectionReplacedError, match=r"decision_stats.*version 2"):
+            orch.store.run(step.script, write=True)
+        assert other.catch_up(_DecisionStatsV2()) == 0
+        assert _decision_total(other) == 4  # each run's Pending, counted once
+
+
+def _decision_total(orch: SyncOrchestrator) -> int:
+    def read() -> Script[int]:
+        rows = yield Fetch("SELECT sum(count) FROM decision_stats")
+        return int(rows[0][0])
+
+    return orch.store.perform(read())
 
 
 class _Owning(DecisionStats):
