@@ -58,7 +58,10 @@ __all__ = [
 class PostgresLogSql(PortableLogSql):
     """The log's statements in PostgreSQL's dialect."""
 
-    position_lookup = "SELECT 'p', NULL, (SELECT max(position) FROM events), NULL::bigint, NULL::bytea"
+    position_lookup = (
+        "SELECT 'p', NULL, (SELECT max(position) FROM events), "
+        "(SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1), NULL::bytea"
+    )
 
     def heads_lookup(self, streams: int) -> str:
         # Each stream's head by its (stream_id, version) index: one row read per stream.

@@ -47,7 +47,7 @@ class LogSql(Protocol):
 
     def lookup(self, streams: int, keys: int) -> str:
         """Everything an append checks, in one query: a row ("p", None, last position,
-        None, None), then ("h", stream, version, None, hash) for each of ``streams``
+        the last event's recording time, None), then ("h", stream, version, None, hash) for each of ``streams``
         streams that exists, then ("k", key, first position, last position, None) for
         each of ``keys`` idempotency keys that is taken. Parameters: the streams, then
         the keys. (Five columns, each of one type, so that every dialect can unite them.)"""
@@ -214,10 +214,12 @@ def _holding_the_lock(
 def _append_in_transaction(
     batch: Sequence[PreparedAppend], sql: LogSql, projections: Sequence[Projection], clock: Callable[[], int]
 ) -> Script[list[AppendResult | FlowtrailError]]:
-    position, heads, stored_keys = yield from _lookup(batch, sql)
+    position, last_recorded, heads, stored_keys = yield from _lookup(batch, sql)
     # Read once the lookup holds the log's write lock (PostgreSQL takes it with the
-    # lookup): transactions are then recorded in the order of their times, each at one.
-    recorded_at = clock()
+    # lookup), and after the last transaction's time even where the clock stepped back
+    # or did not move: each transaction is recorded at one time, later than the one
+    # before, so that the events sharing a time are one transaction's (`as_of`).
+    recorded_at = max(clock(), last_recorded + 1)
     rows: list[tuple[object, ...]] = []
     key_rows: list[tuple[str, int, int]] = []
     events: list[Event] = []
@@ -297,11 +299,12 @@ def _conflict(request: PreparedAppend, heads: dict[str, tuple[int, bytes]]) -> F
 
 def _lookup(
     batch: Sequence[PreparedAppend], sql: LogSql
-) -> Script[tuple[int, dict[str, tuple[int, bytes]], dict[str, tuple[int, int]]]]:
-    """The last position, the head of every stream the batch touches, and its stored keys."""
+) -> Script[tuple[int, int, dict[str, tuple[int, bytes]], dict[str, tuple[int, int]]]]:
+    """The last position and its recording time, the head of every stream the batch
+    touches, and its stored keys."""
     streams = sorted(set().union(*(r.streams for r in batch)))
     keys = sorted({r.idempotency_key for r in batch if r.idempotency_key is not None})
-    position = 0
+    position = recorded = 0
     heads: dict[str, tuple[int, bytes]] = {}
     found: dict[str, tuple[int, int]] = {}
     # One query in the usual case; very large batches are looked up in chunks.
@@ -314,12 +317,14 @@ def _lookup(
         )
         for kind, name, first, second, seal in rows:
             if kind == "p":
-                position = int(first or 0)
+                # A recording time that is not a number (a row edited by hand) is for
+                # verify to report; here it only cannot hold the next time back.
+                position, recorded = int(first or 0), second if type(second) is int else 0
             elif kind == "h":
                 heads[name] = (first, bytes(seal))
             else:
                 found[name] = (first, second)
-    return position, heads, found
+    return position, recorded, heads, found
 
 
 def _replayed_result(sql: LogSql, first: int, last: int) -> Script[AppendResult]:

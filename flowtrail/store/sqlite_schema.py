@@ -125,7 +125,9 @@ REBUILD_CACHE_KIB = 4_000
 class SqliteLogSql(PortableLogSql):
     """The log's statements in SQLite's dialect."""
 
-    position_lookup = "SELECT 'p', NULL, max(position), NULL, NULL FROM events"
+    # The last row's recording time beside the last position: SQLite reads a bare column
+    # of an aggregate max() from the row holding the max, with the same one index probe.
+    position_lookup = "SELECT 'p', NULL, max(position), recorded_at, NULL FROM events"
     lean_cache = f"PRAGMA cache_size = -{REBUILD_CACHE_KIB}"
     # Every column as the bytes it holds: a row edited by hand to hold text that is not
     # UTF-8 can then be read, and its damage named, where `read_batch` cannot read it.

@@ -28,7 +28,7 @@ from flowtrail.engine.ids import new_run_id
 from flowtrail.engine.maintenance import catch_up_script
 from flowtrail.engine.operations import OPTIMISTIC_ATTEMPTS
 from flowtrail.projections import DecisionStats
-from flowtrail.store import StreamWrite
+from flowtrail.store import StreamWrite, scripts
 from flowtrail.testing import T0
 from tests.conftest import POSTGRES_DSN, Databases
 from tests.engine.conftest import Orch, parent_with_subflow
@@ -672,6 +672,27 @@ def test_a_position_inside_one_append_shows_the_views_at_the_appends_end(orch: O
             assert snapshot.read_task_run(task.id).state.type is StateType.RUNNING
     with orch.as_of(before) as snapshot, pytest.raises(RunNotFoundError):
         snapshot.read_flow_run(child.id)
+
+
+def test_a_run_created_after_the_position_is_not_in_the_past_where_the_clock_stood_still(
+    orch: Orch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events sharing a recording time are one transaction's: a clock that does not
+    move (or steps back) between two commits must not join them."""
+    monkeypatch.setattr(scripts, "time", _StandingClock())
+    orch.create_flow_run("etl")
+    position = orch.last_position()
+    later = orch.create_flow_run("etl")
+    with orch.as_of(position) as snapshot, pytest.raises(RunNotFoundError):
+        snapshot.read_flow_run(later.id)
+
+
+class _StandingClock:
+    """Stands in for `time` in the store's scripts: a wall clock that never moves."""
+
+    @staticmethod
+    def time_ns() -> int:
+        return 1_800_000_000 * 10**9
 
 
 def test_a_run_created_after_the_position_is_not_in_the_past(orch: Orch) -> None:

@@ -19,6 +19,7 @@ from flowtrail.core import (
     verify,
 )
 from flowtrail.core.effects import Append, Effect, Execute, Locked, Script
+from flowtrail.store import scripts
 from flowtrail.store.api import StreamWrite
 from flowtrail.store.scripts import stream_version_script
 from tests.store.builders import created, new_stream, renamed
@@ -106,6 +107,28 @@ def test_an_expected_stream_that_moved_on_fails_the_append(log: Log) -> None:
     assert log.stream_version(task) == 0
     log.append_many([StreamWrite(task, task_events, 0)], expect={flow: 2})
     assert log.stream_version(task) == 1
+
+
+class _StoppedClock:
+    """Stands in for `time` in the store's scripts: the wall clock gives ``readings``."""
+
+    def __init__(self, *readings: int) -> None:
+        self._readings = list(readings)
+
+    def time_ns(self) -> int:
+        return self._readings.pop(0) * 1000 if len(self._readings) > 1 else self._readings[0] * 1000
+
+
+def test_each_transaction_is_recorded_after_the_one_before_where_the_clock_stood_still_or_stepped_back(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scripts, "time", _StoppedClock(5_000, 5_000, 4_000, 9_000))
+    times = []
+    for _ in range(4):
+        stream, events = new_stream(2)
+        times.append(log.append(stream, events, 0).recorded_at)
+    assert times == [5_000, 5_001, 5_002, 9_000]
+    assert [r.recorded_at for r in log.read_all()] == [t for t in times for _ in range(2)]
 
 
 # --- idempotency -----------------------------------------------------------------------------------
