@@ -256,7 +256,7 @@ class ContentionError(OrchestrationError):
     """A proposal lost to concurrent writers on every one of its attempts."""
 
     def __init__(self, run_id: object, attempts: int) -> None:
-        super().__init__(f"run {run_id}: gave up after {attempts} attempts lost to concurrent proposals")
+        super().__init__(f"run {run_id}: gave up after {attempts} attempts lost to concurrent writers")
         self.run_id = run_id
         self.attempts = attempts
 

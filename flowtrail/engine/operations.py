@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 from msgspec import UNSET
@@ -77,6 +77,14 @@ Clock = Callable[[], datetime]
 OPTIMISTIC_ATTEMPTS = 3
 
 
+class Landed(NamedTuple, Generic[T]):
+    """What an attempt at a write returns once its append is made: its result, and
+    the views it wrote, to cache once the append is committed."""
+
+    result: T
+    written: Sequence[RunView] = ()
+
+
 @dataclass
 class _Turn:
     """Proposals decided one after another for one append: each stream's events and its
@@ -111,10 +119,6 @@ class _Turn:
 
     def writes(self) -> list[StreamWrite]:
         return [StreamWrite(stream, events, self.versions[stream]) for stream, events in self.events.items()]
-
-    def cache(self, cache: ViewCache) -> None:
-        for view in self.after.values():
-            cache.put(view)
 
 
 def _of_kind(view: RunView, kind: RunKind) -> RunView:
@@ -201,26 +205,31 @@ class Context:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _landed(self, run_id: UUID, attempt: Callable[[bool], Script[T]]) -> Script[T]:
-        """What ``attempt(fresh)`` returns once its append lands.
+    def _landed(self, run_id: UUID, attempt: Callable[[bool], Script[Landed[T]]]) -> Script[T]:
+        """What ``attempt(fresh)`` returns once its append lands; the views it wrote are
+        cached then.
 
         The first attempts decide on what they read and append at the versions read;
         where another writer moved a stream on meanwhile, the append is refused as a
         conflict and the next attempt (``fresh``) reads again. After `OPTIMISTIC_ATTEMPTS`
-        conflicts, an attempt is made holding the log's write lock from its first read
+        conflicts, every attempt holds the log's write lock from its first read
         (`Locked`): no other writer can move a stream before it appends, so many writers
         on one run each land in turn instead of giving up. ContentionError after
         ``max_attempts``.
         """
         for number in range(self.max_attempts):
-            script = attempt(number > 0)
+            locked = number >= OPTIMISTIC_ATTEMPTS
+            script = attempt(number > 0 or locked)
             try:
-                if number < OPTIMISTIC_ATTEMPTS:
-                    return (yield from script)
-                result: T = yield Locked(script)
-                return result
+                landed: Landed[T] = (yield Locked(script)) if locked else (yield from script)
             except ConcurrencyConflictError:
                 continue
+            # Not before: a locked attempt's append is only committed once `Locked`
+            # returns, and a view cached from a transaction that then failed would stand
+            # in for the log (a cached view is only ever replaced by a later version).
+            for view in landed.written:
+                self.cache.put(view)
+            return landed.result
         raise ContentionError(run_id, self.max_attempts)
 
     # -- proposing ---------------------------------------------------------------------------
@@ -239,7 +248,7 @@ class Context:
             else stored_key("propose", str(target), check_name(idempotency_key, "an idempotency key"))
         )
 
-        def attempt(fresh: bool) -> Script[OrchestrationResult]:
+        def attempt(fresh: bool) -> Script[Landed[OrchestrationResult]]:
             view = yield from self.load(target, from_log=fresh)
             now = self.clock()
             proposal = Proposal(
@@ -248,10 +257,8 @@ class Context:
             writes, expect, views, before = yield from self._decided(view, proposal, fresh=fresh)
             result: AppendResult = yield Append(writes, key, expect, before)
             if result.replayed:
-                return (yield from self._replayed_proposal(result))
-            for changed in views:
-                self.cache.put(changed)
-            return _result_of(views[0], result.first_position)
+                return Landed((yield from self._replayed_proposal(result)))
+            return Landed(_result_of(views[0], result.first_position), views)
 
         return (yield from self._landed(target, attempt))
 
@@ -272,15 +279,15 @@ class Context:
         if not wanted:
             raise InvalidInputError("propose_in_turn needs at least one state")
 
-        def attempt(fresh: bool) -> Script[list[OrchestrationResult]]:
+        def attempt(fresh: bool) -> Script[Landed[list[OrchestrationResult]]]:
             view = yield from self.load(target, from_log=fresh)
             turn = _Turn()
             yield from self._in_turn(
                 view, [(s, False) for s in wanted], turn, fresh=fresh, going_on=_retrying
             )
             result: AppendResult = yield Append(turn.writes(), None, turn.expect, turn.before)
-            turn.cache(self.cache)
-            return [_result_of(view, result.first_position + offset) for view, offset in turn.decided]
+            results = [_result_of(view, result.first_position + offset) for view, offset in turn.decided]
+            return Landed(results, list(turn.after.values()))
 
         return (yield from self._landed(target, attempt))
 
@@ -493,7 +500,7 @@ class Context:
         turn, up to the first answer that is not ACCEPT) in one append."""
         proposals = ([(state, True)] if state is not None else []) + [(s, False) for s in then]
 
-        def attempt(fresh: bool) -> Script[RunView]:
+        def attempt(fresh: bool) -> Script[Landed[RunView]]:
             turn = _Turn()
             turn.add([StreamWrite(str(created.run_id), [created], 0)], [], {}, {})
             view = yield from self._in_turn(
@@ -507,10 +514,8 @@ class Context:
                 raise  # the subflow's parent task run moved on: decide its copies again
             if result.replayed:
                 original = yield from self.record_at(result.first_position)
-                return (yield from self.load(original.decode().run_id, fresh=True))
-            turn.cache(self.cache)
-            self.cache.put(view)  # also when no state was proposed
-            return view
+                return Landed((yield from self.load(original.decode().run_id, fresh=True)))
+            return Landed(view, [*turn.after.values(), view])  # the run's also when no state was proposed
 
         return (yield from self._landed(created.run_id, attempt))
 
@@ -519,15 +524,14 @@ class Context:
     def _amend(
         self, run_id: UUID, make: Callable[[datetime], Event], kind: RunKind | None
     ) -> Script[RunView]:
-        def attempt(fresh: bool) -> Script[RunView]:
+        def attempt(fresh: bool) -> Script[Landed[RunView]]:
             view = yield from self.load(run_id, from_log=fresh)
             if kind is not None:
                 _of_kind(view, kind)
             event = make(self.clock())
             yield Append([StreamWrite(str(run_id), [event], view.version)], known={str(run_id): view})
             after = evolve(view, event)
-            self.cache.put(after)
-            return after
+            return Landed(after, [after])
 
         return (yield from self._landed(run_id, attempt))
 

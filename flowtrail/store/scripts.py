@@ -137,35 +137,42 @@ def append_script(
 
 
 #: Makes an append's request from a script's `Append` (checked and encoded).
-Prepare = Callable[
+_Prepare = Callable[
     [Sequence[StreamWrite], str | None, Mapping[str, int] | None, Mapping[str, object] | None], PreparedAppend
 ]
 
 
 def locked_script(
     script: Script[T],
-    prepare: Prepare,
+    prepare: _Prepare,
     sql: LogSql,
     projections: Sequence[Projection] = (),
     clock: Callable[[], int] = wall_clock_micros,
 ) -> Script[T]:
     """Run ``script`` (its `Fetch` and `Append` effects) in one write transaction: see
-    `flowtrail.core.effects.Locked`. An append refused (a conflict, a request the log
-    does not take) is thrown into the script, as the store's own write path throws it;
-    any other error ends the transaction with nothing written."""
+    `flowtrail.core.effects.Locked`. A read's error and an append refused (a conflict,
+    a request the log does not take) are thrown into the script, as the store throws
+    them outside the lock; whatever the script raises ends the transaction with nothing
+    written."""
     return (yield from _in_transaction(_holding_the_lock(script, prepare, sql, projections, clock)))
 
 
 def _in_transaction(body: Script[T]) -> Script[T]:
     """``body`` between BEGIN and COMMIT; rolled back if it raises or the COMMIT fails."""
     yield Begin()
+    # GeneratorExit: the script was closed unfinished (its caller was cancelled). It can
+    # yield nothing more, and the store ends the transaction itself (`abandon`).
     try:
         result = yield from body
+    except GeneratorExit:
+        raise
     except BaseException:
         yield Rollback()
         raise
     try:
         yield Commit()
+    except GeneratorExit:
+        raise
     except BaseException:
         # A failed COMMIT (busy, I/O) can leave the transaction open: end it.
         yield Rollback()
@@ -175,14 +182,14 @@ def _in_transaction(body: Script[T]) -> Script[T]:
 
 def _holding_the_lock(
     script: Script[T],
-    prepare: Prepare,
+    prepare: _Prepare,
     sql: LogSql,
     projections: Sequence[Projection],
     clock: Callable[[], int],
 ) -> Script[T]:
     """Carry out ``script``'s reads and appends inside the transaction `locked_script` began."""
     reply: object = None
-    refusal: FlowtrailError | None = None
+    refusal: Exception | None = None
     with contextlib.closing(script):
         while True:
             try:
@@ -193,7 +200,10 @@ def _holding_the_lock(
             reply, refusal = None, None
             match effect:
                 case Fetch():
-                    reply = yield effect
+                    try:
+                        reply = yield effect
+                    except Exception as exc:  # as the store's own reads throw it in
+                        refusal = exc
                 case Append(writes, key, expect, known):
                     try:
                         request = prepare(writes, key, expect, known)

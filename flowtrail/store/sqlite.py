@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -323,8 +324,13 @@ class _AsyncConnection:
         return cls(connection, tracked)
 
     async def run(self, script: Script[T], translate: Translate) -> T:
-        """Run the whole script on aiosqlite's thread: one hand-off however many effects."""
-        return await _on_thread(self._connection, run_sync, script, self._effects.execute, translate)
+        """Run the whole script on aiosqlite's thread: one hand-off however many effects.
+        It runs in the caller's context (its context variables), as it would on the loop:
+        a script decided holding the write lock reads the caller's clock there."""
+        context = contextvars.copy_context()
+        return await _on_thread(
+            self._connection, context.run, run_sync, script, self._effects.execute, translate
+        )
 
     async def execute(self, effect: Effect) -> Any:
         return await _on_thread(self._connection, self._effects.execute, effect)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,7 @@ from flowtrail.core import (
     StoreBusyError,
 )
 from flowtrail.core.effects import Fetch, Script
+from flowtrail.engine import operations
 from flowtrail.engine.ids import new_run_id
 from flowtrail.engine.maintenance import catch_up_script
 from flowtrail.engine.operations import OPTIMISTIC_ATTEMPTS
@@ -309,6 +311,22 @@ def test_a_rename_that_keeps_losing_is_made_holding_the_write_lock(orch: Orch) -
     assert seen == ["moved"] * OPTIMISTIC_ATTEMPTS + ["waited"]
     assert (renamed.name, renamed.version) == ("renamed", 6)
     assert orch.read_flow_run(run.id) == renamed
+
+
+def test_a_locked_attempt_reads_the_clock_in_the_callers_context(
+    orch: Orch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    seen: list[str | None] = []
+    orch.clock.on_reading = lambda: seen.append(_CALLER.get(None))
+    monkeypatch.setattr(operations, "OPTIMISTIC_ATTEMPTS", 0)  # as if it had lost three times
+    _CALLER.set("the caller")
+    orch.propose_state(run.id, states.Running())
+    orch.clock.on_reading = None
+    assert seen == ["the caller"]
+
+
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
 
 
 def test_an_error_inside_a_locked_attempt_writes_nothing_and_frees_the_lock(orch: Orch) -> None:

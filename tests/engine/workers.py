@@ -123,10 +123,10 @@ def main(argv: list[str]) -> None:
         churn(url, int(rest[0]))
     elif command == "crowd":
         run_id, mode, proposers, count = rest
-        crowd = crowd_sync if mode == "sync" else crowd_async
-        result = crowd(url, run_id, int(proposers), int(count))
-        if result is not None:
-            asyncio.run(result)
+        if mode == "sync":
+            crowd_sync(url, run_id, int(proposers), int(count))
+        else:
+            asyncio.run(crowd_async(url, run_id, int(proposers), int(count)))
     else:
         raise SystemExit(f"unknown command {command}")
 

@@ -18,7 +18,7 @@ from flowtrail.core import (
     StoreError,
     verify,
 )
-from flowtrail.core.effects import Append, Effect, Execute, Locked, Script
+from flowtrail.core.effects import Append, Effect, Execute, Fetch, Locked, Script
 from flowtrail.store import scripts
 from flowtrail.store.api import StreamWrite
 from flowtrail.store.scripts import stream_version_script
@@ -300,6 +300,20 @@ def test_a_locked_script_that_raises_after_appending_leaves_nothing_written(log:
     assert log.last_position() == 0
     log.append(stream, events, 0)  # and the write lock is free again
     assert log.last_position() == 2
+
+
+def test_a_read_refused_in_a_locked_script_is_thrown_into_it(log: Log) -> None:
+    def script() -> Script[str]:
+        try:
+            yield Fetch("SELECT * FROM no_such_table")
+        except StoreError:
+            return "refused"
+        return "read"
+
+    assert _locked(log, script()) == "refused"
+    stream, events = new_stream(1)
+    log.append(stream, events, 0)  # and the log goes on
+    assert log.last_position() == 1
 
 
 def test_a_locked_script_may_only_read_and_append(log: Log) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 import threading
 from pathlib import Path
@@ -42,7 +43,9 @@ def test_a_group_commit_is_one_hand_off_to_the_database_thread(
     original = aiosqlite.Connection._execute
 
     async def counted(connection: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        handed.append(getattr(fn, "__name__", repr(fn)))
+        # A script runs there in its caller's context: `Context.run(run_sync, ...)`.
+        inner = args[0] if isinstance(getattr(fn, "__self__", None), contextvars.Context) else fn
+        handed.append(getattr(inner, "__name__", repr(inner)))
         return await original(connection, fn, *args, **kwargs)
 
     async def scenario() -> None:
