@@ -6,7 +6,8 @@ runs (`flowtrail.store.base`); what PostgreSQL changes is said where it happens:
 - Every write transaction takes the log's advisory lock first
   (`flowtrail.store.postgres_schema`): positions are gap-free and commit-ordered, so a
   reader tailing the log by position never skips an event. The policy has decided
-  before the transaction begins; nothing is locked while a decision is made.
+  before the transaction begins, so nothing is locked while a decision is made; only
+  a proposal that already lost to other writers three times is decided holding it.
 - ``lock_timeout`` bounds the wait for that lock (``?busy_timeout=`` seconds, as for
   SQLite), after which the append fails with `StoreBusyError`.
 - A commit is durable when it returns (``synchronous_commit`` as the server has it,
@@ -37,7 +38,7 @@ from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store.api import DEFAULT_MAX_EVENT_BYTES
 from flowtrail.store.base import MAX_GROUP, AsyncLogStore, StoreOptions, SyncLogStore
 from flowtrail.store.drivers import Translate, run_async
-from flowtrail.store.postgres_schema import SQL, lock_statement, schema_definition, translate
+from flowtrail.store.postgres_schema import BEGIN, SQL, lock_statement, schema_definition, translate
 from flowtrail.store.schema import schema_script
 from flowtrail.store.scripts import LogSql
 from flowtrail.store.urls import parse_url
@@ -131,7 +132,9 @@ class _Planner:
     A transaction's statements are held back until one needs an answer: BEGIN and the
     write lock go with the append's lookup, and the writes go with COMMIT. A write
     transaction is then two round trips, and the lock is held for one of them and a
-    commit, not for one round trip per statement.
+    commit, not for one round trip per statement. (A proposal decided holding the lock,
+    `flowtrail.core.effects.Locked`, sends BEGIN and the lock with its first read, and
+    holds it for each of its reads too.)
     """
 
     def __init__(self, begin: Sequence[_Statement]) -> None:
@@ -174,7 +177,7 @@ class _Planner:
 
 
 def _begin_statements(options: _Options) -> list[_Statement]:
-    return [_Statement("BEGIN"), _Statement(options.lock)]
+    return [_Statement(BEGIN), _Statement(options.lock)]
 
 
 # --- sync ------------------------------------------------------------------------------------------

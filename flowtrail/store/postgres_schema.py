@@ -15,13 +15,17 @@ Two things follow, both needed:
   fraction of its retries). Under the lock, B cannot read the last position until A
   has committed and released it (PostgreSQL makes a commit visible before it releases
   the transaction's locks), so whatever a reader sees at position N, everything before
-  N was committed first.
+  N was committed first. That needs each statement to read what was committed before
+it began (READ COMMITTED, which write transactions ask for whatever the server's
+default): under REPEATABLE READ the lock statement itself would take the snapshot,
+before its wait, and the last position read after the wait would be stale.
 
 The alternative, fencing readers with ``pg_snapshot_xmin``, keeps writers concurrent
 but puts the burden on every reader and still leaves gaps. The lock costs what it
 costs SQLite: one writer at a time per log. It is held only for the write itself: the
-policy decides before the transaction begins, and a group commit makes one transaction
-of many appends. An advisory lock (keyed by the schema's name) rather than a table
+policy decides before the transaction begins (except for a proposal that already lost
+to other writers three times, decided again holding it), and a group commit makes one
+transaction of many appends. An advisory lock (keyed by the schema's name) rather than a table
 lock, because a table lock in EXCLUSIVE mode also waits on autovacuum.
 
 Every log lives in its own schema (``?schema=name``, default ``flowtrail``), so tests
@@ -45,6 +49,7 @@ from flowtrail.core.errors import (
 from flowtrail.store.schema import PortableLogSql, SchemaDefinition
 
 __all__ = [
+    "BEGIN",
     "SQL",
     "PostgresLogSql",
     "begin_statement",
@@ -130,9 +135,14 @@ def lock_statement(schema: str) -> str:
     return f"SELECT pg_advisory_xact_lock({lock_key(schema)})"
 
 
+#: How a write transaction begins: each statement reads what was committed before it
+#: (see the module's docstring), whatever the server's or the role's default.
+BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+
 def begin_statement(schema: str) -> str:
     """Begin a write transaction holding the log's write lock (for a plain connection)."""
-    return f"BEGIN; {lock_statement(schema)}"
+    return f"{BEGIN}; {lock_statement(schema)}"
 
 
 # --- psycopg's errors, in flowtrail's words -------------------------------------------------------

@@ -20,6 +20,7 @@ from flowtrail.core import CorruptLogError, InvalidUrlError, SchemaVersionError,
 from flowtrail.store import StreamWrite
 from flowtrail.store.api import prepare_append
 from flowtrail.store.postgres import PostgresStore, SyncPostgresStore
+from flowtrail.store.postgres_schema import lock_key
 from flowtrail.store.scripts import append_script
 from flowtrail.store.urls import parse_url
 from tests.conftest import POSTGRES_DSN, Databases, open_databases
@@ -191,3 +192,34 @@ def test_a_server_restart_loses_no_acknowledged_event_and_the_store_carries_on(p
             subprocess.run(start, check=True, capture_output=True, timeout=120)
         assert store.last_position() == acknowledged[-1].last_position
         assert store.append(*new_stream(1), 0).first_position == acknowledged[-1].last_position + 1
+
+
+def test_an_append_reads_what_committed_while_it_waited_for_the_lock_under_repeatable_read(
+    pg: Databases,
+) -> None:
+    """A server (or role, or URL) whose default is REPEATABLE READ must not make an
+    append read the last position as it was before its wait for the write lock."""
+    url = pg.url("rr")
+    schema = parse_url(url).schema
+    repeatable = pg.url("rr", options="-c%20default_transaction_isolation%3Drepeatable%5C%20read")
+    with SyncPostgresStore.open(url) as store, SyncPostgresStore.open(repeatable) as waiting:
+        stream, events = new_stream(1)
+        store.append(stream, events, 0)
+        assert POSTGRES_DSN is not None
+        with psycopg.connect(POSTGRES_DSN) as holder:
+            holder.execute(f'SET search_path TO "{schema}"')
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema),))
+            # Another writer's event, committed while the append below waits for the lock.
+            holder.execute(
+                "INSERT INTO events SELECT 2, 'another stream', version, event_type, schema_version, "
+                "recorded_at, data, hash FROM events WHERE position = 1"
+            )
+            outcome: list[object] = []
+            appending = threading.Thread(
+                target=lambda: outcome.append(waiting.append(*new_stream(1), 0).first_position)
+            )
+            appending.start()
+            time.sleep(0.5)
+            holder.commit()
+        appending.join(timeout=30)
+    assert outcome == [3]
