@@ -318,18 +318,11 @@ def drive_sync(script: EngineScript[Outcome], orchestrator: SyncOrchestrator, ur
     holding = holding_here()  # SIGTERM waits for the script's next step: see termination
     while True:
         try:
-            with holding.held():
-                effect = script.send(reply) if failure is None else script.throw(failure)
+            effect = holding.step(script, reply, failure)
         except StopIteration as stop:
-            holding.deliver()
             outcome: Outcome = stop.value
             return outcome
-        except BaseException:
-            holding.deliver()
-            raise
-        reply, failure = None, holding.due()
-        if failure is not None:
-            continue
+        reply, failure = None, None
         try:
             match effect:
                 case Call(method, args, kwargs):
@@ -429,18 +422,11 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
     holding = holding_here()
     while True:
         try:
-            with holding.held():
-                effect = script.send(reply) if failure is None else script.throw(failure)
+            effect = holding.step(script, reply, failure)
         except StopIteration as stop:
-            holding.deliver()
             outcome: Outcome = stop.value
             return outcome
-        except BaseException:
-            holding.deliver()
-            raise
-        reply, failure = None, holding.due()
-        if failure is not None:
-            continue
+        reply, failure = None, None
         try:
             match effect:
                 case Call(method, args, kwargs):

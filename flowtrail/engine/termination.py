@@ -19,12 +19,15 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any, TypeVar
 
 from flowtrail.engine.context import FlowRunContext
 from flowtrail.engine.flow_engine import TerminationSignal
+
+E = TypeVar("E")
 
 __all__ = ["Holding", "holding_here", "terminated", "termination_cancels", "termination_cancels_async"]
 
@@ -63,6 +66,22 @@ class Holding:
         due = self.due()
         if due is not None:
             raise due
+
+    def step(self, script: Generator[E, Any, Any], reply: Any, failure: BaseException | None) -> E:
+        """The script's next effect, taken with SIGTERM held back. A signal that came
+        meanwhile is thrown into the script at once (it takes it in at that step); one
+        that came as the script ended is raised in place of its end (StopIteration)."""
+        while True:
+            try:
+                with self.held():
+                    effect = script.send(reply) if failure is None else script.throw(failure)
+            except BaseException:
+                self.deliver()
+                raise
+            due = self.due()
+            if due is None:
+                return effect
+            reply, failure = None, due
 
 
 #: What the main thread's sync flows hold back (signal handlers run on the main thread).
