@@ -32,15 +32,19 @@ _MOVE = (
 def prepare(projection: Projection, dialect: Dialect) -> Script[None]:
     """Make the projection's tables, in the caller's write transaction. Where a
     checkpoint of another version of it is kept, its rows were made by that version:
-    its tables are dropped and the checkpoint removed first, so that this version
-    applies every event once, from the start, as a rebuild of it would."""
+    its tables are dropped first and the checkpoint becomes this version's, at the
+    start, so that this version applies every event once, as a rebuild of it would."""
     rows: list[Row] = yield Fetch("SELECT version FROM checkpoints WHERE name = ?", (projection.name,))
     if rows and rows[0][0] != projection.version:
         for table in projection.tables:
             yield Execute(f"DROP TABLE IF EXISTS {table}")
-        yield Execute("DELETE FROM checkpoints WHERE name = ?", (projection.name,))
     for statement in projection.schema(dialect):
         yield Execute(statement)
+    if not rows or rows[0][0] != projection.version:
+        # This version's checkpoint, at the start, from now on: a step of another
+        # version that made its tables ready before this one finds it, and stops
+        # rather than applying into these tables (`catch_up_step`).
+        yield Execute(_MOVE, (projection.name, projection.version, 0))
 
 
 def checkpoint_of(projection: Projection) -> Script[int]:

@@ -26,6 +26,7 @@ from flowtrail.core import (
 )
 from flowtrail.core.effects import Fetch, Script
 from flowtrail.engine import operations
+from flowtrail.engine.audit import prepare_catch_up
 from flowtrail.engine.ids import new_run_id
 from flowtrail.engine.maintenance import catch_up_script
 from flowtrail.engine.operations import OPTIMISTIC_ATTEMPTS
@@ -864,6 +865,25 @@ def test_a_catch_up_whose_projection_another_version_replaced_between_its_steps_
             orch.store.run(step.script, write=True)
         assert other.catch_up(_DecisionStatsV2()) == 0
         assert _decision_total(other) == 4  # each run's Pending, counted once
+
+
+def test_a_catch_up_whose_projection_another_version_made_ready_before_its_first_step_stops(
+    databases: Databases,
+) -> None:
+    """The other version had made its tables ready but not yet stepped: the first step
+    of the older one must not apply into them and take the checkpoint over."""
+    url = databases.url("replaced_early")
+    with SyncOrchestrator.open(url) as orch, SyncOrchestrator.open(url) as other:
+        for _ in range(4):
+            orch.create_flow_run("etl", state=states.Pending())
+        old = catch_up_script(orch.store, DecisionStats(), batch=2)
+        step = next(old)
+        step = old.send(orch.store.run(step.script, write=True))  # the old version's tables made ready
+        other.store.run(prepare_catch_up(_DecisionStatsV2(), other.store.dialect), write=True)
+        with pytest.raises(ProjectionReplacedError, match=r"decision_stats.*version 2"):
+            orch.store.run(step.script, write=True)
+        assert other.catch_up(_DecisionStatsV2()) == 8
+        assert _decision_total(other) == 4
 
 
 def _decision_total(orch: SyncOrchestrator) -> int:
