@@ -1,25 +1,29 @@
-"""SIGTERM while a flow runs: the run is cancelled (Cancelling, then Cancelled).
+"""SIGTERM and Ctrl-C while a flow runs.
 
 While the outermost flow of a process runs on the main thread, SIGTERM raises
 `TerminationSignal` in it (a sync flow) or cancels the task running it (an async
-flow); the engine's script takes that in and records the cancellation. The handler is
-installed only where SIGTERM still has its default action, and restored after.
+flow); the engine's script takes that in and records the cancellation (Cancelling,
+then Cancelled). SIGINT (Ctrl-C) raises KeyboardInterrupt the same way, and the run
+is recorded Crashed, as Prefect records it. Each handler is installed only where the
+signal still has its usual action (for SIGINT, Python's, or asyncio.run's), and that
+is restored after.
 
 A signal never lands in the middle of an orchestrator call or of the script's taking
 in its answer: it is held back until the script's next step (`Holding`). Landing
 there, it cut a call off after its commit and before its answer reached the script,
 so the script never knew what it had written: a subflow created Running by that call
-was left Running for ever, its parent cancelled.
+was left Running for ever, its parent cancelled or crashed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TypeVar
@@ -33,8 +37,9 @@ __all__ = ["Holding", "holding_here", "terminated", "termination_cancels", "term
 
 
 class Holding:
-    """SIGTERM held back while the engine talks to the log, and delivered at the
-    script's next step (thrown in there), or when the script ends (raised)."""
+    """A signal (SIGTERM, SIGINT) held back while the engine talks to the log, and
+    delivered at the script's next step (thrown in there), or when the script ends
+    (raised)."""
 
     def __init__(self) -> None:
         self.depth = 0
@@ -49,17 +54,18 @@ class Holding:
             self.depth -= 1
 
     def arrived(self, signum: int) -> bool:
-        """Take in a SIGTERM: whether it is held back for later."""
-        if self.depth:
+        """Take in a signal: whether it is held back for later (the first one, where
+        two come while it is held)."""
+        if self.depth and self.pending is None:
             self.pending = signum
         return bool(self.depth)
 
-    def due(self) -> TerminationSignal | None:
-        """The signal held back, once nothing holds it any more."""
+    def due(self) -> BaseException | None:
+        """What the signal held back raises, once nothing holds it any more."""
         if self.depth or self.pending is None:
             return None
         signum, self.pending = self.pending, None
-        return TerminationSignal(signum)
+        return _raised_by(signum)
 
     def deliver(self) -> None:
         """Raise the signal held back, if any (the script has ended: its caller takes it)."""
@@ -103,9 +109,29 @@ def holding_here() -> Holding:
     return _main if threading.current_thread() is threading.main_thread() else Holding()
 
 
+def _raised_by(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else TerminationSignal(signum)
+
+
 def _raise_termination(signum: int, frame: FrameType | None) -> None:
     if not _main.arrived(signum):
-        raise TerminationSignal(signum)
+        raise _raised_by(signum)
+
+
+def _owns_sigint(parent: FlowRunContext | None) -> bool:
+    """Whether this call holds Ctrl-C back during the engine's calls: the outermost
+    flow, on the main thread, where SIGINT raises KeyboardInterrupt as Python's own
+    handler (or asyncio.run's, which cancels the main task) has it do."""
+    if parent is not None or threading.current_thread() is not threading.main_thread():
+        return False
+    handler = signal.getsignal(signal.SIGINT)
+    return handler is signal.default_int_handler or _of_asyncio_runner(handler)
+
+
+def _of_asyncio_runner(handler: object) -> bool:
+    """Whether ``handler`` is the one `asyncio.Runner` installs for SIGINT while it runs."""
+    function = handler.func if isinstance(handler, functools.partial) else handler
+    return isinstance(getattr(function, "__self__", None), asyncio.Runner)
 
 
 def _owns_sigterm(parent: FlowRunContext | None) -> bool:
@@ -120,16 +146,29 @@ def _owns_sigterm(parent: FlowRunContext | None) -> bool:
 
 @contextmanager
 def termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
-    """Turn SIGTERM into a cancellation while the outermost flow runs (main thread only)."""
-    if not _owns_sigterm(parent):
+    """While the outermost flow runs (main thread only), turn SIGTERM into a
+    cancellation, and hold it and Ctrl-C back during the engine's calls."""
+    terminates, interrupts = _owns_sigterm(parent), _owns_sigint(parent)
+    if terminates or interrupts:
+        _main.pending = None
+    with (
+        _handled(signal.SIGTERM, terminates, signal.SIG_DFL),
+        _handled(signal.SIGINT, interrupts, signal.default_int_handler),
+    ):
+        yield
+
+
+@contextmanager
+def _handled(signum: int, owned: bool, usual: signal.Handlers | Callable[..., object]) -> Iterator[None]:
+    """``signum`` raised by `_raise_termination` meanwhile, where ``owned``; then ``usual``."""
+    if not owned:
         yield
         return
-    _main.pending = None
-    signal.signal(signal.SIGTERM, _raise_termination)
+    signal.signal(signum, _raise_termination)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signum, usual)
 
 
 class _ForkedTermination:
@@ -144,10 +183,11 @@ class _ForkedTermination:
     """
 
     def __init__(self) -> None:
-        self.blocked = False
+        self.blocked = self.interrupting = False
 
     def before(self) -> None:
         self.blocked = signal.getsignal(signal.SIGTERM) is _raise_termination
+        self.interrupting = signal.getsignal(signal.SIGINT) is _raise_termination
         if self.blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
@@ -156,6 +196,8 @@ class _ForkedTermination:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
     def in_child(self) -> None:
+        if self.interrupting:  # Ctrl-C as Python has it: nothing is held back in a child
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         if self.blocked:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -172,41 +214,52 @@ if hasattr(os, "register_at_fork"):
     )
 
 
-#: The message of the cancellation `termination_cancels_async` sends the flow's task.
+#: The messages of the cancellations `termination_cancels_async` sends the flow's task.
 _TERMINATED = "flowtrail: SIGTERM"
+_INTERRUPTED = "flowtrail: SIGINT"
 
 
 @contextmanager
 def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
-    """`termination_cancels` for an async flow: SIGTERM cancels the task running it,
-    and the engine's driver, seeing that cancellation, cancels the run (Cancelling,
-    then Cancelled), with the cancellation hooks, as for a sync flow. (A handler that
-    raised from inside the event loop would end `asyncio.run` instead, which cancels
-    every task: the run would be recorded Crashed.)"""
+    """`termination_cancels` for an async flow: SIGTERM (SIGINT) cancels the task
+    running it, and the engine's driver, seeing that cancellation, cancels the run
+    (records it Crashed), with the hooks, as for a sync flow. (A handler that raised
+    from inside the event loop would end `asyncio.run` instead, which cancels every
+    task: the run would be recorded Crashed by the runtime.)"""
     task = asyncio.current_task()
-    if not _owns_sigterm(parent) or task is None:
+    terminates, interrupts = _owns_sigterm(parent), _owns_sigint(parent)
+    if task is None or not (terminates or interrupts):
         yield
         return
     loop = asyncio.get_running_loop()
     holding = _tasks[task] = Holding()
 
-    def terminate() -> None:
-        if not holding.arrived(signal.SIGTERM):
-            task.cancel(_TERMINATED)
+    def signalled(signum: int, message: str) -> None:
+        if not holding.arrived(signum):
+            task.cancel(message)
 
-    loop.add_signal_handler(signal.SIGTERM, terminate)
+    usual_sigint = signal.getsignal(signal.SIGINT)
+    if terminates:
+        loop.add_signal_handler(signal.SIGTERM, signalled, signal.SIGTERM, _TERMINATED)
+    if interrupts:
+        loop.add_signal_handler(signal.SIGINT, signalled, signal.SIGINT, _INTERRUPTED)
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        if terminates:
+            loop.remove_signal_handler(signal.SIGTERM)
+        if interrupts:
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, usual_sigint)  # asyncio.run's own, where it was
         _tasks.pop(task, None)
 
 
-def terminated(exc: BaseException) -> TerminationSignal | None:
-    """The termination a cancellation of `termination_cancels_async` stands for."""
-    if isinstance(exc, asyncio.CancelledError) and exc.args == (_TERMINATED,):
+def terminated(exc: BaseException) -> BaseException | None:
+    """What a cancellation of `termination_cancels_async` stands for: the signal's
+    TerminationSignal or KeyboardInterrupt."""
+    if isinstance(exc, asyncio.CancelledError) and exc.args in ((_TERMINATED,), (_INTERRUPTED,)):
         task = asyncio.current_task()
         if task is not None:
-            task.uncancel()  # taken in: the run's cancellation is recorded, then it ends
-        return TerminationSignal(signal.SIGTERM)
+            task.uncancel()  # taken in: the run's end is recorded, then it ends
+        return _raised_by(signal.SIGTERM if exc.args == (_TERMINATED,) else signal.SIGINT)
     return None

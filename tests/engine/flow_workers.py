@@ -26,9 +26,10 @@ python -m tests.engine.flow_workers fan-out URL
 python -m tests.engine.flow_workers in-block URL
     In an orchestrator block, square 5 in a subflow-free flow called by a forked
     process; print its exit status.
-python -m tests.engine.flow_workers term-in-call URL sync|async
-    A flow whose subflow's creation is answered with SIGTERM already sent to the
-    process: the signal arrives while the call that created the subflow is under way.
+python -m tests.engine.flow_workers term-in-call URL sync|async [INT]
+    A flow whose subflow's creation is answered with SIGTERM (SIGINT with INT) already
+    sent to the process: the signal arrives while the call that created the subflow is
+    under way.
 """
 
 from __future__ import annotations
@@ -257,26 +258,26 @@ def forked_in_block(url: str) -> None:
         print(child.exitcode, flush=True)
 
 
-def _terminated_during_creation(create: Any) -> Any:
-    """``create_flow_run`` that has the process sent SIGTERM before it returns a subflow."""
+def _terminated_during_creation(create: Any, signum: int) -> Any:
+    """``create_flow_run`` that has the process sent ``signum`` before it returns a subflow."""
 
     def created(self: Any, flow_name: str, **kwargs: Any) -> Any:
         run = create(self, flow_name, **kwargs)
         if flow_name == "term-child":
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return run
 
     async def created_async(self: Any, flow_name: str, **kwargs: Any) -> Any:
         run = await create(self, flow_name, **kwargs)
         if flow_name == "term-child":
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             await asyncio.sleep(0.1)  # the loop takes the signal in before the call returns
         return run
 
     return created_async if asyncio.iscoroutinefunction(create) else created
 
 
-def terminated_in_call(url: str, mode: str) -> None:
+def terminated_in_call(url: str, mode: str, signum: int = signal.SIGTERM) -> None:
     @flow(name="term-child")
     def child() -> None:
         time.sleep(60)
@@ -298,11 +299,13 @@ def terminated_in_call(url: str, mode: str) -> None:
             await async_parent()
 
     if mode == "sync":
-        SyncOrchestrator.create_flow_run = _terminated_during_creation(SyncOrchestrator.create_flow_run)  # type: ignore[method-assign]
+        SyncOrchestrator.create_flow_run = _terminated_during_creation(
+            SyncOrchestrator.create_flow_run, signum
+        )  # type: ignore[method-assign]
         with SyncOrchestrator.open(url):
             parent()
     else:
-        Orchestrator.create_flow_run = _terminated_during_creation(Orchestrator.create_flow_run)  # type: ignore[method-assign]
+        Orchestrator.create_flow_run = _terminated_during_creation(Orchestrator.create_flow_run, signum)  # type: ignore[method-assign]
         asyncio.run(run_async())
 
 
@@ -325,7 +328,7 @@ def main(argv: list[str]) -> None:
     elif command == "in-block":
         forked_in_block(url)
     elif command == "term-in-call":
-        terminated_in_call(url, rest[0])
+        terminated_in_call(url, rest[0], signal.SIGINT if rest[1:] == ["INT"] else signal.SIGTERM)
     elif command == "pipeline":
         pipelines(url, int(rest[0]), int(rest[1]))
     else:

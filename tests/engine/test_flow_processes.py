@@ -115,6 +115,24 @@ def test_sigterm_during_the_call_that_creates_a_subflow_cancels_the_subflow_too(
             assert [s.name for s in orch.read_states(_only(orch, name).id)] == CANCELLED, name
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_ctrl_c_during_the_call_that_creates_a_subflow_crashes_the_subflow_too(
+    databases: Databases, mode: str
+) -> None:
+    """As with SIGTERM: the subflow was written Running, but KeyboardInterrupt ended its
+    call before the engine knew the run, and it stayed Running for ever."""
+    url = databases.url("int_in_call")
+    code, output = _finish(_start("term-in-call", url, mode, "INT"))
+    assert code == -signal.SIGINT, output  # Python ends on Ctrl-C by SIGINT's own action
+    with SyncOrchestrator.open(url) as orch:
+        for name in ("term-child", "term-parent"):
+            last = orch.read_states(_only(orch, name).id)[-1]
+            assert (last.name, last.message) == (
+                "Crashed",
+                "Execution was aborted by an interrupt signal.",
+            ), name
+
+
 def test_a_process_forked_in_a_flow_gets_sigterms_default_action_and_its_pools_terminate(
     databases: Databases,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from flowtrail import SetStateStatus, StateType, SyncOrchestrator, flow, states, tags
+from flowtrail import Orchestrator, SetStateStatus, StateType, SyncOrchestrator, flow, states, tags
 from flowtrail.core import (
     CancelledRunError,
     FlowTimeoutError,
@@ -590,6 +591,53 @@ def test_a_base_exception_crashes_the_run_forced_and_is_raised_again(
     assert run.state.message == message
     assert run.last_decision.policy == "MinimalFlowPolicy"
     assert crashed == ["Crashed"]
+
+
+def test_a_flow_leaves_ctrl_c_as_it_found_it(orch: SyncOrchestrator) -> None:
+    seen: list[object] = []
+
+    @flow
+    def noted() -> None:
+        seen.append(signal.getsignal(signal.SIGINT))
+
+    noted()
+    assert seen != [signal.default_int_handler]  # held back during the engine's calls
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_async_flow_leaves_ctrl_c_to_asyncio_run_as_it_found_it(databases: Databases) -> None:
+    @flow
+    async def noted() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> tuple[object, object]:
+        before = signal.getsignal(signal.SIGINT)
+        async with Orchestrator.open(databases.url("ctrl_c")):
+            await noted()
+        return before, signal.getsignal(signal.SIGINT)
+
+    before, after = asyncio.run(main())
+    assert before is not signal.default_int_handler  # asyncio.run's own
+    assert after is before
+
+
+def test_a_flow_leaves_a_ctrl_c_handler_of_the_callers_alone(orch: SyncOrchestrator) -> None:
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    seen: list[object] = []
+
+    @flow
+    def noted() -> None:
+        seen.append(signal.getsignal(signal.SIGINT))
+
+    signal.signal(signal.SIGINT, own)
+    try:
+        noted()
+        assert seen == [own]
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # --- hooks ------------------------------------------------------------------------------------------
