@@ -9,11 +9,50 @@ the log::
     with SyncOrchestrator.open("sqlite:///runs.db") as orch:
         run = orch.create_flow_run("etl", state=states.Pending())
         orch.propose_state(run.id, states.Running())
+
+Every error flowtrail raises is a `FlowtrailError`, importable from here; the tree is
+drawn in `flowtrail.core.errors`.
 """
 
 from flowtrail import states
 from flowtrail.core.audit import AuditReport
-from flowtrail.core.errors import FlowtrailError
+from flowtrail.core.errors import (
+    AbortedError,
+    CancelledRunError,
+    CodecError,
+    ConcurrencyConflictError,
+    ContentionError,
+    CorruptLogError,
+    FlowFailedError,
+    FlowRunError,
+    FlowTimeoutError,
+    FlowtrailError,
+    InvalidDataError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidStateError,
+    InvalidUrlError,
+    InvalidVersionError,
+    LogNotFoundError,
+    MalformedEventError,
+    OrchestrationError,
+    ParameterValidationError,
+    PayloadTooLargeError,
+    PolicyNotFoundError,
+    ProjectionReplacedError,
+    ResultNotAvailableError,
+    RunAlreadyExistsError,
+    RunNotFoundError,
+    SchemaVersionError,
+    StoreAccessError,
+    StoreBusyError,
+    StoreError,
+    StoreUnavailableError,
+    UnfinishedRunError,
+    UnknownEventTypeError,
+    UnsupportedFilesystemError,
+    UnsupportedSchemaVersionError,
+)
 from flowtrail.core.events import SetStateStatus
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import State, StateDetails, StateType
@@ -24,18 +63,52 @@ from flowtrail.engine.results import OrchestrationResult
 from flowtrail.projections.queries import FlowRunSort
 
 __all__ = [
+    "AbortedError",
     "AuditReport",
+    "CancelledRunError",
+    "CodecError",
+    "ConcurrencyConflictError",
+    "ContentionError",
+    "CorruptLogError",
     "Flow",
+    "FlowFailedError",
+    "FlowRunError",
     "FlowRunSort",
+    "FlowTimeoutError",
     "FlowtrailError",
+    "InvalidDataError",
+    "InvalidIdError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "InvalidUrlError",
+    "InvalidVersionError",
+    "LogNotFoundError",
+    "MalformedEventError",
+    "OrchestrationError",
     "OrchestrationResult",
     "Orchestrator",
+    "ParameterValidationError",
+    "PayloadTooLargeError",
+    "PolicyNotFoundError",
+    "ProjectionReplacedError",
+    "ResultNotAvailableError",
+    "RunAlreadyExistsError",
+    "RunNotFoundError",
     "RunView",
+    "SchemaVersionError",
     "SetStateStatus",
     "State",
     "StateDetails",
     "StateType",
+    "StoreAccessError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreUnavailableError",
     "SyncOrchestrator",
+    "UnfinishedRunError",
+    "UnknownEventTypeError",
+    "UnsupportedFilesystemError",
+    "UnsupportedSchemaVersionError",
     "flow",
     "states",
     "tags",

@@ -62,6 +62,14 @@ def test_the_top_level_package_exports_the_contract() -> None:
     } <= set(flowtrail.__all__)
 
 
+def test_every_error_flowtrail_raises_can_be_imported_from_the_top_level_package() -> None:
+    from flowtrail.core import errors
+
+    for name in errors.__all__:
+        assert getattr(flowtrail, name) is getattr(errors, name), name
+        assert issubclass(getattr(flowtrail, name), flowtrail.FlowtrailError), name
+
+
 ORCHESTRATOR_METHODS = {
     "create_flow_run",
     "create_task_run",
