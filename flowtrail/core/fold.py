@@ -50,6 +50,12 @@ class EmpiricalPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
 
 _NO_POLICY = EmpiricalPolicy()
 
+# A view's default run time, and the one object a zero run time is folded into: msgspec
+# leaves a field out of an encoding only where it holds the default object itself, and
+# a decision's bookkeeping carries a zero of its own. Equal views then encode alike,
+# however they were folded (a view kept as events were appended, one rebuilt).
+_NO_RUN_TIME = timedelta(0)
+
 
 class RunView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Everything known about one flow or task run, derived from its stream.
@@ -79,7 +85,7 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     flow_run_run_count: int = 0
     start_time: AwareDatetime | None = None
     end_time: AwareDatetime | None = None
-    total_run_time: timedelta = timedelta(0)
+    total_run_time: timedelta = _NO_RUN_TIME
     expected_start_time: AwareDatetime | None = None
     next_scheduled_start_time: AwareDatetime | None = None
     empirical_policy: EmpiricalPolicy = _NO_POLICY
@@ -200,7 +206,7 @@ def _decided(view: RunView, event: StateProposed) -> RunView:
         flow_run_run_count=books.flow_run_run_count,
         start_time=books.start_time,
         end_time=books.end_time,
-        total_run_time=books.total_run_time,
+        total_run_time=books.total_run_time or _NO_RUN_TIME,  # a zero timedelta is false
         expected_start_time=books.expected_start_time,
         next_scheduled_start_time=books.next_scheduled_start_time,
         empirical_policy=policy,

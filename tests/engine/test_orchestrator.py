@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
+import msgspec
 import pytest
 
 from flowtrail import Orchestrator, SetStateStatus, StateType, SyncOrchestrator, states
@@ -643,6 +644,16 @@ def test_verify_passes_on_a_log_written_through_the_orchestrator(orch: Orch) -> 
     assert report.events_checked == orch.last_position()
     assert orch.verify(child.id).ok
     assert orch.verify(tracker.id).ok
+
+
+def test_a_rebuilt_view_is_the_same_json_as_the_one_kept_as_events_were_appended(orch: Orch) -> None:
+    """A run that never ran (Scheduled, then a WAIT) has a zero run time: it was left
+    out of the kept view's JSON and spelled out in the rebuilt one's."""
+    run = orch.create_flow_run("etl", state=states.Scheduled(scheduled_time=T0 + timedelta(days=400)))
+    assert orch.propose_state(run.id, states.Running()).status is Status.WAIT
+    kept = msgspec.json.encode(orch.read_flow_run(run.id))
+    orch.rebuild()
+    assert msgspec.json.encode(orch.read_flow_run(run.id)) == kept
 
 
 def test_rebuild_gives_back_the_same_views(orch: Orch) -> None:
