@@ -272,7 +272,7 @@ def _appended_since(context: Context, stream_id: str, position: int) -> Script[b
     return isinstance(first, int) and first > position
 
 
-def prepare_catch_up(projection: Projection, dialect: Dialect) -> Script[object]:
+def prepare_catch_up(projection: Projection, dialect: Dialect, *, afresh: bool = False) -> Script[object]:
     """Create a catch-up projection's tables if they do not exist (replacing those of
-    another version of it), in one write transaction."""
-    return transaction(prepare(projection, dialect))
+    another version of it, or with ``afresh`` its own), in one write transaction."""
+    return transaction(prepare(projection, dialect, afresh=afresh))

@@ -214,9 +214,22 @@ def _replay_split(
     rebuild.position = head
 
 
-def catch_up_script(backend: Backend, projection: Projection, *, batch: int) -> Script[int]:
-    """Bring a catch-up projection to the end of the log, a step (transaction) at a time."""
-    yield OnWriter(prepare_catch_up(projection, backend.dialect))
+def catch_up_script(
+    backend: Backend,
+    projection: Projection,
+    *,
+    batch: int,
+    afresh: bool = False,
+    progress: Progress | None = None,
+) -> Script[int]:
+    """Bring a catch-up projection to the end of the log, a step (transaction) at a time;
+    ``afresh``, from the first event on emptied tables (a rebuild of it)."""
+    yield OnWriter(prepare_catch_up(projection, backend.dialect, afresh=afresh))
+    total = 0
+    if progress is not None:
+        rows: list[Row] = yield Fetch(backend.sql.last_position)
+        total = int(rows[0][0] or 0)
+        progress(0, total)
     applied = 0
     while done := (
         yield OnWriter(
@@ -224,6 +237,8 @@ def catch_up_script(backend: Backend, projection: Projection, *, batch: int) -> 
         )
     ):
         applied += done
+        if progress is not None:
+            progress(applied, max(total, applied))
     return applied
 
 

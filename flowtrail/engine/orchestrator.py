@@ -84,6 +84,16 @@ def _proposer(proposer: str) -> str:
     return proposer
 
 
+def _no_projections(options: dict[str, Any]) -> None:
+    """The run views are the orchestrator's own inline projection; a caller's own are
+    kept with `catch_up` (and rebuilt with ``rebuild(projection=...)``)."""
+    if "projections" in options:
+        raise InvalidInputError(
+            "open() takes no projections: the run views are kept inline; keep a projection "
+            "of yours with catch_up(projection), and rebuild it with rebuild(projection=...)"
+        )
+
+
 def _max_attempts(attempts: object) -> int:
     """How many attempts a write makes before a ContentionError: a whole number, at least 1."""
     if type(attempts) is not int or attempts < 1:
@@ -244,6 +254,7 @@ class SyncOrchestrator(_Base):
         """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
         _proposer(proposer)
         _max_attempts(max_attempts)
+        _no_projections(options)
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
         orchestrator.url = url
@@ -443,11 +454,17 @@ class SyncOrchestrator(_Base):
         self,
         progress: Progress | None = None,
         *,
+        projection: Projection | None = None,
         batch: int = _CHUNK,
         cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
         _check_rebuild(batch, cache_size)
+        if projection is not None:
+            _check_catch_up(projection, batch)
+            return self.store.perform(
+                catch_up_script(self.store, projection, batch=batch, afresh=True, progress=progress)
+            )
         split = split_replay(self.store, workers)
         with collector_paused():
             script = rebuild_script(
@@ -719,11 +736,17 @@ class Orchestrator(_Base):
         self,
         progress: Progress | None = None,
         *,
+        projection: Projection | None = None,
         batch: int = _CHUNK,
         cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
         """Drop the run views and rebuild them from the log; returns the events applied.
+        ``progress(done, total)`` is called as it goes.
+
+        ``projection``: rebuild that catch-up projection instead (one `catch_up` keeps):
+        its tables are emptied and every event applied again, ``batch`` at a time, each
+        step one transaction with its checkpoint, as `catch_up` does from the start.
 
         Appends may go on meanwhile (this process's and others'); one run's reads fold
         its events where its view is not written yet, and queries over many runs raise
@@ -736,6 +759,11 @@ class Orchestrator(_Base):
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
         _check_rebuild(batch, cache_size)
+        if projection is not None:
+            _check_catch_up(projection, batch)
+            return await self.store.perform(
+                catch_up_script(self.store, projection, batch=batch, afresh=True, progress=progress)
+            )
         split = split_replay(self.store, workers)
         with collector_paused():
             script = rebuild_script(
@@ -802,6 +830,7 @@ class _Opening:
         cls, url, clock, rebuild_stale, proposer, max_attempts, options = self._args
         _proposer(proposer)
         _max_attempts(max_attempts)
+        _no_projections(options)
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
         orchestrator.url = url

@@ -29,12 +29,15 @@ _MOVE = (
 )
 
 
-def prepare(projection: Projection, dialect: Dialect) -> Script[None]:
+def prepare(projection: Projection, dialect: Dialect, *, afresh: bool = False) -> Script[None]:
     """Make the projection's tables, in the caller's write transaction. Where a
     checkpoint of another version of it is kept, its rows were made by that version:
     its tables are dropped first and the checkpoint becomes this version's, at the
-    start, so that this version applies every event once, as a rebuild of it would."""
+    start, so that this version applies every event once, as a rebuild of it would.
+    ``afresh``: the same for a checkpoint of this version (a rebuild)."""
     rows: list[Row] = yield Fetch("SELECT version FROM checkpoints WHERE name = ?", (projection.name,))
+    if afresh:
+        rows = [(None,)]  # as if another version's: dropped, then started again
     if rows and rows[0][0] != projection.version:
         for table in projection.tables:
             yield Execute(f"DROP TABLE IF EXISTS {table}")

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
@@ -25,7 +26,7 @@ from flowtrail.core import (
     StateProposed,
     StoreBusyError,
 )
-from flowtrail.core.effects import Fetch, Script
+from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Script
 from flowtrail.engine import operations
 from flowtrail.engine.audit import prepare_catch_up
 from flowtrail.engine.ids import new_run_id
@@ -895,6 +896,52 @@ def test_a_catch_up_whose_projection_another_version_made_ready_before_its_first
             orch.store.run(step.script, write=True)
         assert other.catch_up(_DecisionStatsV2()) == 8
         assert _decision_total(other) == 4
+
+
+def test_rebuilding_a_catch_up_projection_applies_every_event_again_on_emptied_tables(orch: Orch) -> None:
+    for _ in range(3):
+        run = orch.create_flow_run("etl", state=states.Pending())
+        orch.propose_state(run.id, states.Running())
+    orch.catch_up(DecisionStats())
+    kept = orch.read_flow_runs()
+    _done(orch, orch.store.run(_execute("UPDATE decision_stats SET count = count + 100"), write=True))
+    progress: list[tuple[int, int]] = []
+    applied = orch.rebuild(projection=DecisionStats(), batch=2, progress=lambda *p: progress.append(p))
+    assert applied == orch.last_position() == 9
+    assert _done(orch, orch.store.perform(_counted())) == 6  # each proposal once
+    assert (progress[0], progress[-1]) == ((0, 9), (9, 9))
+    assert orch.read_flow_runs() == kept  # the run views are left as they are
+    assert orch.catch_up(DecisionStats()) == 0
+
+
+def _done(orch: Orch, outcome: Any) -> Any:
+    """What a store call gave, awaited on the async orchestrator's loop."""
+    return outcome if orch.runner is None else orch.runner.run(outcome)
+
+
+def _execute(statement: str) -> Script[None]:
+    yield Begin()
+    yield Execute(statement)
+    yield Commit()
+
+
+def _counted() -> Script[int]:
+    rows = yield Fetch("SELECT sum(count) FROM decision_stats")
+    return int(rows[0][0])
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_opening_with_projections_of_ones_own_is_a_typed_error(tmp_path: Path, kind: str) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+
+    def opened() -> object:
+        if kind == "sync":
+            return SyncOrchestrator.open(url, projections=[DecisionStats()])
+        return asyncio.run(Orchestrator.open(url, projections=[DecisionStats()]).__aenter__())
+
+    with pytest.raises(InvalidInputError, match=r"catch_up\(projection\)"):
+        opened()
+    assert not (tmp_path / "p.db").exists()
 
 
 def _decision_total(orch: SyncOrchestrator) -> int:
