@@ -274,7 +274,11 @@ def runs(settings: Settings, /, **filters: Any) -> None:
 @cli.group("as-of")
 @click.argument("position", type=click.IntRange(min=0))
 def as_of(position: int) -> None:
-    """The read views as they were when the log ended at POSITION."""
+    """The read views as they were when the log ended at POSITION.
+
+    A POSITION inside a transaction (a subflow's state and its copy; appends committed
+    together) gives them at the transaction's end, as no reader ever saw them between.
+    """
 
 
 @as_of.command("runs")

@@ -776,7 +776,10 @@ class Orchestrator(_Base):
         return self._rebuilt(counts)
 
     async def as_of(self, position: int) -> RunSnapshot:
-        """The run views as they were when the log ended at ``position``."""
+        """The run views as they were when the log ended at ``position``. A position
+        inside a transaction (a subflow's state and its copy; appends committed in one
+        group) gives them at the transaction's end, as no reader ever saw them between:
+        the snapshot's ``position`` says where."""
         at = check_position(position)
         with collector_paused():
             return await self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
