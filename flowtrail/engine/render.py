@@ -28,6 +28,7 @@ from flowtrail.core.events import (
     TaskRunCreated,
 )
 from flowtrail.core.fold import RunView
+from flowtrail.core.policies import MIRROR_PROPOSER
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.orchestrator import SyncOrchestrator
 from flowtrail.engine.results import HistoryEntry
@@ -205,7 +206,9 @@ def history_table(entries: Iterable[HistoryEntry], *, width: int, title: str | N
             case StateProposed():
                 status, outcome, current = _decision_cells(event, current)
                 proposed = state_text(event.proposal.state)
-                if event.proposal.force:
+                if event.proposal.proposer == MIRROR_PROPOSER:
+                    proposed.append(" (copied from its subflow)", style="dim")
+                elif event.proposal.force:
                     proposed.append(" (forced)", style="dim")
                 decision = event.decision
                 cells = (

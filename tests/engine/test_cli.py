@@ -317,6 +317,15 @@ def test_history_of_a_task_run_shows_its_states(db: Path) -> None:
     assert ran.json()[0]["event_type"] == "task_run_created"
 
 
+def test_history_of_a_parent_task_run_marks_the_states_copied_from_its_subflow(db: Path) -> None:
+    extract = run_of(db, "extract")
+    ran = flowtrail("history", extract["parent_task_run_id"], database=db)
+    assert ran.code == 0
+    copied = [line for line in ran.out.splitlines() if "(copied from its subflow)" in line]
+    assert copied
+    assert not any("(forced)" in line for line in copied)
+
+
 def test_subflow_finds_the_run_a_task_run_started(db: Path) -> None:
     extract = run_of(db, "extract")
     ran = flowtrail("subflow", extract["parent_task_run_id"], "--json", database=db)
