@@ -10,6 +10,7 @@ never rewrite, so recorded events are never touched.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -113,15 +114,25 @@ def schema_script(
     definition: SchemaDefinition, projections: Sequence[Projection], *, log_id: str, create: bool = True
 ) -> Script[list[str]]:
     """Create or migrate the schema in one write transaction; returns the names of the
-    projections needing a rebuild. With ``create=False``, a missing log is an error."""
+    projections needing a rebuild. With ``create=False``, a missing log is an error.
+
+    A log already at this version, its projections current, is only read: opening it
+    then takes no write lock, and waits on no writer (a `flowtrail runs` while flows
+    write, a process opening the log while another rebuilds it)."""
+    try:
+        stale: list[str] | None = yield from schema_check_script(definition, projections)
+    except (LogNotFoundError, SchemaVersionError):
+        stale = None  # to create, migrate, or refuse (newer) under the write lock
+    if stale == [] and (yield from _tables_as_declared(definition.dialect, projections)):
+        return stale
     yield Begin()
     try:
-        stale = yield from _schema_in_transaction(definition, projections, log_id, create)
+        written = yield from _schema_in_transaction(definition, projections, log_id, create)
     except BaseException:
         yield Rollback()
         raise
     yield Commit()
-    return stale
+    return written
 
 
 def holds_a_log(tables: set[str], definition: SchemaDefinition, *, create: bool, where: str = "here") -> bool:
@@ -199,6 +210,21 @@ def _schema_in_transaction(
     return (yield from _projection_tables(definition.dialect, projections))
 
 
+def _declared(projection: Projection, dialect: Dialect) -> str:
+    """A digest of the statements declaring a projection's tables and indexes."""
+    return hashlib.sha256("\n".join(projection.schema(dialect)).encode()).hexdigest()
+
+
+def _tables_as_declared(dialect: Dialect, projections: Sequence[Projection]) -> Script[bool]:
+    """Whether each projection's tables were last made from the statements it declares
+    now: an index added to a projection without a new version is made at the next open."""
+    for projection in projections:
+        rows = yield Fetch("SELECT value FROM flowtrail_meta WHERE key = ?", (f"declared:{projection.name}",))
+        if not rows or rows[0][0] != _declared(projection, dialect):
+            return False
+    return True
+
+
 def _projection_tables(dialect: Dialect, projections: Sequence[Projection]) -> Script[list[str]]:
     """Create each projection's tables; (re)create them when its version changed.
 
@@ -221,6 +247,7 @@ def _projection_tables(dialect: Dialect, projections: Sequence[Projection]) -> S
             stale.append(projection.name)
         for statement in projection.schema(dialect):
             yield Execute(statement)
+        yield Execute(_SET_META, (f"declared:{projection.name}", _declared(projection, dialect)))
     return stale
 
 

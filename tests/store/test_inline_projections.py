@@ -114,3 +114,27 @@ def test_a_projection_added_to_an_existing_log_is_reported_stale(tmp_path: Path)
 def test_a_projection_on_a_new_log_is_current(tmp_path: Path) -> None:
     with SyncSQLiteStore(tmp_path / "new.db", projections=[CountingProjection()]) as store:
         assert store.stale_projections == []
+
+
+class _IndexedCountingProjection(CountingProjection):
+    """The same projection at the same version, declaring one more index."""
+
+    def schema(self, dialect: Dialect) -> Sequence[str]:
+        return [*super().schema(dialect), "CREATE INDEX IF NOT EXISTS event_counts_n ON event_counts (n)"]
+
+
+def test_an_index_a_projection_declares_without_a_new_version_is_made_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    with SyncSQLiteStore(tmp_path / "p.db", projections=[CountingProjection()]) as store:
+        store.append(*new_stream(1), 0)
+    with SyncSQLiteStore(tmp_path / "p.db", projections=[_IndexedCountingProjection()]) as store:
+
+        def indexes() -> Script[list[str]]:
+            rows = yield Fetch(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_counts'"
+            )
+            return [str(row[0]) for row in rows]
+
+        assert "event_counts_n" in store.run(indexes())
+        assert store.stale_projections == []
