@@ -12,7 +12,14 @@ A signal never lands in the middle of an orchestrator call or of the script's ta
 in its answer: it is held back until the script's next step (`Holding`). Landing
 there, it cut a call off after its commit and before its answer reached the script,
 so the script never knew what it had written: a subflow created Running by that call
-was left Running for ever, its parent cancelled or crashed.
+was left Running for ever, its parent cancelled or crashed. Two exceptions: a second
+Ctrl-C is raised at once (whoever presses it again wants out, even from a call that
+hangs), and a second SIGTERM while the first one's cancellation is being recorded is
+absorbed (raised there, it would leave the run Cancelling, its hooks not run).
+
+A process forked meanwhile (a pool's workers) starts with the usual handlers and
+nothing held. What is not covered: subflows run side by side in tasks or threads of
+their own, and a flow's timeout landing in a call.
 """
 
 from __future__ import annotations
@@ -42,8 +49,19 @@ class Holding:
     (raised)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """As new: nothing held, nothing raised (a new outermost flow, a forked child)."""
         self.depth = 0
         self.pending: int | None = None
+        #: Set while an outermost flow of the main thread has its handlers installed.
+        self.owned = False
+        #: The signals already raised into the flow, and the Ctrl-Cs that came.
+        self.delivered: set[int] = set()
+        self.interrupts = 0
+        #: Ctrl-Cs pressed while an async flow runs, counted as they come.
+        self.presses = 0
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -54,18 +72,35 @@ class Holding:
             self.depth -= 1
 
     def arrived(self, signum: int) -> bool:
-        """Take in a signal: whether it is held back for later (the first one, where
-        two come while it is held)."""
+        """Take in a signal: whether it is taken care of here (held back for later, or
+        needing nothing more); False: the caller raises it (or cancels) at once.
+
+        A second Ctrl-C is never held: whoever presses it again wants out now, even in
+        the middle of a call. A second SIGTERM while the first one's cancellation is
+        being recorded is absorbed: raised in the middle of it, it would leave the run
+        Cancelling for ever, its hooks not run.
+        """
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                return False
+        elif signum in self.delivered:
+            return True
         if self.depth and self.pending is None:
             self.pending = signum
         return bool(self.depth)
+
+    def delivered_now(self, signum: int) -> BaseException:
+        """What ``signum`` raises in the flow, noted as raised there."""
+        self.delivered.add(signum)
+        return _raised_by(signum)
 
     def due(self) -> BaseException | None:
         """What the signal held back raises, once nothing holds it any more."""
         if self.depth or self.pending is None:
             return None
         signum, self.pending = self.pending, None
-        return _raised_by(signum)
+        return self.delivered_now(signum)
 
     def deliver(self) -> None:
         """Raise the signal held back, if any (the script has ended: its caller takes it)."""
@@ -97,16 +132,20 @@ _tasks: weakref.WeakKeyDictionary[asyncio.Task[object], Holding] = weakref.WeakK
 
 
 def holding_here() -> Holding:
-    """Where a flow driven here holds SIGTERM back: the process's own for the main
-    thread's sync flows, the task's for an async flow whose task owns SIGTERM, and
-    otherwise one no signal reaches."""
+    """Where a flow driven here holds signals back: the process's own on the main
+    thread while an outermost sync flow has its handlers installed (also for a flow it
+    runs in an event loop of its own, or a sync flow called from a coroutine), the
+    task's for an async flow whose task owns them, and otherwise one no signal reaches."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and _main.owned:
+        return _main
     try:
         task = asyncio.current_task()
     except RuntimeError:
         task = None
     if task is not None:
         return _tasks.get(task) or Holding()
-    return _main if threading.current_thread() is threading.main_thread() else Holding()
+    return _main if main else Holding()
 
 
 def _raised_by(signum: int) -> BaseException:
@@ -115,7 +154,7 @@ def _raised_by(signum: int) -> BaseException:
 
 def _raise_termination(signum: int, frame: FrameType | None) -> None:
     if not _main.arrived(signum):
-        raise _raised_by(signum)
+        raise _main.delivered_now(signum)
 
 
 def _owns_sigint(parent: FlowRunContext | None) -> bool:
@@ -149,26 +188,31 @@ def termination_cancels(parent: FlowRunContext | None) -> Iterator[None]:
     """While the outermost flow runs (main thread only), turn SIGTERM into a
     cancellation, and hold it and Ctrl-C back during the engine's calls."""
     terminates, interrupts = _owns_sigterm(parent), _owns_sigint(parent)
-    if terminates or interrupts:
-        _main.pending = None
-    with (
-        _handled(signal.SIGTERM, terminates, signal.SIG_DFL),
-        _handled(signal.SIGINT, interrupts, signal.default_int_handler),
-    ):
+    if not (terminates or interrupts):
         yield
+        return
+    _main.reset()  # what an earlier flow left is not this one's
+    _main.owned = True
+    try:
+        with _handled(signal.SIGTERM, terminates), _handled(signal.SIGINT, interrupts):
+            yield
+    finally:
+        _main.owned = False
 
 
 @contextmanager
-def _handled(signum: int, owned: bool, usual: signal.Handlers | Callable[..., object]) -> Iterator[None]:
-    """``signum`` raised by `_raise_termination` meanwhile, where ``owned``; then ``usual``."""
+def _handled(signum: int, owned: bool) -> Iterator[None]:
+    """``signum`` raised by `_raise_termination` meanwhile, where ``owned``; then the
+    handler found before, unless another was installed meanwhile (it is left)."""
     if not owned:
         yield
         return
-    signal.signal(signum, _raise_termination)
+    found = signal.signal(signum, _raise_termination)
     try:
         yield
     finally:
-        signal.signal(signum, usual)
+        if signal.getsignal(signum) is _raise_termination:
+            signal.signal(signum, found)
 
 
 class _ForkedTermination:
@@ -183,11 +227,14 @@ class _ForkedTermination:
     """
 
     def __init__(self) -> None:
-        self.blocked = self.interrupting = False
+        self.blocked = self.interrupting = self.looped = False
 
     def before(self) -> None:
-        self.blocked = signal.getsignal(signal.SIGTERM) is _raise_termination
-        self.interrupting = signal.getsignal(signal.SIGINT) is _raise_termination
+        # An async flow's SIGTERM goes through its event loop (a no-op handler and the
+        # loop's wake-up socket, which the child would share): the child's is reset too.
+        self.looped = bool(_async_flows)
+        self.blocked = signal.getsignal(signal.SIGTERM) is _raise_termination or self.looped
+        self.interrupting = signal.getsignal(signal.SIGINT) in (_raise_termination, _interrupt_async)
         if self.blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
@@ -196,6 +243,14 @@ class _ForkedTermination:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
     def in_child(self) -> None:
+        # Nothing of the parent's flows is the child's: no call under way, no signal
+        # held (a fork from another thread while the main one was inside a call).
+        _main.reset()
+        _tasks.clear()
+        _async_flows.clear()
+        _sigint_found.clear()
+        if self.looped:
+            signal.set_wakeup_fd(-1)
         if self.interrupting:  # Ctrl-C as Python has it: nothing is held back in a child
             signal.signal(signal.SIGINT, signal.default_int_handler)
         if self.blocked:
@@ -225,7 +280,11 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
     running it, and the engine's driver, seeing that cancellation, cancels the run
     (records it Crashed), with the hooks, as for a sync flow. (A handler that raised
     from inside the event loop would end `asyncio.run` instead, which cancels every
-    task: the run would be recorded Crashed by the runtime.)"""
+    task: the run would be recorded Crashed by the runtime.)
+
+    SIGTERM goes through the event loop. SIGINT has a handler of its own, as
+    asyncio.run's: it runs even while the loop is blocked, and a second Ctrl-C raises
+    KeyboardInterrupt at once wherever the flow is."""
     task = asyncio.current_task()
     terminates, interrupts = _owns_sigterm(parent), _owns_sigint(parent)
     if task is None or not (terminates or interrupts):
@@ -236,22 +295,45 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
 
     def signalled(signum: int, message: str) -> None:
         if not holding.arrived(signum):
+            holding.delivered.add(signum)
             task.cancel(message)
 
-    usual_sigint = signal.getsignal(signal.SIGINT)
     if terminates:
         loop.add_signal_handler(signal.SIGTERM, signalled, signal.SIGTERM, _TERMINATED)
     if interrupts:
-        loop.add_signal_handler(signal.SIGINT, signalled, signal.SIGINT, _INTERRUPTED)
+        _sigint_found[:] = [signal.signal(signal.SIGINT, _interrupt_async)]
+    _async_flows.append((loop, holding, signalled))
     try:
         yield
     finally:
+        _async_flows.remove((loop, holding, signalled))
         if terminates:
             loop.remove_signal_handler(signal.SIGTERM)
-        if interrupts:
-            loop.remove_signal_handler(signal.SIGINT)
-            signal.signal(signal.SIGINT, usual_sigint)  # asyncio.run's own, where it was
+        if not _async_flows and _sigint_found and signal.getsignal(signal.SIGINT) is _interrupt_async:
+            signal.signal(signal.SIGINT, _sigint_found.pop())  # asyncio.run's own, where it was
         _tasks.pop(task, None)
+
+
+#: The outermost async flows running with the signals' handlers installed, the latest
+#: last (a Ctrl-C goes to it): their loop, their holding, and what cancels their task.
+_async_flows: list[tuple[asyncio.AbstractEventLoop, Holding, Callable[[int, str], None]]] = []
+
+
+#: The SIGINT handler found by the first async flow to install `_interrupt_async`,
+#: put back when the last one ends.
+_sigint_found: list[signal.Handlers | Callable[[int, FrameType | None], object] | int | None] = []
+
+
+def _interrupt_async(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C for an async flow, on the main thread between two bytecodes (so also
+    while the loop is blocked, which a handler of the loop's would wait for)."""
+    if not _async_flows:  # the flows ended as it came
+        raise KeyboardInterrupt
+    loop, holding, signalled = _async_flows[-1]
+    holding.presses += 1
+    if holding.presses > 1:
+        raise KeyboardInterrupt  # a second Ctrl-C: out now, as asyncio.run does
+    loop.call_soon_threadsafe(signalled, signum, _INTERRUPTED)
 
 
 def terminated(exc: BaseException) -> BaseException | None:

@@ -2,6 +2,12 @@
 
 python -m tests.engine.flow_workers sleeper URL MARKER
     A flow that sleeps; its cancellation hook writes MARKER.
+python -m tests.engine.flow_workers slow-cancel URL MARKER
+    A flow that sleeps; its cancellation hook prints "hook", takes a second, then
+    writes MARKER.
+python -m tests.engine.flow_workers slow-call URL sync|async
+    A flow whose subflow's creation sends the process SIGINT, prints "in call", then
+    takes 60 seconds before it returns (blocking the event loop, for an async flow).
 python -m tests.engine.flow_workers async-sleeper URL MARKER
     An async flow whose async subflow sleeps; their cancellation hooks append to MARKER.
 python -m tests.engine.flow_workers pools URL
@@ -66,6 +72,45 @@ def sleeper(url: str, marker: str) -> None:
 
     with SyncOrchestrator.open(url):
         sleeper_flow()
+
+
+def slow_cancel(url: str, marker: str) -> None:
+    def hook(f: Any, run: Any, state: Any) -> None:
+        print("hook", flush=True)
+        time.sleep(1)
+        _mark(marker)(f, run, state)
+
+    @flow(name="sleeper", on_cancellation=[hook])
+    def sleeper_flow() -> None:
+        print("running", flush=True)
+        time.sleep(60)
+
+    with SyncOrchestrator.open(url):
+        sleeper_flow()
+
+
+def _slow_during_creation(create: Any) -> Any:
+    """``create_flow_run`` that, creating a subflow, sends the process SIGINT, then
+    takes a minute before it returns (a call hung on a lock, a server)."""
+
+    def created(self: Any, flow_name: str, **kwargs: Any) -> Any:
+        run = create(self, flow_name, **kwargs)
+        if flow_name == "term-child":
+            os.kill(os.getpid(), signal.SIGINT)
+            print("in call", flush=True)
+            time.sleep(60)
+        return run
+
+    async def created_async(self: Any, flow_name: str, **kwargs: Any) -> Any:
+        run = await create(self, flow_name, **kwargs)
+        if flow_name == "term-child":
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.1)  # the first Ctrl-C is taken in
+            print("in call", flush=True)
+            time.sleep(60)  # the loop blocked, as by a call that hangs
+        return run
+
+    return created_async if asyncio.iscoroutinefunction(create) else created
 
 
 def async_sleeper(url: str, marker: str) -> None:
@@ -277,7 +322,7 @@ def _terminated_during_creation(create: Any, signum: int) -> Any:
     return created_async if asyncio.iscoroutinefunction(create) else created
 
 
-def terminated_in_call(url: str, mode: str, signum: int = signal.SIGTERM) -> None:
+def terminated_in_call(url: str, mode: str, signum: int = signal.SIGTERM, *, slow: bool = False) -> None:
     @flow(name="term-child")
     def child() -> None:
         time.sleep(60)
@@ -299,13 +344,19 @@ def terminated_in_call(url: str, mode: str, signum: int = signal.SIGTERM) -> Non
             await async_parent()
 
     if mode == "sync":
-        SyncOrchestrator.create_flow_run = _terminated_during_creation(
-            SyncOrchestrator.create_flow_run, signum
-        )  # type: ignore[method-assign]
+        SyncOrchestrator.create_flow_run = (  # type: ignore[method-assign]
+            _slow_during_creation(SyncOrchestrator.create_flow_run)
+            if slow
+            else _terminated_during_creation(SyncOrchestrator.create_flow_run, signum)
+        )
         with SyncOrchestrator.open(url):
             parent()
     else:
-        Orchestrator.create_flow_run = _terminated_during_creation(Orchestrator.create_flow_run, signum)  # type: ignore[method-assign]
+        Orchestrator.create_flow_run = (  # type: ignore[method-assign]
+            _slow_during_creation(Orchestrator.create_flow_run)
+            if slow
+            else _terminated_during_creation(Orchestrator.create_flow_run, signum)
+        )
         asyncio.run(run_async())
 
 
@@ -327,6 +378,10 @@ def main(argv: list[str]) -> None:
         fan_out_in_forks(url)
     elif command == "in-block":
         forked_in_block(url)
+    elif command == "slow-cancel":
+        slow_cancel(url, rest[0])
+    elif command == "slow-call":
+        terminated_in_call(url, rest[0], signal.SIGINT, slow=True)
     elif command == "term-in-call":
         terminated_in_call(url, rest[0], signal.SIGINT if rest[1:] == ["INT"] else signal.SIGTERM)
     elif command == "pipeline":

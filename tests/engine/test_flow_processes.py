@@ -133,6 +133,34 @@ def test_ctrl_c_during_the_call_that_creates_a_subflow_crashes_the_subflow_too(
             ), name
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_second_ctrl_c_stops_a_flow_held_in_a_call_that_hangs(databases: Databases, mode: str) -> None:
+    """The first Ctrl-C waits for the call to end; whoever presses it again wants out."""
+    worker = _start("slow-call", databases.url("twice"), mode)
+    _wait_for_line(worker, "in call")
+    started = time.monotonic()
+    worker.send_signal(signal.SIGINT)
+    code, output = _finish(worker)
+    assert code == -signal.SIGINT, output
+    assert time.monotonic() - started < 20  # not the call's minute
+
+
+def test_a_second_sigterm_during_the_cancellation_is_absorbed(databases: Databases, tmp_path: Path) -> None:
+    """Raised in the middle of the cancellation, it left the run Cancelling for ever."""
+    url, marker = databases.url("term_twice"), tmp_path / "marker"
+    worker = _start("slow-cancel", url, str(marker))
+    _wait_for_line(worker, "running")
+    worker.send_signal(signal.SIGTERM)
+    _wait_for_line(worker, "hook")
+    worker.send_signal(signal.SIGTERM)
+    code, output = _finish(worker)
+    assert code == 128 + signal.SIGTERM, output
+    with SyncOrchestrator.open(url) as orch:
+        run = _only(orch, "sleeper")
+        assert [s.name for s in orch.read_states(run.id)] == CANCELLED
+    assert marker.read_text() == f"CANCELLING {run.id}"
+
+
 def test_a_process_forked_in_a_flow_gets_sigterms_default_action_and_its_pools_terminate(
     databases: Databases,
 ) -> None:

@@ -27,7 +27,7 @@ from flowtrail.core import (
     UnfinishedRunError,
 )
 from flowtrail.core import states as pure
-from flowtrail.engine import run_flow_run
+from flowtrail.engine import run_flow_run, termination
 from tests.conftest import Databases
 
 
@@ -619,6 +619,59 @@ def test_an_async_flow_leaves_ctrl_c_to_asyncio_run_as_it_found_it(databases: Da
     before, after = asyncio.run(main())
     assert before is not signal.default_int_handler  # asyncio.run's own
     assert after is before
+
+
+def test_a_sync_flow_called_from_a_coroutine_leaves_asyncio_runs_ctrl_c_in_place(
+    orch: SyncOrchestrator,
+) -> None:
+    @flow
+    def noted() -> None:
+        pass
+
+    async def main() -> tuple[object, object]:
+        before = signal.getsignal(signal.SIGINT)
+        noted()
+        return before, signal.getsignal(signal.SIGINT)
+
+    before, after = asyncio.run(main())
+    assert before is not signal.default_int_handler  # asyncio.run's own
+    assert after is before
+
+
+def test_a_child_forked_while_a_call_held_signals_back_holds_none(orch: SyncOrchestrator) -> None:
+    """A thread forking while the main one was inside a call: the child's flows must
+    take their signals, not hold them for ever."""
+    termination._main.depth, termination._main.pending = 1, signal.SIGTERM
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports by its exit status
+            os._exit(0 if (termination._main.depth, termination._main.pending) == (0, None) else 1)
+    finally:
+        termination._main.reset()
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+def test_a_child_forked_in_an_async_flow_gets_sigterms_default_action(databases: Databases) -> None:
+    """It kept the loop's no-op handler and wake-up socket: SIGTERM reached the parent's
+    loop instead, which cancelled the parent's flow, and the child lived on."""
+
+    @flow
+    async def forking() -> int:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports by its exit status
+            usual = (
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+                and signal.set_wakeup_fd(-1) == -1
+                and signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            )
+            os._exit(0 if usual else 1)
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+    async def main() -> int:
+        async with Orchestrator.open(databases.url("async_fork")):
+            return await forking()
+
+    assert asyncio.run(main()) == 0
 
 
 def test_a_flow_leaves_a_ctrl_c_handler_of_the_callers_alone(orch: SyncOrchestrator) -> None:
