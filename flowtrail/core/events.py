@@ -157,6 +157,9 @@ class FlowRunCreated(_Struct, frozen=True, tag="flow_run_created"):
     retries: int | None = None
     retry_delay: RetryDelay | None = None
     idempotency_key: str | None = None
+    #: The flow run of the parent task run, for a subflow (recorded since this field
+    #: came; a subflow created before has none).
+    parent_flow_run_id: UUID | None = None
 
 
 class TaskRunCreated(_Struct, frozen=True, tag="task_run_created"):

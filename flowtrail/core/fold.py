@@ -77,6 +77,8 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     parameters: dict[str, JSONValue] = {}
     tags: tuple[str, ...] = ()
     parent_task_run_id: UUID | None = None
+    #: A subflow's parent flow run: its parent task run's flow run.
+    parent_flow_run_id: UUID | None = None
     deployment_id: UUID | None = None
     infrastructure_pid: str | None = None
     idempotency_key: str | None = None
@@ -155,6 +157,7 @@ def _created_flow(event: FlowRunCreated) -> RunView:
         parameters=event.parameters,
         tags=event.tags,
         parent_task_run_id=event.parent_task_run_id,
+        parent_flow_run_id=event.parent_flow_run_id,
         deployment_id=event.deployment_id,
         infrastructure_pid=event.infrastructure_pid,
         idempotency_key=event.idempotency_key,

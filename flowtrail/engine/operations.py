@@ -412,6 +412,10 @@ class Context:
         creation, stopping at the first answer that is not ACCEPT (the engine creates a
         run and starts it in one append this way).
         """
+        parent = None if parent_task_run_id is None else run_id_of(parent_task_run_id, "parent task run id")
+        parent_flow_run = None
+        if parent is not None:
+            parent_flow_run = (yield from self.load_kind(parent, RunKind.TASK)).flow_run_id
         now = self.clock()
         created = FlowRunCreated(
             run_id=new_run_id() if run_id is None else run_id_of(run_id),
@@ -421,9 +425,8 @@ class Context:
             flow_version=None if flow_version is None else check_name(flow_version, "flow_version"),
             parameters=check_parameters(parameters),
             tags=check_tags(tags),
-            parent_task_run_id=None
-            if parent_task_run_id is None
-            else run_id_of(parent_task_run_id, "parent task run id"),
+            parent_task_run_id=parent,
+            parent_flow_run_id=parent_flow_run,
             deployment_id=None if deployment_id is None else run_id_of(deployment_id, "deployment id"),
             infrastructure_pid=None
             if infrastructure_pid is None
@@ -432,8 +435,6 @@ class Context:
             retry_delay=check_retry_delay(retry_delay, many=False),
             idempotency_key=idempotency_key,
         )
-        if created.parent_task_run_id is not None:
-            yield from self.load_kind(created.parent_task_run_id, RunKind.TASK)
         initial = None if state is None else check_state(state)
         following = [check_state(s) for s in then or ()]
         if following and initial is None:

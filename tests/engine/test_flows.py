@@ -896,6 +896,19 @@ def test_with_structlog_left_unconfigured_a_flow_prints_its_info_lines_and_no_de
 # --- subflows --------------------------------------------------------------------------------------
 
 
+def test_a_subflow_run_names_the_flow_run_that_called_it(orch: SyncOrchestrator) -> None:
+    @flow(name="child")
+    def child() -> int:
+        return 1
+
+    @flow(name="parent")
+    def parent() -> int:
+        return child()
+
+    parent()
+    assert only_run(orch, "child").parent_flow_run_id == only_run(orch, "parent").id
+
+
 def test_a_subflow_gets_a_parent_task_run_and_its_states_are_mirrored(orch: SyncOrchestrator) -> None:
     @flow
     def child(x: int) -> int:

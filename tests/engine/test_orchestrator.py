@@ -126,6 +126,14 @@ def test_a_subflow_of_an_unknown_parent_task_run_is_refused(orch: Orch) -> None:
         orch.create_flow_run("child", parent_task_run_id=uuid4())
 
 
+def test_a_subflows_view_names_its_parent_flow_run(orch: Orch) -> None:
+    parent, tracker, child = parent_with_subflow(orch)
+    assert orch.read_flow_run(child.id).parent_flow_run_id == parent.id == tracker.flow_run_id
+    assert orch.read_flow_run(parent.id).parent_flow_run_id is None
+    orch.rebuild()
+    assert orch.read_flow_run(child.id).parent_flow_run_id == parent.id
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
