@@ -17,9 +17,10 @@ Ctrl-C is raised at once (whoever presses it again wants out, even from a call t
 hangs), and a second SIGTERM while the first one's cancellation is being recorded is
 absorbed (raised there, it would leave the run Cancelling, its hooks not run).
 
-A process forked meanwhile (a pool's workers) starts with the usual handlers and
+A sync flow's timeout (raised from the main thread's timer) is held back the same
+way. A process forked meanwhile (a pool's workers) starts with the usual handlers and
 nothing held. What is not covered: subflows run side by side in tasks or threads of
-their own, and a flow's timeout landing in a call.
+their own.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 
 from flowtrail.engine.context import FlowRunContext
 from flowtrail.engine.flow_engine import TerminationSignal
+from flowtrail.engine.timeouts import hold_with
 
 E = TypeVar("E")
 
@@ -55,6 +57,8 @@ class Holding:
         """As new: nothing held, nothing raised (a new outermost flow, a forked child)."""
         self.depth = 0
         self.pending: int | None = None
+        #: A flow's timeout that came while held (`take`).
+        self.pending_error: BaseException | None = None
         #: Set while an outermost flow of the main thread has its handlers installed.
         self.owned = False
         #: The signals already raised into the flow, and the Ctrl-Cs that came.
@@ -90,6 +94,15 @@ class Holding:
             self.pending = signum
         return bool(self.depth)
 
+    def take(self, error: BaseException) -> bool:
+        """Take an exception raised from a handler (a flow's timeout) to deliver as a
+        signal is: whether it is held back (while held; the first of two is kept)."""
+        if not self.depth:
+            return False
+        if self.pending is None and self.pending_error is None:
+            self.pending_error = error
+        return True
+
     def delivered_now(self, signum: int) -> BaseException:
         """What ``signum`` raises in the flow, noted as raised there."""
         self.delivered.add(signum)
@@ -97,7 +110,12 @@ class Holding:
 
     def due(self) -> BaseException | None:
         """What the signal held back raises, once nothing holds it any more."""
-        if self.depth or self.pending is None:
+        if self.depth:
+            return None
+        if self.pending_error is not None:
+            error, self.pending_error = self.pending_error, None
+            return error
+        if self.pending is None:
             return None
         signum, self.pending = self.pending, None
         return self.delivered_now(signum)
@@ -127,6 +145,7 @@ class Holding:
 
 #: What the main thread's sync flows hold back (signal handlers run on the main thread).
 _main = Holding()
+hold_with(_main.take)  # a sync flow's timeout fires on the main thread's timer
 #: What each async flow's task holds back, for the outermost flows that own SIGTERM.
 _tasks: weakref.WeakKeyDictionary[asyncio.Task[object], Holding] = weakref.WeakKeyDictionary()
 

@@ -15,12 +15,12 @@ import ctypes
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["FlowTimeout", "sync_timeout"]
+__all__ = ["FlowTimeout", "hold_with", "sync_timeout"]
 
 
 class FlowTimeout(BaseException):
@@ -61,10 +61,23 @@ class _Alarms:
             return
         self.deadlines.pop(0)
         self.arm()
-        raise FlowTimeout(token, seconds)
+        timeout = FlowTimeout(token, seconds)
+        if any(holder(timeout) for holder in _holders):
+            return
+        raise timeout
 
 
 _alarms = _Alarms()
+
+#: What may take a timeout the timer raises in and deliver it later: a call returning
+#: True has (`flowtrail.engine.termination`: while the engine is inside a call to the
+#: log, where raising would cut the call off after its commit).
+_holders: list[Callable[[BaseException], bool]] = []
+
+
+def hold_with(holder: Callable[[BaseException], bool]) -> None:
+    """Let ``holder`` take the timeouts the timer raises (see `_holders`)."""
+    _holders.append(holder)
 
 
 def _can_use_alarm() -> bool:

@@ -514,6 +514,36 @@ def test_an_enclosing_timeout_stops_a_subflow_and_times_out_the_parent(orch: Syn
     assert only_run(orch, "child").state.type is StateType.FAILED
 
 
+def test_a_timeout_passing_while_a_subflow_is_being_created_ends_the_subflow_too(
+    orch: SyncOrchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised inside the call that created the subflow (Pending and Running, one
+    commit), the timeout cut the call off before the engine knew the run: it stayed
+    Running for ever."""
+    create = SyncOrchestrator.create_flow_run
+
+    def slowly_created(self: SyncOrchestrator, flow_name: str, **kwargs: Any) -> Any:
+        run = create(self, flow_name, **kwargs)
+        if flow_name == "child":
+            time.sleep(0.6)  # the parent's deadline passes inside the call
+        return run
+
+    monkeypatch.setattr(SyncOrchestrator, "create_flow_run", slowly_created)
+
+    @flow
+    def child() -> None:
+        pass
+
+    @flow(timeout_seconds=0.3)
+    def parent() -> None:
+        child()
+
+    with pytest.raises(FlowTimeoutError):
+        parent()
+    assert history(orch, only_run(orch, "parent").id) == ["Pending", "Running", "TimedOut"]
+    assert only_run(orch, "child").state.type is StateType.FAILED
+
+
 def test_a_timeout_is_not_swallowed_by_the_functions_own_except_exception(orch: SyncOrchestrator) -> None:
     caught: list[str] = []
 
