@@ -29,16 +29,23 @@ from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
 from flowtrail.core.effects import Script
-from flowtrail.core.errors import CodecError, InvalidInputError, RebuildReplacedError
+from flowtrail.core.errors import CodecError, RebuildReplacedError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
-from flowtrail.core.policies import MIRROR_PROPOSER
-from flowtrail.core.projection import Projection, foreign_tables
+from flowtrail.core.projection import Projection
 from flowtrail.core.states import State, StateType
+from flowtrail.engine.arguments import (
+    check_catch_up,
+    check_rebuild,
+    checked_clock,
+    checked_max_attempts,
+    checked_proposer,
+    refuse_projections,
+)
 from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verify_script
 from flowtrail.engine.bulk import collector_paused
 from flowtrail.engine.cache import ViewCache
-from flowtrail.engine.checks import check_name, found, run_id_of, shown
+from flowtrail.engine.checks import found, run_id_of
 from flowtrail.engine.context import entered
 from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.logs import get_logger
@@ -75,46 +82,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _proposer(proposer: str) -> str:
-    """A proposer's name, checked before anything is opened (every proposal records it)."""
-    check_name(proposer, "proposer")
-    if proposer == MIRROR_PROPOSER:
-        # The audit tells the copies of subflow states by this name.
-        raise InvalidInputError(f"{MIRROR_PROPOSER!r} names flowtrail's own copies; pick another proposer")
-    return proposer
-
-
-def _no_projections(options: dict[str, Any]) -> None:
-    """The run views are the orchestrator's own inline projection; a caller's own are
-    kept with `catch_up` (and rebuilt with ``rebuild(projection=...)``)."""
-    if "projections" in options:
-        raise InvalidInputError(
-            "open() takes no projections: the run views are kept inline; keep a projection "
-            "of yours with catch_up(projection), and rebuild it with rebuild(projection=...)"
-        )
-
-
-def _max_attempts(attempts: object) -> int:
-    """How many attempts a write makes before a ContentionError: a whole number, at least 1."""
-    if type(attempts) is not int or attempts < 1:
-        raise InvalidInputError(f"max_attempts is a whole number of at least 1, not {shown(attempts)}")
-    return attempts
-
-
-def _checked_clock(clock: Clock) -> Clock:
-    """A caller's clock, whose readings are checked: every event records them."""
-    if not callable(clock):
-        raise InvalidInputError(f"clock is a function giving the time, not {shown(clock)}")
-
-    def now() -> datetime:
-        reading: object = clock()
-        if not isinstance(reading, datetime) or reading.utcoffset() is None:
-            raise InvalidInputError(f"the clock gives datetimes with a time zone, not {shown(reading)}")
-        return reading
-
-    return now
-
-
 #: A rebuild in a process on another host that wrote this recently (seconds) is taken to
 #: be running (on this host, its process is looked for): opening the log leaves the
 #: views to it rather than replacing it with a rebuild of its own.
@@ -123,58 +90,6 @@ REBUILD_ALIVE_FOR = 60.0
 
 def _nobody_rebuilding(signs: str | None) -> bool:
     return not running_elsewhere(signs, within=REBUILD_ALIVE_FOR)
-
-
-#: The most events a rebuild reads at once, and views it keeps in memory.
-_MOST_BATCH = 1_000_000
-_MOST_CACHE = 10_000_000
-
-
-def _count(name: str, value: object, most: int) -> None:
-    if type(value) is not int or not 1 <= value <= most:
-        raise InvalidInputError(f"{name} is a whole number from 1 to {most:,}, not {value!r}")
-
-
-def _check_rebuild(batch: object, cache_size: object) -> None:
-    _count("batch", batch, _MOST_BATCH)
-    _count("cache_size", cache_size, _MOST_CACHE)
-
-
-def _storable_name(name: object) -> bool:
-    """A text the checkpoints table holds as it is on both backends."""
-    if not isinstance(name, str) or not name or "\x00" in name:
-        return False
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _storable_version(version: object) -> bool:
-    """A whole number a BIGINT column holds. Anything else is worse than refused: the
-    checkpoint is looked up by the version, so one the column rounds (1.5 becomes 2 on
-    PostgreSQL) is never found again and every step replays the log from its start."""
-    return type(version) is int and 0 <= version < 2**63
-
-
-def _check_catch_up(projection: object, batch: object) -> None:
-    # Checked before `prepare`, which drops the tables of a projection whose version
-    # differs from its checkpoint's: a bad version must not cost the rows.
-    if (
-        not all(callable(getattr(projection, method, None)) for method in ("schema", "apply"))
-        or not _storable_name(getattr(projection, "name", None))
-        or not _storable_version(getattr(projection, "version", None))
-    ):
-        raise InvalidInputError(
-            "catch_up takes a Projection (a name: non-empty text without NUL, a version: "
-            f"a whole number from 0 to 2**63 - 1, a schema and apply), not {projection!r}"
-        )
-    # A new version of the projection drops the tables it names: never the log's.
-    wrong = foreign_tables(getattr(projection, "tables", None), frozenset(_Base._views.tables))
-    if wrong is not None:
-        raise InvalidInputError(f"projection {projection.name!r}: {wrong}")  # type: ignore[attr-defined]
-    _count("batch", batch, _MOST_BATCH)
 
 
 def _not_rebuilt(exc: CodecError) -> None:
@@ -199,9 +114,9 @@ class _Base:
     def __init__(self, *, clock: Clock | None, max_attempts: int, proposer: str, sql: Any) -> None:
         self._context = Context(
             sql=sql,
-            clock=_utc_now if clock is None else _checked_clock(clock),
-            max_attempts=_max_attempts(max_attempts),
-            proposer=_proposer(proposer),
+            clock=_utc_now if clock is None else checked_clock(clock),
+            max_attempts=checked_max_attempts(max_attempts),
+            proposer=checked_proposer(proposer),
         )
         self._entered: list[AbstractContextManager[None]] = []
 
@@ -252,9 +167,9 @@ class SyncOrchestrator(_Base):
         **options: Any,
     ) -> SyncOrchestrator:
         """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
-        _proposer(proposer)
-        _max_attempts(max_attempts)
-        _no_projections(options)
+        checked_proposer(proposer)
+        checked_max_attempts(max_attempts)
+        refuse_projections(options)
         store = open_sync_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
         orchestrator.url = url
@@ -459,9 +374,9 @@ class SyncOrchestrator(_Base):
         cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
-        _check_rebuild(batch, cache_size)
+        check_rebuild(batch, cache_size)
         if projection is not None:
-            _check_catch_up(projection, batch)
+            check_catch_up(projection, batch)
             return self.store.perform(
                 catch_up_script(self.store, projection, batch=batch, afresh=True, progress=progress)
             )
@@ -491,7 +406,7 @@ class SyncOrchestrator(_Base):
             return writer.finish()
 
     def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
-        _check_catch_up(projection, batch)
+        check_catch_up(projection, batch)
         return self.store.perform(catch_up_script(self.store, projection, batch=batch))
 
     def last_position(self) -> int:
@@ -758,9 +673,9 @@ class Orchestrator(_Base):
         default one per processor (at most four) once the log holds 100,000 events;
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
-        _check_rebuild(batch, cache_size)
+        check_rebuild(batch, cache_size)
         if projection is not None:
-            _check_catch_up(projection, batch)
+            check_catch_up(projection, batch)
             return await self.store.perform(
                 catch_up_script(self.store, projection, batch=batch, afresh=True, progress=progress)
             )
@@ -802,7 +717,7 @@ class Orchestrator(_Base):
 
     async def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
         """Bring a catch-up projection up to the end of the log; returns events applied."""
-        _check_catch_up(projection, batch)
+        check_catch_up(projection, batch)
         return await self.store.perform(catch_up_script(self.store, projection, batch=batch))
 
     async def last_position(self) -> int:
@@ -831,9 +746,9 @@ class _Opening:
 
     async def _open(self) -> Orchestrator:
         cls, url, clock, rebuild_stale, proposer, max_attempts, options = self._args
-        _proposer(proposer)
-        _max_attempts(max_attempts)
-        _no_projections(options)
+        checked_proposer(proposer)
+        checked_max_attempts(max_attempts)
+        refuse_projections(options)
         store = await open_store(url, projections=[cls._views], **options)
         orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
         orchestrator.url = url
