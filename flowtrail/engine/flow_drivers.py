@@ -315,27 +315,33 @@ def drive_sync(script: EngineScript[Outcome], orchestrator: SyncOrchestrator, ur
     """Run the engine script with plain calls."""
     reply: Any = None
     failure: BaseException | None = None
-    holding = holding_here()  # SIGTERM waits for the script's next step: see termination
-    while True:
-        try:
-            effect = holding.step(script, reply, failure)
-        except StopIteration as stop:
-            outcome: Outcome = stop.value
-            return outcome
-        reply, failure = None, None
-        try:
-            match effect:
-                case Call(method, args, kwargs):
-                    with holding.held():
+    holding = holding_here()
+    # Signals and timeouts wait while the engine runs, and reach the flow where its own
+    # code runs (the function, a sleep, the hooks) or at the script's next step: see
+    # termination. Raised in a call, they cut it off after its commit.
+    with holding.held():
+        while True:
+            try:
+                effect = holding.step(script, reply, failure)
+            except StopIteration as stop:
+                outcome: Outcome = stop.value
+                return outcome
+            reply, failure = None, None
+            try:
+                match effect:
+                    case Call(method, args, kwargs):
                         reply = getattr(orchestrator, method)(*args, **kwargs)
-                case Sleep(seconds):
-                    time.sleep(seconds)
-                case Invoke():
-                    reply = _invoke_sync(effect, orchestrator, url)
-                case Hooks():
-                    _hooks_sync(effect)
-        except BaseException as exc:  # the script decides what a crash records
-            failure = exc
+                    case Sleep(seconds):
+                        with holding.released():
+                            time.sleep(seconds)
+                    case Invoke():
+                        with holding.released():
+                            reply = _invoke_sync(effect, orchestrator, url)
+                    case Hooks():
+                        with holding.released():
+                            _hooks_sync(effect)
+            except BaseException as exc:  # the script decides what a crash records
+                failure = exc
 
 
 def call_sync(
@@ -420,26 +426,29 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
     reply: Any = None
     failure: BaseException | None = None
     holding = holding_here()
-    while True:
-        try:
-            effect = holding.step(script, reply, failure)
-        except StopIteration as stop:
-            outcome: Outcome = stop.value
-            return outcome
-        reply, failure = None, None
-        try:
-            match effect:
-                case Call(method, args, kwargs):
-                    with holding.held():
+    with holding.held():  # as in drive_sync
+        while True:
+            try:
+                effect = holding.step(script, reply, failure)
+            except StopIteration as stop:
+                outcome: Outcome = stop.value
+                return outcome
+            reply, failure = None, None
+            try:
+                match effect:
+                    case Call(method, args, kwargs):
                         reply = await getattr(orchestrator, method)(*args, **kwargs)
-                case Sleep(seconds):
-                    await asyncio.sleep(seconds)
-                case Invoke():
-                    reply = await _invoke_async(effect, orchestrator, url)
-                case Hooks():
-                    await _hooks_async(effect)
-        except BaseException as exc:  # the script decides what a crash records
-            failure = terminated(exc) or _timed_out(exc) or exc
+                    case Sleep(seconds):
+                        with holding.released():
+                            await asyncio.sleep(seconds)
+                    case Invoke():
+                        with holding.released():
+                            reply = await _invoke_async(effect, orchestrator, url)
+                    case Hooks():
+                        with holding.released():
+                            await _hooks_async(effect)
+            except BaseException as exc:  # the script decides what a crash records
+                failure = terminated(exc) or _timed_out(exc) or exc
 
 
 async def call_async(

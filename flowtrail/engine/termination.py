@@ -8,8 +8,10 @@ is recorded Crashed, as Prefect records it. Each handler is installed only where
 signal still has its usual action (for SIGINT, Python's, or asyncio.run's), and that
 is restored after.
 
-A signal never lands in the middle of an orchestrator call or of the script's taking
-in its answer: it is held back until the script's next step (`Holding`). Landing
+A signal never lands in the middle of an orchestrator call or of the engine's own
+code: the whole drive of the engine's script holds it back, and lets it through only
+where the flow's own code runs (its function, a sleep, its hooks), or throws it into
+the script at its next step (`Holding`). Landing
 there, it cut a call off after its commit and before its answer reached the script,
 so the script never knew what it had written: a subflow created Running by that call
 was left Running for ever, its parent cancelled or crashed. Two exceptions: a second
@@ -46,9 +48,9 @@ __all__ = ["Holding", "holding_here", "terminated", "termination_cancels", "term
 
 
 class Holding:
-    """A signal (SIGTERM, SIGINT) held back while the engine talks to the log, and
-    delivered at the script's next step (thrown in there), or when the script ends
-    (raised)."""
+    """A signal (SIGTERM, SIGINT, a sync flow's timeout) held back while the engine
+    runs, and delivered at the script's next step (thrown in there), where the flow's
+    own code runs again (raised there, `released`), or when the drive ends (raised)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -69,11 +71,25 @@ class Holding:
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        """Hold signals back meanwhile (a whole drive of the engine's script). One that
+        came is raised as it ends, where nothing holds them any more."""
         self.depth += 1
         try:
             yield
         finally:
             self.depth -= 1
+            self.deliver()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Let signals through meanwhile (the flow's own code: its function, a sleep,
+        its hooks), where the flow takes them in; one held until now is raised first."""
+        self.depth -= 1
+        try:
+            self.deliver()
+            yield
+        finally:
+            self.depth += 1
 
     def arrived(self, signum: int) -> bool:
         """Take in a signal: whether it is taken care of here (held back for later, or
@@ -110,8 +126,10 @@ class Holding:
 
     def due(self) -> BaseException | None:
         """What the signal held back raises, once nothing holds it any more."""
-        if self.depth:
-            return None
+        return None if self.depth else self._taken()
+
+    def _taken(self) -> BaseException | None:
+        """What the signal held back raises, taken off (wherever it is delivered)."""
         if self.pending_error is not None:
             error, self.pending_error = self.pending_error, None
             return error
@@ -127,20 +145,21 @@ class Holding:
             raise due
 
     def step(self, script: Generator[E, Any, Any], reply: Any, failure: BaseException | None) -> E:
-        """The script's next effect, taken with SIGTERM held back. A signal that came
-        meanwhile is thrown into the script at once (it takes it in at that step); one
-        that came as the script ended is raised in place of its end (StopIteration)."""
+        """The script's next effect. A signal that came meanwhile, or before, is thrown
+        into the script at once (it takes it in at that step); one that came as the
+        script ended is raised in place of its end (StopIteration)."""
         while True:
             try:
-                with self.held():
-                    effect = script.send(reply) if failure is None else script.throw(failure)
+                effect = script.send(reply) if failure is None else script.throw(failure)
             except BaseException:
-                self.deliver()
+                came = self._taken()
+                if came is not None:
+                    raise came from None
                 raise
-            due = self.due()
-            if due is None:
+            came = self._taken()
+            if came is None:
                 return effect
-            reply, failure = None, due
+            reply, failure = None, came
 
 
 #: What the main thread's sync flows hold back (signal handlers run on the main thread).
