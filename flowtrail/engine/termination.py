@@ -58,16 +58,14 @@ class Holding:
     def reset(self) -> None:
         """As new: nothing held, nothing raised (a new outermost flow, a forked child)."""
         self.depth = 0
-        self.pending: int | None = None
-        #: A flow's timeout that came while held (`take`).
-        self.pending_error: BaseException | None = None
+        #: What the signal (or timeout) that came while held raises, to deliver.
+        self.pending: BaseException | None = None
         #: Set while an outermost flow of the main thread has its handlers installed.
         self.owned = False
-        #: The signals already raised into the flow, and the Ctrl-Cs that came.
+        #: The signals already raised into the flow (or held to be), and the Ctrl-Cs
+        #: that came.
         self.delivered: set[int] = set()
         self.interrupts = 0
-        #: Ctrl-Cs pressed while an async flow runs, counted as they come.
-        self.presses = 0
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -106,17 +104,15 @@ class Holding:
                 return False
         elif signum in self.delivered:
             return True
-        if self.depth and self.pending is None:
-            self.pending = signum
-        return bool(self.depth)
+        return self.depth > 0 and self.take(self.delivered_now(signum))
 
     def take(self, error: BaseException) -> bool:
-        """Take an exception raised from a handler (a flow's timeout) to deliver as a
-        signal is: whether it is held back (while held; the first of two is kept)."""
+        """Take what a signal or a handler (a flow's timeout) raises, to deliver later:
+        whether it is held back (while held; the first of two is kept)."""
         if not self.depth:
             return False
-        if self.pending is None and self.pending_error is None:
-            self.pending_error = error
+        if self.pending is None:
+            self.pending = error
         return True
 
     def delivered_now(self, signum: int) -> BaseException:
@@ -124,25 +120,15 @@ class Holding:
         self.delivered.add(signum)
         return _raised_by(signum)
 
-    def due(self) -> BaseException | None:
-        """What the signal held back raises, once nothing holds it any more."""
-        return None if self.depth else self._taken()
-
     def _taken(self) -> BaseException | None:
         """What the signal held back raises, taken off (wherever it is delivered)."""
-        if self.pending_error is not None:
-            error, self.pending_error = self.pending_error, None
-            return error
-        if self.pending is None:
-            return None
-        signum, self.pending = self.pending, None
-        return self.delivered_now(signum)
+        came, self.pending = self.pending, None
+        return came
 
     def deliver(self) -> None:
-        """Raise the signal held back, if any (the script has ended: its caller takes it)."""
-        due = self.due()
-        if due is not None:
-            raise due
+        """Raise the signal held back, if any, where nothing holds it any more."""
+        if not self.depth and (came := self._taken()) is not None:
+            raise came
 
     def step(self, script: Generator[E, Any, Any], reply: Any, failure: BaseException | None) -> E:
         """The script's next effect. A signal that came meanwhile, or before, is thrown
@@ -331,20 +317,20 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     holding = _tasks[task] = Holding()
 
-    def signalled(signum: int, message: str) -> None:
-        if not holding.arrived(signum):
-            holding.delivered.add(signum)
-            task.cancel(message)
+    def terminate() -> None:
+        if not holding.arrived(signal.SIGTERM):
+            holding.delivered.add(signal.SIGTERM)
+            task.cancel(_TERMINATED)
 
     if terminates:
-        loop.add_signal_handler(signal.SIGTERM, signalled, signal.SIGTERM, _TERMINATED)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
     if interrupts:
         _sigint_found[:] = [signal.signal(signal.SIGINT, _interrupt_async)]
-    _async_flows.append((loop, holding, signalled))
+    _async_flows.append((loop, holding, task))
     try:
         yield
     finally:
-        _async_flows.remove((loop, holding, signalled))
+        _async_flows.remove((loop, holding, task))
         if terminates:
             loop.remove_signal_handler(signal.SIGTERM)
         if not _async_flows and _sigint_found and signal.getsignal(signal.SIGINT) is _interrupt_async:
@@ -353,8 +339,8 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
 
 
 #: The outermost async flows running with the signals' handlers installed, the latest
-#: last (a Ctrl-C goes to it): their loop, their holding, and what cancels their task.
-_async_flows: list[tuple[asyncio.AbstractEventLoop, Holding, Callable[[int, str], None]]] = []
+#: last (a Ctrl-C goes to it): their loop, their holding, and their task.
+_async_flows: list[tuple[asyncio.AbstractEventLoop, Holding, asyncio.Task[Any]]] = []
 
 
 #: The SIGINT handler found by the first async flow to install `_interrupt_async`,
@@ -367,11 +353,12 @@ def _interrupt_async(signum: int, frame: FrameType | None) -> None:
     while the loop is blocked, which a handler of the loop's would wait for)."""
     if not _async_flows:  # the flows ended as it came
         raise KeyboardInterrupt
-    loop, holding, signalled = _async_flows[-1]
-    holding.presses += 1
-    if holding.presses > 1:
+    loop, holding, task = _async_flows[-1]
+    if holding.arrived(signum):
+        return  # held: the engine's script takes it in at its next step
+    if holding.interrupts > 1:
         raise KeyboardInterrupt  # a second Ctrl-C: out now, as asyncio.run does
-    loop.call_soon_threadsafe(signalled, signum, _INTERRUPTED)
+    loop.call_soon_threadsafe(task.cancel, _INTERRUPTED)
 
 
 def terminated(exc: BaseException) -> BaseException | None:
