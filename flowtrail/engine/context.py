@@ -17,9 +17,11 @@ the second would take the first one's subflow for its own).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,7 +37,15 @@ from flowtrail.store.urls import sqlite_url
 if TYPE_CHECKING:
     from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
 
-__all__ = ["FlowRunContext", "current_flow_run", "default_url", "enclosing", "tags"]
+__all__ = [
+    "FlowRunContext",
+    "FlowsUnderWay",
+    "current_flow_run",
+    "default_url",
+    "enclosing",
+    "flows_under_way",
+    "tags",
+]
 
 _ENVIRONMENT_URL = "FLOWTRAIL_DATABASE_URL"
 
@@ -78,6 +88,46 @@ def entered(
         yield
     finally:
         _enclosing.reset(token)
+
+
+class FlowsUnderWay:
+    """The async flows under way on one orchestrator. A flow can outlive the call that
+    started it, and the flow that called it: `asyncio.gather` returns at its first
+    child cancelled or failed, and the other children go on. An orchestrator's block
+    ends, and one the engine opened is closed, once they have ended: closed before, it
+    would leave them unable to record their end (Running for ever)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        """A flow under way meanwhile."""
+        self.count += 1
+        self._none.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._none.set()
+
+    async def ended(self) -> None:
+        """Wait until none is under way."""
+        await self._none.wait()
+
+
+_under_way: weakref.WeakKeyDictionary[Any, FlowsUnderWay] = weakref.WeakKeyDictionary()
+
+
+def flows_under_way(orchestrator: Orchestrator) -> FlowsUnderWay:
+    """The async flows under way on ``orchestrator``."""
+    found = _under_way.get(orchestrator)
+    if found is None:
+        found = _under_way[orchestrator] = FlowsUnderWay()
+    return found
 
 
 @dataclass

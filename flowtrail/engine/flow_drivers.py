@@ -19,10 +19,12 @@ import concurrent.futures
 import contextvars
 import inspect
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from uuid import UUID
@@ -35,6 +37,7 @@ from flowtrail.engine.context import (
     current_flow_run,
     default_url,
     enclosing,
+    flows_under_way,
     running,
 )
 from flowtrail.engine.flow_engine import (
@@ -50,12 +53,15 @@ from flowtrail.engine.flows import Flow
 from flowtrail.engine.logs import bound_contextvars, get_logger
 from flowtrail.engine.orchestrator import Orchestrator, SyncOrchestrator
 from flowtrail.engine.termination import (
+    Holding,
     holding_here,
+    raised_as_here,
     terminated,
     termination_cancels,
     termination_cancels_async,
 )
 from flowtrail.engine.timeouts import FlowTimeout, sync_timeout
+from flowtrail.store.drivers import ToItsEnd
 
 __all__ = ["call_async", "call_sync", "run_flow_run", "run_flow_run_async"]
 
@@ -167,10 +173,12 @@ async def _async_orchestrator(parent: FlowRunContext | None) -> AsyncIterator[tu
     around = enclosing()
     inherited = _inherited(parent, around)
     if parent is not None and isinstance(parent.orchestrator, Orchestrator) and not inherited:
-        yield parent.orchestrator, parent.url
+        async with _used(parent.orchestrator):
+            yield parent.orchestrator, parent.url
         return
     if parent is None and around is not None and around.asynchronous is not None and not inherited:
-        yield around.asynchronous, around.url
+        async with _used(around.asynchronous):
+            yield around.asynchronous, around.url
         return
     url = parent.url if parent is not None else around.url if around is not None else default_url()
     if inherited:
@@ -179,10 +187,28 @@ async def _async_orchestrator(parent: FlowRunContext | None) -> AsyncIterator[tu
         url = _twin_url(url)
     orchestrator = await Orchestrator.open(url, proposer="engine")
     orchestrator.url = url
-    try:
+    _opened_here.add(orchestrator)
+    async with _used(orchestrator):
         yield orchestrator, url
+
+
+#: The orchestrators the engine opened for an async flow (not an enclosing block's).
+_opened_here: weakref.WeakSet[Orchestrator] = weakref.WeakSet()
+
+
+@asynccontextmanager
+async def _used(orchestrator: Orchestrator) -> AsyncIterator[None]:
+    """A flow under way on ``orchestrator`` meanwhile. One the engine opened is closed
+    as the last flow using it ends, which need not be the flow it was opened for: a
+    subflow can outlive its parent (`FlowsUnderWay`)."""
+    flows = flows_under_way(orchestrator)
+    try:
+        with flows.one():
+            yield
     finally:
-        await orchestrator.close()
+        if not flows.count and orchestrator in _opened_here:
+            _opened_here.discard(orchestrator)
+            await orchestrator.close()
 
 
 # --- prints ---------------------------------------------------------------------------------------
@@ -421,6 +447,43 @@ def _timed_out(exc: BaseException) -> FlowTimeout | None:
     return None
 
 
+def _crash_cause(exc: BaseException, holding: Holding, *, absorbs: bool = True) -> BaseException | None:
+    """What the script is told of ``exc``, raised by what the driver awaited: the
+    signal, or the enclosing flow's timeout, that a cancellation stands for. None: a
+    cancellation that came while a signal's end is being recorded is absorbed (where
+    ``absorbs``: not a call's own failure), as a second SIGTERM is. `asyncio.run`,
+    ending on the signal, cancels every task left, and subflows gathered side by side
+    were still recording their end: cut off, they stayed Cancelling for ever."""
+    signalled = terminated(exc)
+    if signalled is not None:
+        holding.delivered.add(signal.SIGINT if isinstance(signalled, KeyboardInterrupt) else signal.SIGTERM)
+        return signalled
+    if absorbs and isinstance(exc, asyncio.CancelledError) and holding.delivered:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return None
+    return _timed_out(exc) or exc
+
+
+async def _answered(call: Coroutine[Any, Any, Any], holding: Holding) -> Any:
+    """The answer of an orchestrator call, awaited to its end even where the task is
+    cancelled meanwhile (its caller gave up; a subflow run side by side with others,
+    in a task of its own, lost its parent to a signal or a timeout; `asyncio.run`
+    ended with the task still going). The cancellation is held and thrown into the
+    script at its next step, with the answer: cut off after its commit, the call left
+    the script not knowing what it wrote (a subflow created Running, left so for ever)."""
+    answer = ToItsEnd(call)  # never cancelled: its caller must know what it wrote
+    while True:
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError as exc:
+            if answer.cancelled():
+                raise  # the call ended so itself: nothing of it to wait for
+            if (cause := _crash_cause(exc, holding)) is not None:
+                holding.take(cause)
+
+
 async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator, url: str) -> Outcome:
     """Run the engine script, awaiting each effect."""
     reply: Any = None
@@ -437,7 +500,7 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
             try:
                 match effect:
                     case Call(method, args, kwargs):
-                        reply = await getattr(orchestrator, method)(*args, **kwargs)
+                        reply = await _answered(getattr(orchestrator, method)(*args, **kwargs), holding)
                     case Sleep(seconds):
                         with holding.released():
                             await asyncio.sleep(seconds)
@@ -448,7 +511,7 @@ async def drive_async(script: EngineScript[Outcome], orchestrator: Orchestrator,
                         with holding.released():
                             await _hooks_async(effect)
             except BaseException as exc:  # the script decides what a crash records
-                failure = terminated(exc) or _timed_out(exc) or exc
+                failure = _crash_cause(exc, holding, absorbs=not isinstance(effect, Call))
 
 
 async def call_async(
@@ -456,7 +519,7 @@ async def call_async(
 ) -> Any:
     parameters = flow.bind(args, kwargs)
     parent = current_flow_run()
-    with termination_cancels_async(parent):
+    with termination_cancels_async(parent), raised_as_here():
         async with _async_orchestrator(parent) as (orchestrator, url):
             outcome = await drive_async(
                 FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url
@@ -466,7 +529,7 @@ async def call_async(
 
 async def run_flow_run_async(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool = False) -> Any:
     """`run_flow_run` for async flows."""
-    with termination_cancels_async(None):
+    with termination_cancels_async(None), raised_as_here():
         async with _async_orchestrator(None) as (orchestrator, url):
             run = await orchestrator.read_flow_run(run_id_of(run_id))
             script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()

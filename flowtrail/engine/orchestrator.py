@@ -46,7 +46,7 @@ from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verif
 from flowtrail.engine.bulk import collector_paused
 from flowtrail.engine.cache import ViewCache
 from flowtrail.engine.checks import found, run_id_of
-from flowtrail.engine.context import entered
+from flowtrail.engine.context import entered, flows_under_way
 from flowtrail.engine.exports import ExportWriter
 from flowtrail.engine.logs import get_logger
 from flowtrail.engine.maintenance import (
@@ -469,6 +469,9 @@ class Orchestrator(_Base):
         try:
             if self._entered:
                 self._entered.pop().__exit__(kind, error, tb)
+            # A flow called in the block may outlive the call (a subflow gathered with
+            # others that failed): it ends first, and records its end.
+            await flows_under_way(self).ended()
         finally:
             await self.close()
 

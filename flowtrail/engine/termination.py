@@ -21,8 +21,10 @@ absorbed (raised there, it would leave the run Cancelling, its hooks not run).
 
 A sync flow's timeout (raised from the main thread's timer) is held back the same
 way. A process forked meanwhile (a pool's workers) starts with the usual handlers and
-nothing held. What is not covered: subflows run side by side in tasks or threads of
-their own.
+nothing held. Async subflows run side by side in tasks of their own (`asyncio.gather`)
+get the signal as their parent's cancellation, which reaches their tasks with its
+message; each records its end and then ends as that cancellation (`raised_as_here`).
+Sync subflows in threads of their own are not reached: signals run on the main thread.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ from flowtrail.engine.timeouts import hold_with
 
 E = TypeVar("E")
 
-__all__ = ["Holding", "holding_here", "terminated", "termination_cancels", "termination_cancels_async"]
+__all__ = [
+    "Holding",
+    "holding_here",
+    "raised_as_here",
+    "terminated",
+    "termination_cancels",
+    "termination_cancels_async",
+]
 
 
 class Holding:
@@ -271,6 +280,7 @@ class _ForkedTermination:
         # held (a fork from another thread while the main one was inside a call).
         _main.reset()
         _tasks.clear()
+        _by_cancellation.clear()
         _async_flows.clear()
         _sigint_found.clear()
         if self.looped:
@@ -368,5 +378,28 @@ def terminated(exc: BaseException) -> BaseException | None:
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # taken in: the run's end is recorded, then it ends
-        return _raised_by(signal.SIGTERM if exc.args == (_TERMINATED,) else signal.SIGINT)
+        raised = _raised_by(signal.SIGTERM if exc.args == (_TERMINATED,) else signal.SIGINT)
+        _by_cancellation[id(raised)] = raised, exc
+        return raised
     return None
+
+
+#: The errors `terminated` made (by id: a KeyboardInterrupt takes no weak reference),
+#: each with the cancellation it stands for, until `raised_as_here` takes it.
+_by_cancellation: dict[int, tuple[BaseException, asyncio.CancelledError]] = {}
+
+
+@contextmanager
+def raised_as_here() -> Iterator[None]:
+    """An async flow's call, raising what it ended on as fits the task it ran in. A
+    signal that reached it as a cancellation of a task other than the one owning the
+    signals (a subflow gathered with others, in a task of its own) ends it as that
+    cancellation again: raised from such a task, SystemExit and KeyboardInterrupt break
+    out of the event loop at once, and the other flows' ends would go unrecorded."""
+    try:
+        yield
+    except (TerminationSignal, KeyboardInterrupt) as error:
+        made, cancellation = _by_cancellation.pop(id(error), (None, None))
+        if made is not error or cancellation is None or asyncio.current_task() in _tasks:
+            raise
+        raise cancellation from error

@@ -33,7 +33,7 @@ from flowtrail.store.api import (
     check_stream_id,
     prepare_append,
 )
-from flowtrail.store.drivers import Translate, run_async, run_sync
+from flowtrail.store.drivers import ToItsEnd, Translate, run_async, run_sync
 from flowtrail.store.schema import mark_current_script, mark_stale_script
 from flowtrail.store.scripts import (
     LogSql,
@@ -448,7 +448,10 @@ class AsyncLogStore(_Backend):
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((prepared, done))
         if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_groups())
+            # Never cancelled: a loop shutting down (asyncio.run ending) waits for the
+            # groups handed over to be committed and answered, rather than leave their
+            # callers not knowing whether their appends landed.
+            self._committer = ToItsEnd(self._commit_groups())
         return await done
 
     async def _commit_groups(self) -> None:
@@ -476,7 +479,8 @@ class AsyncLogStore(_Backend):
                             done.set_result(result)
                 group = []
         except asyncio.CancelledError:
-            # The loop is shutting down: nobody is left to commit for the waiting appends.
+            # What the commit awaited was cancelled (its connection closed under it):
+            # nobody is left to commit for the waiting appends.
             for _, done in (*group, *self._pending):
                 done.cancel()
             self._pending = []

@@ -9,17 +9,28 @@ handle it, it comes out of the driver with the driver's error as its cause.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from flowtrail.core.effects import Effect, Script
 
-__all__ = ["Translate", "run_async", "run_sync"]
+__all__ = ["ToItsEnd", "Translate", "run_async", "run_sync"]
 
 T = TypeVar("T")
 
 #: Turns a driver's exception into flowtrail's (or returns it unchanged if it is not the driver's).
 Translate = Callable[[Exception], BaseException]
+
+
+class ToItsEnd(asyncio.Task):  # type: ignore[type-arg]
+    """A task that is never cancelled, not even by the cancelling of every task left
+    that ends `asyncio.run`: what it does is seen through, and answered (a group of
+    appends committed, a call whose caller must know what it wrote). What it awaits
+    bounds it: the store's own timeouts."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 def run_sync(script: Script[T], execute: Callable[[Effect], Any], translate: Translate) -> T:

@@ -41,6 +41,7 @@ python -m tests.engine.flow_workers term-in-call URL sync|async [INT]
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import signal
@@ -303,8 +304,10 @@ def forked_in_block(url: str) -> None:
         print(child.exitcode, flush=True)
 
 
-def _terminated_during_creation(create: Any, signum: int) -> Any:
-    """``create_flow_run`` that has the process sent ``signum`` before it returns a subflow."""
+def _terminated_during_creation(create: Any, signum: int, nth: int = 1) -> Any:
+    """``create_flow_run`` that has the process sent ``signum`` before it returns the
+    ``nth`` subflow (the first, for a sync one)."""
+    children = itertools.count(1)
 
     def created(self: Any, flow_name: str, **kwargs: Any) -> Any:
         run = create(self, flow_name, **kwargs)
@@ -314,7 +317,7 @@ def _terminated_during_creation(create: Any, signum: int) -> Any:
 
     async def created_async(self: Any, flow_name: str, **kwargs: Any) -> Any:
         run = await create(self, flow_name, **kwargs)
-        if flow_name == "term-child":
+        if flow_name == "term-child" and next(children) == nth:
             os.kill(os.getpid(), signum)
             await asyncio.sleep(0.1)  # the loop takes the signal in before the call returns
         return run
@@ -339,9 +342,13 @@ def terminated_in_call(url: str, mode: str, signum: int = signal.SIGTERM, *, slo
     async def async_parent() -> None:
         await async_child()
 
+    @flow(name="term-parent")
+    async def gathering_parent() -> None:
+        await asyncio.gather(async_child(), async_child(), async_child())
+
     async def run_async() -> None:
         async with Orchestrator.open(url):
-            await async_parent()
+            await (gathering_parent() if mode == "gathered" else async_parent())
 
     if mode == "sync":
         SyncOrchestrator.create_flow_run = (  # type: ignore[method-assign]
@@ -355,7 +362,9 @@ def terminated_in_call(url: str, mode: str, signum: int = signal.SIGTERM, *, slo
         Orchestrator.create_flow_run = (  # type: ignore[method-assign]
             _slow_during_creation(Orchestrator.create_flow_run)
             if slow
-            else _terminated_during_creation(Orchestrator.create_flow_run, signum)
+            else _terminated_during_creation(
+                Orchestrator.create_flow_run, signum, 2 if mode == "gathered" else 1
+            )
         )
         asyncio.run(run_async())
 

@@ -115,6 +115,23 @@ def test_sigterm_during_the_call_that_creates_a_subflow_cancels_the_subflow_too(
             assert [s.name for s in orch.read_states(_only(orch, name).id)] == CANCELLED, name
 
 
+def test_sigterm_during_the_creation_of_subflows_gathered_side_by_side_cancels_each_of_them(
+    databases: Databases,
+) -> None:
+    """The parent's cancellation reaches its subflows, each in a task of its own,
+    while the second one's creation is under way: cut off there, that subflow stayed
+    Running for ever; and `asyncio.gather` returns at its first child ended, so the
+    block must not close the log before the others have recorded their end."""
+    url = databases.url("term_gathered")
+    code, output = _finish(_start("term-in-call", url, "gathered"))
+    assert code == 128 + signal.SIGTERM, output
+    with SyncOrchestrator.open(url) as orch:
+        children = orch.read_flow_runs(flow_names=["term-child"])
+        assert len(children) == 3
+        for run in [*children, _only(orch, "term-parent")]:
+            assert [s.name for s in orch.read_states(run.id)] == CANCELLED, run.flow_name
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_ctrl_c_during_the_call_that_creates_a_subflow_crashes_the_subflow_too(
     databases: Databases, mode: str

@@ -1068,6 +1068,116 @@ def test_an_async_subflow_in_an_async_parent(databases: Databases) -> None:
     assert asyncio.run(scenario()) == (5, 2)
 
 
+def _cancelling_the_parent_after_the_second_subflows_creation(
+    monkeypatch: pytest.MonkeyPatch, parent: dict[str, asyncio.Task[Any]]
+) -> None:
+    """The parent's task is cancelled just after the second subflow's creation has
+    committed, before the call returns: where the call was cut off there, the script
+    never knew the subflow it had written Running."""
+    create = Orchestrator.create_flow_run
+    created = iter(range(1, 100))
+
+    async def created_then_cancelled(self: Orchestrator, flow_name: str, **kwargs: Any) -> Any:
+        run = await create(self, flow_name, **kwargs)
+        if flow_name == "side-child" and next(created) == 2:
+            parent["task"].cancel()
+            await asyncio.sleep(0.05)  # the cancellation reaches the subflows meanwhile
+        return run
+
+    monkeypatch.setattr(Orchestrator, "create_flow_run", created_then_cancelled)
+
+
+@flow(name="side-child")
+async def _side_child(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@flow(name="side-parent")
+async def _side_parent() -> float:
+    return sum(await asyncio.gather(_side_child(5), _side_child(5), _side_child(5)))
+
+
+def _histories(url: str) -> list[list[str]]:
+    with SyncOrchestrator.open(url) as orch:
+        return sorted([s.name for s in orch.read_states(run.id)] for run in orch.read_flow_runs())
+
+
+@pytest.mark.parametrize("where", ["block", "environment"])
+def test_subflows_gathered_side_by_side_record_their_end_when_the_parent_is_cancelled_amid_a_creation(
+    databases: Databases, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Each subflow runs in a task of its own, reached by the parent's cancellation in
+    the middle of a call; and `asyncio.gather` returns at its first child ended, so the
+    others must still find their log open to record their end."""
+    url = databases.url("side")
+    parent: dict[str, asyncio.Task[Any]] = {}
+    _cancelling_the_parent_after_the_second_subflows_creation(monkeypatch, parent)
+
+    async def call_the_parent() -> None:
+        parent["task"] = asyncio.ensure_future(_side_parent())
+        with pytest.raises(asyncio.CancelledError):
+            await parent["task"]
+
+    async def scenario() -> None:
+        if where == "block":
+            async with Orchestrator.open(url):
+                await call_the_parent()
+        else:
+            monkeypatch.setenv("FLOWTRAIL_DATABASE_URL", url)
+            await call_the_parent()
+
+    asyncio.run(scenario())
+    histories = _histories(url)  # the third subflow may be cancelled before it is created
+    assert len(histories) >= 3
+    assert histories == [["Pending", "Running", "Crashed"]] * len(histories)
+
+
+def test_an_orchestrator_block_ends_once_the_flows_started_in_it_have_ended(databases: Databases) -> None:
+    """A flow left running as its block ends (a task nobody awaited) records its end
+    before the log closes, instead of finding it closed."""
+    url = databases.url("left")
+
+    async def scenario() -> None:
+        async with Orchestrator.open(url):
+            left = asyncio.ensure_future(_side_child(0.2))
+            await asyncio.sleep(0.05)
+        assert left.done()
+
+    asyncio.run(scenario())
+    assert _histories(url) == [["Pending", "Running", "Completed"]]
+
+
+def test_a_subflow_outliving_its_parent_records_its_end_on_the_log_the_engine_opened(
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`asyncio.gather` raises its first child's failure at once; the other subflow
+    goes on after its parent ended, and the log opened for the parent stays open for it."""
+    url = databases.url("outlived")
+    monkeypatch.setenv("FLOWTRAIL_DATABASE_URL", url)
+
+    @flow(name="side-failing")
+    async def failing() -> None:
+        raise ValueError("at once")
+
+    @flow(name="side-parent")
+    async def parent() -> None:
+        await asyncio.gather(failing(), _side_child(0.2))
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="at once"):
+            await parent()
+        await asyncio.sleep(0.5)  # the other subflow ends meanwhile
+
+    asyncio.run(scenario())
+    with SyncOrchestrator.open(url) as orch:
+        (child,) = orch.read_flow_runs(flow_names=["side-child"])
+        assert (child.state.name, orch.read_flow_runs(flow_names=["side-parent"])[0].state.name) == (
+            "Completed",
+            "Failed",
+        )
+
+
 # --- where it writes ----------------------------------------------------------------------------
 
 

@@ -181,3 +181,31 @@ def test_an_async_store_serves_one_running_event_loop_at_a_time_and_moves_once_i
     assert asyncio.run(store.last_position()) == 1
     opening.run_until_complete(store.close())
     opening.close()
+
+
+def test_a_group_being_committed_as_asyncio_run_ends_is_committed_not_cut_off(tmp_path: Path) -> None:
+    """`asyncio.run` cancels every task left as it ends; the committer refuses, and the
+    groups handed to it are committed and answered before the loop closes (cut off in
+    its transaction, a group's appends were rolled back under callers that could be
+    recording a run's end)."""
+    path = tmp_path / "ending.db"
+    answered: list[object] = []
+    stores: list[SQLiteStore] = []
+
+    async def scenario() -> None:
+        store = await SQLiteStore.open_path(path)
+        stores.append(store)
+
+        async def append(stream: str, events: list[Any]) -> None:
+            answered.append(await store.append(stream, events, 0))
+
+        appending = [asyncio.ensure_future(append(s, e)) for s, e in [new_stream(2) for _ in range(32)]]
+        assert not any(task.done() for task in appending)
+        await asyncio.sleep(0)  # the appends join a group, and the committer starts
+        # The loop ends here, with the group on its way to the database.
+
+    asyncio.run(scenario())
+    asyncio.run(stores[0].close())
+    with sqlite3.connect(path) as connection:
+        (count,) = connection.execute("SELECT count(*) FROM events").fetchone()
+    assert count == 64
