@@ -8,7 +8,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
-from flowtrail.core.errors import InvalidDataError, InvalidIdError, InvalidInputError, RunNotFoundError
+from flowtrail.core.errors import (
+    InvalidDataError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidStateError,
+    RunNotFoundError,
+)
 from flowtrail.core.events import RetryDelay
 from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
@@ -128,7 +134,11 @@ def check_state(state: object) -> State:
         raise InvalidInputError(f"a proposed state is a flowtrail State, not {type(state).__name__}")
     if state.name is not None:
         # Control characters are kept: the CLI shows them escaped, as it shows a log's.
+        # Not NUL: a text column cannot hold it on PostgreSQL, and the same proposal
+        # must be refused (or taken) alike on both backends.
         check_name(state.name, "a state's name", control_characters=True)
+        if "\x00" in state.name:
+            raise InvalidStateError(f"a state's name {shown(state.name)} holds a NUL character")
     return check_types(state)
 
 

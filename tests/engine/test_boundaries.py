@@ -143,6 +143,19 @@ def test_names_and_tags_may_hold_any_character_but_a_control_character(orch: Orc
     assert [r.id for r in orch.read_flow_runs(tags=[name], flow_names=[name])] == [run.id]
 
 
+def test_a_state_named_with_a_nul_character_is_refused_alike_on_every_backend(orch: Orch) -> None:
+    """PostgreSQL's text columns cannot hold NUL: refused there by the database, the
+    proposal was taken on SQLite, and in a group commit it failed every append with it."""
+    run = orch.create_flow_run("etl", state=states.Pending())
+    _refused(orch, InvalidStateError, orch.propose_state, run.id, states.Running(name="Run\x00"))
+    _refused(orch, InvalidStateError, orch.create_flow_run, "etl", state=states.Pending(name="P\x00"))
+
+
+def test_a_state_may_be_named_with_other_control_characters(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    assert orch.propose_state(run.id, states.Running(name="Run\x07")).state.name == "Run\x07"
+
+
 def test_tags_are_a_list(orch: Orch) -> None:
     _refused(orch, InvalidInputError, orch.create_flow_run, "etl", tags=5)
 
