@@ -20,7 +20,14 @@ from typing import Any, Protocol, Self, TypeVar
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Append, Effect, Fetch, Join, Locked, OnWriter, Script
-from flowtrail.core.errors import FlowtrailError, InvalidInputError, StoreAccessError, StoreError
+from flowtrail.core.errors import (
+    FlowtrailError,
+    InvalidInputError,
+    StoreAccessError,
+    StoreBusyError,
+    StoreError,
+    StoreUnavailableError,
+)
 from flowtrail.core.events import Event
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.store import forks
@@ -460,17 +467,7 @@ class AsyncLogStore(_Backend):
             await asyncio.sleep(0)  # let the appends arriving together join the first group
             while self._pending:
                 group, self._pending = self._pending[: self._max_group], self._pending[self._max_group :]
-                try:
-                    results = await self._run(
-                        append_script(
-                            [prepared for prepared, _ in group], self.sql, self._options.projections
-                        ),
-                        write=True,
-                    )
-                    self.commit_groups += 1
-                    self.appends_committed += len(group)
-                except Exception as exc:
-                    results = [exc] * len(group)  # type: ignore[list-item]
+                results = await self._committed([prepared for prepared, _ in group])
                 for (_, done), result in zip(group, results, strict=True):
                     if not done.done():
                         if isinstance(result, BaseException):
@@ -487,6 +484,26 @@ class AsyncLogStore(_Backend):
             raise
         finally:
             self._committer = None
+
+    async def _committed(self, group: list[PreparedAppend]) -> list[AppendResult | BaseException]:
+        """What each append of a group comes to, in one transaction. Where the
+        transaction fails whole on what one append brought (a row its inline projection
+        refused: PostgreSQL aborts the transaction there), each is tried again on its
+        own, so that only that one fails, as if it had come alone. A busy or unreachable
+        database fails them all: trying again one by one would only wait longer."""
+        try:
+            results: list[AppendResult | BaseException] = list(
+                await self._run(append_script(group, self.sql, self._options.projections), write=True)
+            )
+        except (StoreBusyError, StoreUnavailableError, StoreAccessError) as exc:
+            return [exc] * len(group)
+        except Exception as exc:
+            if len(group) == 1:
+                return [exc]
+            return [(await self._committed([prepared]))[0] for prepared in group]
+        self.commit_groups += 1
+        self.appends_committed += len(group)
+        return results
 
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
         return await self.run(

@@ -14,7 +14,9 @@ from flowtrail.core.effects import ExecuteMany, Fetch, Script
 from flowtrail.core.projection import Dialect
 from flowtrail.store.sqlite import SQLiteStore, SyncSQLiteStore
 from flowtrail.store.sqlite_schema import mark_current_script
+from tests.conftest import open_databases
 from tests.store.builders import new_stream, renamed
+from tests.store.conftest import Log
 
 
 class CountingProjection:
@@ -41,7 +43,7 @@ class CountingProjection:
             raise RuntimeError("projection failed")
         yield ExecuteMany(
             "INSERT INTO event_counts (stream_id, n) VALUES (?, 1) "
-            "ON CONFLICT (stream_id) DO UPDATE SET n = n + 1",
+            "ON CONFLICT (stream_id) DO UPDATE SET n = event_counts.n + 1",
             [(r.stream_id,) for r in records],
         )
 
@@ -138,3 +140,33 @@ def test_an_index_a_projection_declares_without_a_new_version_is_made_at_the_nex
 
         assert "event_counts_n" in store.run(indexes())
         assert store.stale_projections == []
+
+
+@pytest.mark.parametrize(
+    "kind", ["sqlite-async", pytest.param("postgresql-async", marks=pytest.mark.postgres)]
+)
+def test_an_append_refused_in_a_group_commit_fails_alone(kind: str, tmp_path: Path) -> None:
+    """Appends arriving together share a transaction, which one refused row undoes
+    whole (PostgreSQL aborts it): the others are tried again one by one and land, as
+    they would have had they come alone."""
+    backend = kind.partition("-")[0]
+    databases = open_databases(backend, tmp_path)
+    where = tmp_path / "group.db" if backend == "sqlite" else databases.url("group")
+    log = Log(kind, where, projections=[CountingProjection(fail_on="poison")])
+    try:
+        streams = [new_stream(1) for _ in range(6)]
+        for stream, events in streams:
+            log.append(stream, events, 0)
+        results = log.gather(
+            [
+                ("append", (stream, [renamed(UUID(stream), "poison" if i == 2 else f"n{i}")], 1), {})
+                for i, (stream, _) in enumerate(streams)
+            ]
+        )
+        assert [type(r).__name__ for r in results] == ["AppendResult"] * 2 + ["RuntimeError"] + [
+            "AppendResult"
+        ] * 3
+        assert [log.stream_version(stream) for stream, _ in streams] == [2, 2, 1, 2, 2, 2]
+    finally:
+        log.close()
+        databases.cleanup()
