@@ -19,8 +19,8 @@ Ctrl-C is raised at once (whoever presses it again wants out, even from a call t
 hangs), and a second SIGTERM while the first one's cancellation is being recorded is
 absorbed (raised there, it would leave the run Cancelling, its hooks not run).
 
-A sync flow's timeout (raised from the main thread's timer) is held back the same
-way. A process forked meanwhile (a pool's workers) starts with the usual handlers and
+A sync flow's timeout is held back the same way: raised from the main thread's timer,
+or, on another thread, by a watcher thread (`_ThreadHolding`). A process forked meanwhile (a pool's workers) starts with the usual handlers and
 nothing held. Async subflows run side by side in tasks of their own (`asyncio.gather`)
 get the signal as their parent's cancellation, which reaches their tasks with its
 message; each records its end and then ends as that cancellation (`raised_as_here`).
@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from flowtrail.engine.context import FlowRunContext
 from flowtrail.engine.flow_engine import TerminationSignal
-from flowtrail.engine.timeouts import hold_with
+from flowtrail.engine.timeouts import FlowTimeout, deliver_in_threads_with, hold_with, raise_in_thread
 
 E = TypeVar("E")
 
@@ -157,9 +157,94 @@ class Holding:
             reply, failure = None, came
 
 
+class _ThreadHolding(Holding):
+    """What a thread other than the main one holds back: its sync flows' timeouts,
+    which a watcher thread raises in it between two bytecodes (`timeouts`). Raised
+    inside a call to the log, one cut the call off after its commit, and a subflow
+    just created stayed Running for ever.
+
+    The watcher raises it at once only while the flow's own code runs, and otherwise
+    leaves it held; the thread going back into the engine's code takes back one
+    raised but not yet come through (no bytecode boundary passed meanwhile), to
+    deliver it at the script's next step. A lock keeps the two apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.ident = threading.get_ident()
+        #: The timeout raised in the thread and not yet come through.
+        self.raised: type[BaseException] | None = None
+
+    def timed_out(self, exception: type[BaseException]) -> None:
+        """The watcher's delivery (on its own thread)."""
+        with self.lock:
+            if self.depth:
+                self.take(exception())
+            else:
+                self.raised = exception
+                raise_in_thread(self.ident, exception)
+
+    def into_the_engine(self) -> None:
+        with self.lock:
+            came, self.raised = self.raised, None
+            if came is not None:
+                raise_in_thread(self.ident, None)  # not raised yet: held instead
+                if self.pending is None:
+                    self.pending = came()
+            self.depth += 1
+
+    def out_of_the_engine(self) -> None:
+        with self.lock:
+            self.depth -= 1
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.into_the_engine()
+        try:
+            yield
+        finally:
+            self.out_of_the_engine()
+            self.deliver()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        self.out_of_the_engine()
+        try:
+            self.deliver()
+            yield
+        except FlowTimeout as timeout:
+            with self.lock:
+                if self.raised is not None and isinstance(timeout, self.raised):
+                    self.raised = None  # come through, in the flow's own code
+            raise
+        finally:
+            self.into_the_engine()
+
+
 #: What the main thread's sync flows hold back (signal handlers run on the main thread).
 _main = Holding()
 hold_with(_main.take)  # a sync flow's timeout fires on the main thread's timer
+#: Each other thread's, for its sync flows' timeouts.
+_threads = threading.local()
+_thread_holdings: weakref.WeakValueDictionary[int, _ThreadHolding] = weakref.WeakValueDictionary()
+
+
+def _thread_holding() -> _ThreadHolding:
+    holding: _ThreadHolding | None = getattr(_threads, "holding", None)
+    if holding is None or holding.ident != threading.get_ident():
+        holding = _threads.holding = _thread_holdings[threading.get_ident()] = _ThreadHolding()
+    return holding
+
+
+def _timed_out_in_thread(ident: int, exception: type[BaseException]) -> None:
+    holding = _thread_holdings.get(ident)
+    if holding is None:
+        raise_in_thread(ident, exception)
+    else:
+        holding.timed_out(exception)
+
+
+deliver_in_threads_with(_timed_out_in_thread)
 #: What each async flow's task holds back, for the outermost flows that own SIGTERM.
 _tasks: weakref.WeakKeyDictionary[asyncio.Task[object], Holding] = weakref.WeakKeyDictionary()
 
@@ -178,7 +263,7 @@ def holding_here() -> Holding:
         task = None
     if task is not None:
         return _tasks.get(task) or Holding()
-    return _main if main else Holding()
+    return _main if main else _thread_holding()
 
 
 def _raised_by(signum: int) -> BaseException:
@@ -281,6 +366,8 @@ class _ForkedTermination:
         _main.reset()
         _tasks.clear()
         _by_cancellation.clear()
+        _thread_holdings.clear()
+        _threads.__dict__.pop("holding", None)  # the forking thread's, inside a call maybe
         _async_flows.clear()
         _sigint_found.clear()
         if self.looped:

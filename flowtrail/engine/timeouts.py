@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["FlowTimeout", "hold_with", "sync_timeout"]
+__all__ = ["FlowTimeout", "deliver_in_threads_with", "hold_with", "raise_in_thread", "sync_timeout"]
 
 
 class FlowTimeout(BaseException):
@@ -80,6 +80,24 @@ def hold_with(holder: Callable[[BaseException], bool]) -> None:
     _holders.append(holder)
 
 
+def raise_in_thread(ident: int, exception: type[BaseException] | None) -> None:
+    """Have the thread ``ident`` raise ``exception`` between two bytecodes (None: no
+    longer raise the one it was given and has not raised yet)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exception) if exception is not None else None
+    )
+
+
+#: How a watcher delivers a thread's timeout: at once, unless the engine holds it back
+#: (`flowtrail.engine.termination`, as for the main thread's timer).
+_thread_delivery: list[Callable[[int, type[BaseException]], None]] = [raise_in_thread]
+
+
+def deliver_in_threads_with(delivery: Callable[[int, type[BaseException]], None]) -> None:
+    """Let ``delivery`` deliver the timeouts that watchers raise in other threads."""
+    _thread_delivery[:] = [delivery]
+
+
 def _can_use_alarm() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
@@ -122,7 +140,7 @@ def _watcher_timeout(seconds: float, token: object) -> Iterator[None]:
             exception = type(
                 f"FlowTimeout_{id(token)}", (FlowTimeout,), {"__init__": _bound_init(token, seconds)}
             )
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(exception))
+            _thread_delivery[0](target, exception)
 
     watcher = threading.Thread(target=watch, name="flowtrail-timeout", daemon=True)
     watcher.start()

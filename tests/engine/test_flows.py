@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import os
 import signal
 import subprocess
@@ -514,12 +516,13 @@ def test_an_enclosing_timeout_stops_a_subflow_and_times_out_the_parent(orch: Syn
     assert only_run(orch, "child").state.type is StateType.FAILED
 
 
+@pytest.mark.parametrize("thread", ["main", "other"])
 def test_a_timeout_passing_while_a_subflow_is_being_created_ends_the_subflow_too(
-    orch: SyncOrchestrator, monkeypatch: pytest.MonkeyPatch
+    orch: SyncOrchestrator, monkeypatch: pytest.MonkeyPatch, thread: str
 ) -> None:
     """Raised inside the call that created the subflow (Pending and Running, one
     commit), the timeout cut the call off before the engine knew the run: it stayed
-    Running for ever."""
+    Running for ever. On another thread than the main one, a watcher raises it."""
     create = SyncOrchestrator.create_flow_run
 
     def slowly_created(self: SyncOrchestrator, flow_name: str, **kwargs: Any) -> Any:
@@ -538,8 +541,15 @@ def test_a_timeout_passing_while_a_subflow_is_being_created_ends_the_subflow_too
     def parent() -> None:
         child()
 
+    def call() -> None:
+        if thread == "main":
+            parent()
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(contextvars.copy_context().run, parent).result()
+
     with pytest.raises(FlowTimeoutError):
-        parent()
+        call()
     assert history(orch, only_run(orch, "parent").id) == ["Pending", "Running", "TimedOut"]
     assert only_run(orch, "child").state.type is StateType.FAILED
 
