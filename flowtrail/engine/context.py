@@ -3,6 +3,8 @@ called from (which makes it a subflow), and the tags in effect.
 
 Where a flow run is written, in order: the orchestrator of the enclosing
 ``with SyncOrchestrator.open(url)`` / ``async with Orchestrator.open(url)`` block;
+else, called in a thread of its own, the log of the block open in another thread of
+the process (through an orchestrator of its own; an error where several logs are open);
 else the URL in ``FLOWTRAIL_DATABASE_URL``; else ``sqlite:///~/.flowtrail/flowtrail.db``.
 A sync flow writes through a `SyncOrchestrator` and an async flow through an
 `Orchestrator`: when the enclosing block opened the other kind, a twin is opened on the
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -75,7 +78,50 @@ _enclosing: ContextVar[Enclosing | None] = ContextVar("flowtrail_enclosing_orche
 
 
 def enclosing() -> Enclosing | None:
-    return _enclosing.get()
+    """The block a flow called here is in: the one around the call, else the one open
+    in another thread of this process (`_open_blocks`)."""
+    around = _enclosing.get()
+    return around if around is not None else _open_blocks.elsewhere()
+
+
+class _OpenBlocks:
+    """The blocks open in this process, whichever thread opened them. A flow called in
+    a thread of its own (a pool's worker: threads do not inherit the context of the
+    one that started them) writes to that log too, through an orchestrator of its own,
+    rather than to another log without a word; Prefect's flows called in threads write
+    to the one API the process is set up with."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Enclosing] = []
+        self.lock = threading.Lock()
+
+    def add(self, block: Enclosing) -> None:
+        with self.lock:
+            self.blocks.append(block)
+
+    def remove(self, block: Enclosing) -> None:
+        with self.lock:
+            self.blocks = [other for other in self.blocks if other is not block]
+
+    def elsewhere(self) -> Enclosing | None:
+        with self.lock:
+            urls = list(dict.fromkeys(block.url for block in self.blocks))
+            opener = self.blocks[-1] if self.blocks else None
+        if opener is None:
+            return None
+        if len(urls) > 1:
+            raise InvalidUrlError(
+                f"this flow is called outside every open block, and {len(urls)} logs are open "
+                "in other threads of this process: call it in the context of one "
+                "(contextvars.copy_context().run), or open a block around the call"
+            )
+        return Enclosing(opener.url, pid=opener.pid)
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()  # another thread may have held it at the fork
+
+
+_open_blocks = _OpenBlocks()
 
 
 @contextmanager
@@ -83,10 +129,13 @@ def entered(
     url: str, *, sync: SyncOrchestrator | None = None, asynchronous: Orchestrator | None = None
 ) -> Iterator[None]:
     """Make an orchestrator the enclosing one for flows called in the block."""
-    token = _enclosing.set(Enclosing(url, sync, asynchronous))
+    block = Enclosing(url, sync, asynchronous)
+    token = _enclosing.set(block)
+    _open_blocks.add(block)
     try:
         yield
     finally:
+        _open_blocks.remove(block)
         _enclosing.reset(token)
 
 
@@ -180,6 +229,7 @@ def task_run_name(flow_name: str, dynamic_key: str) -> str:
 
 if hasattr(os, "register_at_fork"):  # a grandchild adopts afresh
     os.register_at_fork(after_in_child=_adopted.clear)
+    os.register_at_fork(after_in_child=_open_blocks.after_fork)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from flowtrail import Orchestrator, SetStateStatus, StateType, SyncOrchestrator,
 from flowtrail.core import (
     CancelledRunError,
     FlowTimeoutError,
+    InvalidUrlError,
     ParameterValidationError,
     ResultNotAvailableError,
     StateProposed,
@@ -1204,6 +1206,63 @@ def test_without_an_enclosing_block_flows_write_to_the_url_in_the_environment(
     env_flow()
     with SyncOrchestrator.open(url) as orch:
         assert len(orch.read_flow_runs(flow_names=["env-flow"])) == 1
+
+
+def _in_a_thread(call: Any) -> Any:
+    """``call()`` in a plain thread, which starts with a context of its own."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(call()))
+    thread.start()
+    thread.join()
+    return outcome[0]
+
+
+def test_a_flow_called_in_a_thread_of_its_own_writes_to_the_block_open_in_the_process(
+    databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread does not inherit the context of the one that opened the block: its
+    flows went to the log under the home directory without a word."""
+    monkeypatch.delenv("FLOWTRAIL_DATABASE_URL", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    @flow(name="in-thread")
+    def sync_flow() -> int:
+        return 1
+
+    @flow(name="in-thread-async")
+    async def async_flow() -> int:
+        return 2
+
+    with SyncOrchestrator.open(databases.url("threads")) as orch:
+        assert _in_a_thread(sync_flow) == 1
+        assert _in_a_thread(lambda: asyncio.run(async_flow())) == 2
+        assert sorted(r.flow_name for r in orch.read_flow_runs()) == ["in-thread", "in-thread-async"]
+    assert not (tmp_path / ".flowtrail").exists()
+
+
+def test_a_flow_called_in_a_thread_while_two_logs_are_open_elsewhere_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    @flow(name="in-thread")
+    def sync_flow() -> int:
+        return 1
+
+    def called() -> object:
+        try:
+            return sync_flow()
+        except InvalidUrlError as exc:
+            return exc
+
+    with (
+        SyncOrchestrator.open(f"sqlite:///{tmp_path}/one.db"),
+        SyncOrchestrator.open(f"sqlite:///{tmp_path}/two.db"),
+    ):
+        refusal = _in_a_thread(called)
+    assert isinstance(refusal, InvalidUrlError)
+    assert "2 logs are open" in str(refusal)
+    assert not (tmp_path / ".flowtrail").exists()
 
 
 def test_without_any_setting_flows_write_under_the_home_directory(
