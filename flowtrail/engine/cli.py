@@ -79,6 +79,13 @@ class UserError(click.ClickException):
         click.echo(f"flowtrail: {printable(self.format_message())}", err=True)
 
 
+class NoneFoundError(UserError):
+    """The answer is none: not a mistake of the user's, so not `USER_ERROR`; 1, as grep
+    exits when nothing matched."""
+
+    exit_code = 1
+
+
 #: How a command ends when the reader of its output has gone (`flowtrail export --all |
 #: head`): silently, with the status a shell reports for any Unix tool a closed pipe
 #: stops (128 + SIGPIPE). Not 0, since the output was cut short (``set -o pipefail``
@@ -337,7 +344,9 @@ def subflow(settings: Settings, parent_task_run_id: str, as_json: bool) -> None:
             ) from None
         found = orchestrator.find_subflow_run(task.id)
     if found is None:
-        raise UserError(f"Task run {task.id} ({task.name}) started no flow run")
+        if as_json:
+            click.echo("null")
+        raise NoneFoundError(f"Task run {task.id} ({task.name}) started no flow run")
     if as_json:
         _emit_json(found)
     else:

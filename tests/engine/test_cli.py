@@ -339,6 +339,20 @@ def test_subflow_of_a_flow_run_id_says_it_takes_a_task_run(db: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_subflow_of_a_task_run_that_started_none_says_so_and_exits_1(db: Path, as_json: bool) -> None:
+    """None is an answer, not a mistake of the user's (exit 2): as grep, 1 when nothing
+    matched; ``--json`` prints the API's answer, null."""
+    with SyncOrchestrator.open(f"sqlite:///{db}") as orch:
+        parent = orch.create_flow_run("etl")
+        task = orch.create_task_run(parent.id, task_key="plain")
+    ran = flowtrail("subflow", str(task.id), *(["--json"] if as_json else []), database=db)
+    assert ran.code == 1
+    assert f"Task run {task.id}" in ran.err
+    assert "started no flow run" in ran.err
+    assert ran.out.strip() == ("null" if as_json else "")
+
+
 def test_subflow_of_an_unknown_id_is_an_error(db: Path) -> None:
     assert_user_error(flowtrail("subflow", _UNKNOWN_RUN, database=db), "No run with id")
 
