@@ -241,22 +241,16 @@ class Flow(Generic[P, R]):
         return {name: getattr(validated, self._fields[name]) for name in parameters}
 
     def call_arguments(self, parameters: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Positional and keyword arguments to call the function with."""
-        args: list[Any] = []
-        kwargs: dict[str, Any] = {}
-        for name, parameter in self._signature.parameters.items():
-            if name not in parameters:
-                continue
-            value = parameters[name]
-            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-                args.extend(value)
-            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                kwargs.update(value)
-            elif parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
-                args.append(value)
-            else:
-                kwargs[name] = value
-        return args, kwargs
+        """Positional and keyword arguments to call the function with (Prefect's
+        parameters_to_args_kwargs): the arguments ``bind`` found, laid out again as the
+        signature takes them, defaults filled in for any missing."""
+        # Every parameter before an *args goes positionally, or the *args' values would
+        # take its place (``total(first, *rest)`` given ``first`` by keyword and ``rest``
+        # positionally gets two values for ``first``). BoundArguments does the layout;
+        # the defaults close any gap that would end the positional part early.
+        bound = inspect.BoundArguments(self._signature, dict(parameters))
+        bound.apply_defaults()
+        return list(bound.args), bound.kwargs
 
     def run_name(self, parameters: Mapping[str, Any]) -> str | None:
         """The flow run name from ``flow_run_name`` (template or callable), if set."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import os
 import signal
 import subprocess
@@ -308,6 +309,59 @@ def test_a_call_that_does_not_fit_the_signature_is_a_typed_error(orch: SyncOrche
 
     with pytest.raises(ParameterValidationError):
         one(1, 2)  # type: ignore[call-arg]
+
+
+def _first_and_rest(first: int, *rest: int) -> object:
+    return first, rest
+
+
+def _every_kind(a: int, /, b: int, c: int = 3, *rest: int, d: int, e: int = 5, **more: int) -> object:
+    return a, b, c, rest, d, e, more
+
+
+def _keywords_only(*, a: int, b: int = 2) -> object:
+    return a, b
+
+
+def _positional_only(a: int, b: int = 2, /) -> object:
+    return a, b
+
+
+#: (function, positional arguments, keyword arguments, what the function receives)
+_CALLS = [
+    pytest.param(_first_and_rest, (1, 2, 3), {}, (1, (2, 3)), id="extra-positionals-after-a-named-one"),
+    pytest.param(_first_and_rest, (1,), {}, (1, ()), id="no-extra-positionals"),
+    pytest.param(
+        _every_kind,
+        (1, 2, 30, 40, 50),
+        {"d": 4, "f": 6},
+        (1, 2, 30, (40, 50), 4, 5, {"f": 6}),
+        id="every-kind-filled",
+    ),
+    pytest.param(_every_kind, (1,), {"b": 2, "d": 4}, (1, 2, 3, (), 4, 5, {}), id="every-kind-defaults"),
+    pytest.param(_keywords_only, (), {"a": 1}, (1, 2), id="keywords-only"),
+    pytest.param(_positional_only, (1,), {}, (1, 2), id="positional-only-with-a-default"),
+]
+
+
+@pytest.mark.parametrize(("function", "args", "kwargs", "received"), _CALLS)
+def test_a_flow_receives_its_arguments_as_they_were_passed_whatever_the_kinds_of_its_parameters(
+    orch: SyncOrchestrator, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any], received: object
+) -> None:
+    assert flow(function, name="shape")(*args, **kwargs) == received
+    assert only_run(orch, "shape").state.type is StateType.COMPLETED
+
+
+@pytest.mark.parametrize(("function", "args", "kwargs", "received"), _CALLS)
+def test_an_async_flow_receives_its_arguments_as_they_were_passed_whatever_the_kinds_of_its_parameters(
+    orch: SyncOrchestrator, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any], received: object
+) -> None:
+    @functools.wraps(function)
+    async def twin(*args: Any, **kwargs: Any) -> object:
+        return function(*args, **kwargs)
+
+    assert asyncio.run(flow(twin, name="shape")(*args, **kwargs)) == received
+    assert only_run(orch, "shape").state.type is StateType.COMPLETED
 
 
 # --- failures and retries ------------------------------------------------------------------------
