@@ -13,7 +13,7 @@ same URL for the call.
 A process forked while a flow ran (a ``multiprocessing`` pool started in a flow) keeps
 its context: flows called there are subflows of that flow run, written through an
 orchestrator the child opens on the same URL, with subflow keys of the child's own (the
-parent's count, copied into each child, would give two children's calls one key, and
+parent's counts, copied into each child, would give two children's calls one key, and
 the second would take the first one's subflow for its own).
 """
 
@@ -186,10 +186,26 @@ class FlowRunContext:
     run: RunView
     url: str
     orchestrator: Any
-    #: Dynamic keys of the subflows called in this attempt: 0, 1, 2, ...
-    counter: Iterator[int | str] = field(default_factory=itertools.count)
+    #: What the subflow keys of a forked child start with (see `current_flow_run`).
+    key_prefix: str = ""
     #: The process the flow runs in.
     pid: int = field(default_factory=os.getpid)
+    #: The count of each subflow's calls in this attempt, by its task key.
+    _counts: dict[str, Iterator[int]] = field(default_factory=dict, init=False, repr=False)
+
+    def dynamic_key(self, task_key: str) -> str:
+        """The next call's dynamic key for the subflow of ``task_key``: 0, 1, 2, ...
+        counted for each subflow apart (Prefect's dynamic_key_for_task_run).
+
+        One count for all subflows would tie a call's key to every call made before it:
+        a retry that calls one more subflow first (a branch it takes this time) would
+        shift the keys of the calls after it, and each would find the finished child of
+        the call before it and return that child's result as its own.
+        """
+        # setdefault and itertools.count are each one step in C: threads sharing the
+        # context (a forked child's) never draw one number twice.
+        count = next(self._counts.setdefault(task_key, itertools.count()))
+        return f"{self.key_prefix}-{count}" if self.key_prefix else str(count)
 
 
 _current: ContextVar[FlowRunContext | None] = ContextVar("flowtrail_current_flow_run", default=None)
@@ -213,16 +229,16 @@ def current_flow_run() -> FlowRunContext | None:
             run=context.run,
             url=context.url,
             orchestrator=context.orchestrator,
-            # C all the way (as itertools.count is): threads of the child may share it.
-            counter=map(f"{prefix}-{{}}".format, itertools.count()),
+            key_prefix=prefix,
             pid=context.pid,
         )
     return adopted
 
 
 def task_run_name(flow_name: str, dynamic_key: str) -> str:
-    """The name of a subflow call's parent task run: ``square-0``; in a forked child,
-    whose keys carry a prefix of its own, ``square-<its first 8 digits>-0``."""
+    """The name of a subflow call's parent task run, as Prefect names it: ``square-0``,
+    ``square-1``, ... for the calls of ``square``; in a forked child, whose keys carry a
+    prefix of its own, ``square-<its first 8 digits>-0``."""
     prefix, _, count = dynamic_key.rpartition("-")
     return f"{flow_name}-{prefix[:8]}-{count}" if prefix else f"{flow_name}-{dynamic_key}"
 

@@ -381,12 +381,13 @@ class FlowRunScript:
         """Prefect's create_flow_run and load_subflow_run, for a flow called in a flow.
 
         The parent's task run for this call is found or created by (parent run, task
-        key, dynamic key), so a retried or restarted parent finds it again. Its child is
+        key, dynamic key), the dynamic key counting this flow's calls in the attempt, so
+        a retried or restarted parent finds it again. Its child is
         then reused (final), re-attached (not final) or, when there is none, created by
         the caller, once (an idempotency key per task run and parent attempt).
         """
         flow = self.flow
-        dynamic_key = str(next(parent.counter))
+        dynamic_key = parent.dynamic_key(flow.task_key)
         task: RunView = yield Call(
             "create_task_run",
             (parent.run.id,),

@@ -1028,6 +1028,60 @@ def test_a_subflow_gets_a_parent_task_run_and_its_states_are_mirrored(orch: Sync
         assert task.state.state_details.child_flow_run_id == child_run.id
 
 
+def test_each_subflow_counts_its_own_calls_in_the_keys_and_names_of_its_parent_task_runs(
+    orch: SyncOrchestrator,
+) -> None:
+    """Prefect keeps one count of dynamic keys per task key, not one for the flow run."""
+
+    @flow
+    def load() -> None:
+        pass
+
+    @flow
+    def publish() -> None:
+        pass
+
+    @flow
+    def parent() -> None:
+        load()
+        publish()
+        load()
+
+    parent()
+    tasks = orch.read_task_runs(only_run(orch, "parent").id)
+    assert [(t.dynamic_key, t.name) for t in tasks] == [("0", "load-0"), ("0", "publish-0"), ("1", "load-1")]
+
+
+def test_a_retried_parent_calling_another_subflow_first_reuses_each_finished_child_for_its_own_call(
+    orch: SyncOrchestrator,
+) -> None:
+    """The retry's extra call takes no key from the others: each call finds the child
+    it made in the failed attempt, not the one made by the call before it."""
+
+    @flow
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def notify() -> None:
+        pass
+
+    attempts: list[int] = []
+
+    @flow(retries=1)
+    def parent() -> tuple[int, int]:
+        attempts.append(1)
+        if len(attempts) > 1:
+            notify()  # a branch only the retry takes
+        made = double(1), double(2)
+        if len(attempts) == 1:
+            raise RuntimeError("after the children")
+        return made
+
+    assert parent() == (2, 4)
+    assert len(orch.read_flow_runs(flow_names=["double"])) == 2, "both children are reused"
+
+
 def _failing_once_after(child: Any, give: Any = lambda made: made) -> Any:
     """A flow with a retry that calls ``child``, fails its first attempt after it, and
     returns ``give`` of what the child gave."""
