@@ -229,8 +229,19 @@ class Flow(Generic[P, R]):
         assert self._model is not None
         return self._model
 
+    def _check_names(self, parameters: Mapping[str, Any]) -> None:
+        """Prefect's SignatureMismatchError: a run made ahead (or recorded by another
+        version of the flow) may name parameters the function does not take."""
+        unknown = [name for name in parameters if name not in self._signature.parameters]
+        if unknown:
+            raise ParameterValidationError(
+                f"{self.name} expects parameters {list(self._signature.parameters)} but was "
+                f"provided with parameters {list(parameters)}"
+            )
+
     def validate(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters checked and converted to the signature's types (pydantic)."""
+        self._check_names(parameters)
         model = self._parameter_model()
         try:
             validated = model.model_validate(dict(parameters))
@@ -248,6 +259,7 @@ class Flow(Generic[P, R]):
         # take its place (``total(first, *rest)`` given ``first`` by keyword and ``rest``
         # positionally gets two values for ``first``). BoundArguments does the layout;
         # the defaults close any gap that would end the positional part early.
+        self._check_names(parameters)
         bound = inspect.BoundArguments(self._signature, dict(parameters))
         bound.apply_defaults()
         return list(bound.args), bound.kwargs

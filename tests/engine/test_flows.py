@@ -899,6 +899,24 @@ def test_an_adopted_run_is_renamed_before_running(orch: SyncOrchestrator) -> Non
     assert orch.read_flow_run(run.id).name == "day-mon"
 
 
+@pytest.mark.parametrize("validated", [True, False])
+def test_an_adopted_run_naming_a_parameter_the_flow_does_not_take_fails(
+    orch: SyncOrchestrator, validated: bool
+) -> None:
+    """A run made ahead, or by another version of the flow, may name parameters the
+    function does not take: Prefect's SignatureMismatchError, where a KeyError escaped
+    and the run stayed Scheduled."""
+
+    @flow(validate_parameters=validated)
+    def daily(day: str) -> None:
+        pass
+
+    run = orch.create_flow_run("daily", parameters={"day": "mon", "hour": 3}, state=pure.Scheduled())
+    with pytest.raises(ParameterValidationError, match=r"expects parameters \['day'\]"):
+        run_flow_run(daily, run.id)
+    assert orch.read_flow_run(run.id).state.type is StateType.FAILED
+
+
 def test_a_flow_run_name_can_come_from_a_callable(orch: SyncOrchestrator) -> None:
     @flow(flow_run_name=lambda: "from-callable")
     def named() -> None:
