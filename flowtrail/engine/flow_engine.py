@@ -311,7 +311,9 @@ class FlowRunScript:
             "state": pure.Pending(),
             "tags": current_tags(),
             "retries": flow.retries,
-            "retry_delay": flow.retry_delay_seconds,
+            # Prefect's client sends int(flow.retry_delay_seconds or 0): whole seconds,
+            # cut short (1.7 waits 1 s, 0.5 none).
+            "retry_delay": int(flow.retry_delay_seconds or 0),
             "flow_version": flow.version,
             **more,
         }

@@ -436,6 +436,18 @@ def test_the_engine_sleeps_through_the_retry_delay(orch: SyncOrchestrator) -> No
     assert waits, "the early Running proposals are recorded as WAIT decisions"
 
 
+@pytest.mark.parametrize(("seconds", "recorded"), [(None, 0), (0.7, 0), (1.7, 1)])
+def test_a_flow_run_records_its_retry_delay_in_whole_seconds_cut_short_as_prefects_client_sends_it(
+    orch: SyncOrchestrator, seconds: float | None, recorded: int
+) -> None:
+    @flow(name="delayed", retries=1, retry_delay_seconds=seconds)
+    def delayed() -> None:
+        pass
+
+    delayed()
+    assert only_run(orch, "delayed").empirical_policy.retry_delay == recorded
+
+
 def test_retries_run_out_and_the_last_failure_stands(orch: SyncOrchestrator) -> None:
     @flow(retries=2)
     def hopeless() -> None:
