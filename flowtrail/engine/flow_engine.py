@@ -125,12 +125,18 @@ class Outcome:
     run: RunView
     value: Any = _MISSING
     error: BaseException | None = None
+    #: Whether ``value`` is what the function returned, and not a State.
+    returned: bool = False
 
     def result(self, return_state: bool) -> Any:
         """What the call returns: the State, the value, or the exception raised."""
         state = self.state
         if return_state:
             return state
+        if self.returned:
+            # As Prefect's engine: what the function returned, unless a State, whatever
+            # the run's state (a list of states, one failed, ends the run Failed).
+            return self.value
         if state.is_completed():
             if self.value is not _MISSING:
                 return self.value
@@ -225,6 +231,7 @@ class FlowRunScript:
     state: State | None = None
     value: Any = _MISSING
     error: BaseException | None = None
+    returned: bool = False
     log: Any = field(default_factory=lambda: get_logger("flowtrail.flow_runs"))
 
     def execute(self) -> EngineScript[Outcome]:
@@ -454,7 +461,7 @@ class FlowRunScript:
     def _attempt(self, values: Mapping[str, Any]) -> EngineScript[None]:
         assert self.run is not None
         flow, token = self.flow, object()
-        self.value, self.error = _MISSING, None
+        self.value, self.error, self.returned = _MISSING, None, False
         try:
             value = yield Invoke(flow, values, self.run, token)
         except FlowTimeout as exc:
@@ -481,7 +488,7 @@ class FlowRunScript:
             # A returned State's data is the call's value (Prefect's state.result()); data
             # already recorded (a child's final state, say) is read as a reused run's is.
             if not isinstance(value, State):
-                self.value = value
+                self.value, self.returned = value, True
             elif not is_recorded_data(value.data):
                 self.value = value.data
             yield from self._end_attempt(completion_state(value))
@@ -505,7 +512,7 @@ class FlowRunScript:
                 yield from self._end_attempt(state)
             return
         # AwaitingRetry: the retry is not over until Running is accepted.
-        self.value, self.error = _MISSING, None
+        self.value, self.error, self.returned = _MISSING, None, False
         if results[-1].status is SetStateStatus.WAIT or reached.is_pending():
             yield Sleep((results[-1].details.delay_seconds or 0) if reached.is_scheduled() else PENDING_POLL)
             yield from self._begin()
@@ -571,4 +578,6 @@ class FlowRunScript:
         assert self.run is not None
         assert self.state is not None
         self.log.info("flow run finished", state=self.state.name)
-        return Outcome(state=self.state, run=self.run, value=self.value, error=self.error)
+        return Outcome(
+            state=self.state, run=self.run, value=self.value, error=self.error, returned=self.returned
+        )

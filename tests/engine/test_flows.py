@@ -448,6 +448,22 @@ def test_a_flow_run_records_its_retry_delay_in_whole_seconds_cut_short_as_prefec
     assert only_run(orch, "delayed").empirical_policy.retry_delay == recorded
 
 
+def test_a_flow_returning_a_list_of_states_one_failed_ends_failed_and_returns_the_list(
+    orch: SyncOrchestrator,
+) -> None:
+    """Prefect's engine returns what the function returned whenever it is not a State,
+    whatever the run's state; flowtrail raised FlowFailedError."""
+    returned = [pure.Completed(), pure.Failed(message="one")]
+
+    @flow(name="listing")
+    def listing() -> list[Any]:
+        return returned
+
+    assert listing() == returned
+    run = only_run(orch, "listing")
+    assert (run.state.name, run.state.message) == ("Failed", "1/2 states failed.")
+
+
 def test_retries_run_out_and_the_last_failure_stands(orch: SyncOrchestrator) -> None:
     @flow(retries=2)
     def hopeless() -> None:
