@@ -17,7 +17,7 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
 from flowtrail.core.projection import Dialect
 from flowtrail.core.states import StateType, parse_uuid
-from flowtrail.projections.runs import RunViews, decode_view
+from flowtrail.projections.runs import RunViews, view_in_row
 
 __all__ = [
     "FlowRunSort",
@@ -67,16 +67,16 @@ _ORDER = {
 _BYTEWISE = {"sqlite": "", "postgresql": ' COLLATE "C"'}
 
 
-def _one(rows: list[Row]) -> RunView | None:
-    return decode_view(bytes(rows[0][0])) if rows else None
+def _one(rows: list[Row], run_id: UUID) -> RunView | None:
+    return view_in_row(rows[0][0], run_id) if rows else None
 
 
 def flow_run_view(run_id: UUID) -> Script[RunView | None]:
-    return _one((yield Fetch("SELECT view FROM flow_runs WHERE id = ?", (str(run_id),))))
+    return _one((yield Fetch("SELECT view FROM flow_runs WHERE id = ?", (str(run_id),))), run_id)
 
 
 def task_run_view(run_id: UUID) -> Script[RunView | None]:
-    return _one((yield Fetch("SELECT view FROM task_runs WHERE id = ?", (str(run_id),))))
+    return _one((yield Fetch("SELECT view FROM task_runs WHERE id = ?", (str(run_id),))), run_id)
 
 
 # A query over many runs reads the views' mark in the same statement as its rows, so
@@ -114,23 +114,23 @@ def stored_view(run_id: UUID, kind: RunKind | None = None) -> Script[tuple[RunVi
         )
         params = key * 2
     ((mark, data),) = yield Fetch(sql, params)
-    return (None if data is None else decode_view(bytes(data))), mark == str(RunViews.version)
+    return (None if data is None else view_in_row(data, run_id)), mark == str(RunViews.version)
 
 
-def _over_views(source: str, tail: str, params: Sequence[object]) -> Script[list[Row]]:
-    """The views of ``SELECT view FROM <source> <tail>`` (``tail``: ORDER BY, LIMIT),
+def _over_views(source: str, tail: str, params: Sequence[object]) -> Script[list[RunView]]:
+    """The views of ``SELECT id, view FROM <source> <tail>`` (``tail``: ORDER BY, LIMIT),
     with the mark read with them, or, where none came back, with whether any matches."""
     rows: list[Row] = []
     for _ in range(_TRIES):
-        rows = yield Fetch(f"SELECT view, {_MARK} FROM {source} {tail}", params)
+        rows = yield Fetch(f"SELECT id, view, {_MARK} FROM {source} {tail}", params)
         if rows:
-            _current(rows[0][1])
-            return rows
+            _current(rows[0][2])
+            break
         ((mark, any_row),) = yield Fetch(f"SELECT {_MARK}, EXISTS (SELECT 1 FROM {source} {tail})", params)
         _current(mark)
         if not any_row:
-            return rows
-    return rows
+            break
+    return [view_in_row(view, run_id) for run_id, view, _ in rows]
 
 
 def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
@@ -141,20 +141,23 @@ def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
     the most recent (by expected start time, then by id) is the one returned. A child
     given no state yet has no expected start time: its creation time stands in for it.
     """
-    ((mark, view),) = yield Fetch(
-        f"SELECT {_MARK}, (SELECT view FROM flow_runs WHERE parent_task_run_id = ? "
-        "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1)",
+    # The one row of the outer query carries the mark whether or not a child is found.
+    ((mark, run_id, view),) = yield Fetch(
+        f"SELECT {_MARK}, child.id, child.view FROM (SELECT 1) AS one LEFT JOIN "
+        "(SELECT id, view FROM flow_runs WHERE parent_task_run_id = ? "
+        "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1) AS child ON 1 = 1",
         (str(parent_task_run_id),),
     )
     _current(mark)
-    return None if view is None else decode_view(bytes(view))
+    return None if view is None else view_in_row(view, run_id)
 
 
 def task_runs_of(flow_run_id: UUID) -> Script[list[RunView]]:
-    rows = yield from _over_views(
-        "task_runs WHERE flow_run_id = ?", "ORDER BY created_at, id", (str(flow_run_id),)
+    return (
+        yield from _over_views(
+            "task_runs WHERE flow_run_id = ?", "ORDER BY created_at, id", (str(flow_run_id),)
+        )
     )
-    return [decode_view(bytes(row[0])) for row in rows]
 
 
 #: The most values one filter takes, and the largest offset (past it, no row is left).
@@ -255,5 +258,4 @@ def read_flow_runs(
     if where:
         source += " WHERE " + " AND ".join(where)
     params += [MAX_OFFSET if limit is None else limit, offset]
-    rows = yield from _over_views(source, f"ORDER BY {order} LIMIT ? OFFSET ?", params)
-    return [decode_view(bytes(row[0])) for row in rows]
+    return (yield from _over_views(source, f"ORDER BY {order} LIMIT ? OFFSET ?", params))

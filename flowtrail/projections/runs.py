@@ -21,6 +21,7 @@ import msgspec
 
 from flowtrail.core.chain import RecordedEvent, to_micros
 from flowtrail.core.effects import ExecuteMany, Fetch, Row, Script
+from flowtrail.core.errors import CorruptLogError
 from flowtrail.core.events import Event, FlowRunCreated, RunKind, TaskRunCreated
 from flowtrail.core.fold import RunView, evolve
 from flowtrail.core.projection import Dialect
@@ -32,6 +33,7 @@ __all__ = [
     "fold_into",
     "load_views",
     "stored_view_differences",
+    "view_in_row",
     "write_views",
 ]
 
@@ -51,6 +53,27 @@ def encode_view(view: RunView) -> bytes:
 
 def decode_view(data: bytes) -> RunView:
     return _decoder.decode(data)
+
+
+def view_in_row(data: object, run_id: object) -> RunView:
+    """The view a row of the run views holds, as its query read it (bytes, or a
+    driver's view of them).
+
+    A row that holds anything else (a table edited by hand, a damaged page) is a
+    `CorruptLogError` naming the run, not the decoder's own error: the views are a
+    cache of the log's fold, so a rebuild writes them whole again.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            return _decoder.decode(data)
+        except (msgspec.DecodeError, TypeError, ValueError) as exc:
+            what = f"does not decode ({exc})"
+    else:
+        what = f"holds {type(data).__name__} where the views keep bytes"
+    raise CorruptLogError(
+        f"the stored view of run {run_id} {what}: the run views are damaged; rebuild them from "
+        "the log (rebuild(), `flowtrail rebuild`)"
+    )
 
 
 def _micros(moment: object) -> int | None:
@@ -129,7 +152,7 @@ def load_views(ids: Sequence[str]) -> Script[dict[str, RunView]]:
             [*chunk, *chunk],
         )
         for run_id, data in rows:
-            found[run_id] = decode_view(bytes(data))
+            found[run_id] = view_in_row(data, run_id)
     return found
 
 
