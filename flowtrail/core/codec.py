@@ -80,6 +80,12 @@ def decode_event(
             f"unknown event type {event_type_name!r}", event_type=event_type_name, position=position
         )
     current = EVENT_TYPES[event_type_name].SCHEMA_VERSION
+    if type(version) is not int:  # a row edited by hand: compared, it would be a TypeError
+        raise UnsupportedSchemaVersionError(
+            f"{event_type_name} has schema version {version!r}, which is not a whole number",
+            event_type=event_type_name,
+            position=position,
+        )
     if version > current:
         raise UnsupportedSchemaVersionError(
             f"{event_type_name} has schema version {version}; this flowtrail reads up to {current}",

@@ -29,7 +29,7 @@ from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
 from flowtrail.core.effects import Script
-from flowtrail.core.errors import CodecError, RebuildReplacedError
+from flowtrail.core.errors import CodecError, CorruptLogError, RebuildReplacedError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Projection
@@ -92,14 +92,20 @@ def _nobody_rebuilding(signs: str | None) -> bool:
     return not running_elsewhere(signs, within=REBUILD_ALIVE_FOR)
 
 
-def _not_rebuilt(exc: CodecError) -> None:
-    """The stale views could not be rebuilt at open: an event does not decode. The log
+def _not_rebuilt(exc: BaseException) -> bool:
+    """Whether the stale views could not be rebuilt at open for an event that cannot be
+    read: its bytes do not decode, or its row holds a value of the wrong type. The log
     opens all the same, its views out of date, so that `verify` can name the damage."""
+    if not isinstance(exc, CodecError | CorruptLogError):
+        return False  # a lost connection, an interrupt: opening fails
+    if isinstance(exc, CorruptLogError) and exc.position is None:
+        return False  # the file itself is damaged, not one event's row
     get_logger("flowtrail.views").warning(
-        "the run views stay out of date: an event of the log does not decode",
+        "the run views stay out of date: an event of the log cannot be read",
         position=exc.position,
         error=str(exc),
     )
+    return True
 
 
 def _scope(run_id: UUID | str | None) -> str:
@@ -178,11 +184,10 @@ class SyncOrchestrator(_Base):
             if stale and _nobody_rebuilding(store.perform(last_seen(cls._views))):
                 with contextlib.suppress(RebuildReplacedError):  # a later one took over
                     orchestrator.rebuild()
-        except CodecError as exc:
-            _not_rebuilt(exc)
-        except BaseException:
-            orchestrator.close()
-            raise
+        except BaseException as exc:
+            if not _not_rebuilt(exc):
+                orchestrator.close()
+                raise
         return orchestrator
 
     def close(self) -> None:
@@ -760,11 +765,10 @@ class _Opening:
             if stale and _nobody_rebuilding(await store.perform(last_seen(cls._views))):
                 with contextlib.suppress(RebuildReplacedError):  # a later one took over
                     await orchestrator.rebuild()
-        except CodecError as exc:
-            _not_rebuilt(exc)
-        except BaseException:
-            await orchestrator.close()
-            raise
+        except BaseException as exc:
+            if not _not_rebuilt(exc):
+                await orchestrator.close()
+                raise
         return orchestrator
 
     def __await__(self) -> Generator[Any, None, Orchestrator]:

@@ -113,6 +113,12 @@ def record_of(row: Row) -> RecordedEvent:
     data, seal = row[6], row[7]
     if type(data) is not bytes or type(seal) is not bytes:  # some drivers hand out memoryviews
         data, seal = _as_bytes(data, row[0]), _as_bytes(seal, row[0])
+    if type(row[4]) is not int:  # SQLite keeps text in an INTEGER column edited by hand
+        raise CorruptLogError(
+            f"the event at position {row[0]} holds {type(row[4]).__name__} where the log keeps "
+            "its schema version, a whole number",
+            position=row[0] if type(row[0]) is int else None,
+        )
     return RecordedEvent(row[0], row[1], row[2], row[3], row[4], row[5], data, seal)
 
 
@@ -122,7 +128,8 @@ def _as_bytes(value: object, position: object) -> bytes:
     if isinstance(value, str):  # a file edited by hand may hold text: its bytes are what the hash seals
         return value.encode("utf-8", "surrogateescape")
     raise CorruptLogError(
-        f"the event at position {position} holds {type(value).__name__} where the log keeps bytes"
+        f"the event at position {position} holds {type(value).__name__} where the log keeps bytes",
+        position=position if type(position) is int else None,
     )
 
 

@@ -114,6 +114,13 @@ def test_an_event_from_a_newer_flowtrail_is_a_typed_error() -> None:
         decode_event(b"{}", "run_renamed", 2)
 
 
+@pytest.mark.parametrize("version", ["1", None, 1.0])
+def test_a_schema_version_that_is_not_a_whole_number_is_a_typed_error(version: Any) -> None:
+    """A row edited by hand may hold anything there; it is not compared as a number."""
+    with pytest.raises(UnsupportedSchemaVersionError, match="not a whole number"):
+        decode_event(b"{}", "run_renamed", version, position=7)
+
+
 def test_an_old_schema_version_is_upcast_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """A schema change bumps SCHEMA_VERSION and registers an upcaster from the old shape."""
     monkeypatch.setattr(RunRenamed, "SCHEMA_VERSION", 2)

@@ -953,6 +953,13 @@ def test_verify_of_one_run_reports_its_row_whose_data_is_not_bytes_as_a_problem(
     assert "The first: the row at position 21 holds a value of the wrong type" in ran.out
 
 
+@pytest.mark.parametrize("command", ["history", "export"])
+def test_a_run_whose_schema_version_was_edited_to_text_is_one_sentence(db: Path, command: str) -> None:
+    _tamper(db, "UPDATE events SET schema_version = 'v' WHERE position = 20")
+    stream = _stream_at(db, 20)
+    assert_user_error(flowtrail(command, stream, database=db), "position 20 holds str", "schema version")
+
+
 def test_verify_reports_a_row_whose_version_is_not_a_number_as_a_problem_of_the_log(db: Path) -> None:
     _tamper(db, "UPDATE events SET version = 'x' WHERE position = 10")
     ran = flowtrail("verify", database=db)

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from flowtrail import SetStateStatus, SyncOrchestrator, states
+from flowtrail import CorruptLogError, SetStateStatus, SyncOrchestrator, states
 from flowtrail.core import GENESIS, RecordedEvent, StateProposed, encode_event
 from flowtrail.store.scripts import record_of
 from flowtrail.store.sqlite_schema import SQL
@@ -241,6 +241,49 @@ def _view_problems(original: Path, tmp_path: Path, tamper: Tamper) -> list[tuple
         assert all(p.kind == "view" for p in report.problems), report.problems
         return [(p.stream_id, p.message) for p in report.problems]
     raise AssertionError
+
+
+#: The reads of one run, of the log up to a position and of all of it that fold events.
+FOLDING_READS: dict[str, Callable[[SyncOrchestrator, str], object]] = {
+    "read_history": lambda orch, run_id: orch.read_history(run_id),
+    "read_states": lambda orch, run_id: orch.read_states(run_id),
+    "as_of": lambda orch, run_id: orch.as_of(LOG_SIZE),
+    "rebuild": lambda orch, run_id: orch.rebuild(),
+}
+
+
+@pytest.mark.parametrize("read", FOLDING_READS)
+def test_a_schema_version_edited_to_text_is_a_corrupt_log_error_at_its_position(
+    original: Path, tmp_path: Path, read: str
+) -> None:
+    def tamper(connection: sqlite3.Connection) -> None:
+        connection.execute("UPDATE events SET schema_version = 'v' WHERE position = 2")
+
+    for orch in _tampered(original, tmp_path, tamper):
+        (run_id,) = {record.stream_id for record in _records(original) if record.position == 2}
+        with pytest.raises(
+            CorruptLogError, match="position 2 holds str where the log keeps its schema version"
+        ) as caught:
+            FOLDING_READS[read](orch, run_id)
+        assert caught.value.position == 2
+
+
+def test_a_log_whose_rebuild_stopped_at_a_row_of_the_wrong_type_opens_for_verify(
+    original: Path, tmp_path: Path
+) -> None:
+    """As after an event that does not decode: the views stay out of date, and verify
+    names the damage."""
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        connection.execute("UPDATE events SET schema_version = 'v' WHERE position = 2")
+
+    for orch in _tampered(original, tmp_path, tamper):
+        with pytest.raises(CorruptLogError):
+            orch.rebuild()
+    with SyncOrchestrator.open(f"sqlite:///{tmp_path / 'copy.db'}") as orch:
+        first = orch.verify().first_problem
+    assert first is not None
+    assert (first.position, first.message) == (2, "the row at position 2 holds a value of the wrong type")
 
 
 def _a_flow_run(connection: sqlite3.Connection) -> str:
