@@ -74,9 +74,13 @@ def _count(name: str, value: object, most: int) -> None:
         raise InvalidInputError(f"{name} is a whole number from 1 to {most:,}, not {value!r}")
 
 
-def check_rebuild(batch: object, cache_size: object) -> None:
+def check_rebuild(batch: object, cache_size: object, progress: object) -> None:
+    # Checked before the rebuild drops the views: a progress it cannot call would
+    # otherwise fail at its first report, with every query left out of date.
     _count("batch", batch, _MOST_BATCH)
     _count("cache_size", cache_size, _MOST_CACHE)
+    if progress is not None and not callable(progress):
+        raise InvalidInputError(f"progress is None or a function of (done, total), not {shown(progress)}")
 
 
 def _storable_name(name: object) -> bool:

@@ -379,7 +379,7 @@ class SyncOrchestrator(_Base):
         cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
-        check_rebuild(batch, cache_size)
+        check_rebuild(batch, cache_size, progress)
         if projection is not None:
             check_catch_up(projection, batch)
             return self.store.perform(
@@ -681,7 +681,7 @@ class Orchestrator(_Base):
         default one per processor (at most four) once the log holds 100,000 events;
         ``workers=1`` keeps it all in this process. Other stores replay in this process.
         """
-        check_rebuild(batch, cache_size)
+        check_rebuild(batch, cache_size, progress)
         if projection is not None:
             check_catch_up(projection, batch)
             return await self.store.perform(

@@ -681,6 +681,18 @@ def test_rebuild_gives_back_the_same_views(orch: Orch) -> None:
     assert progress[-1] == (applied, applied)
 
 
+@pytest.mark.parametrize("projection", [None, DecisionStats()], ids=["views", "projection"])
+def test_a_progress_that_is_not_a_function_is_a_typed_error_before_anything_is_dropped(
+    orch: Orch, projection: object
+) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    orch.catch_up(DecisionStats())
+    with pytest.raises(InvalidInputError, match="progress is None or a function"):
+        orch.rebuild(progress=5, projection=projection)
+    assert [view.id for view in orch.read_flow_runs()] == [run.id]
+    assert orch.catch_up(DecisionStats()) == 0
+
+
 def test_as_of_shows_the_views_as_they_were_at_a_position(orch: Orch) -> None:
     run = orch.create_flow_run("etl", state=states.Pending())
     at_pending = orch.last_position()
