@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import msgspec
@@ -56,7 +55,7 @@ from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.queries import MAX_LIMIT, FlowRunSort
 from flowtrail.store.schema import SCHEMA_VERSION
 from flowtrail.store.sqlite_schema import is_memory
-from flowtrail.store.urls import parse_url, sqlite_url
+from flowtrail.store.urls import parse_url, shown_url, sqlite_url
 
 __all__ = ["main"]
 
@@ -191,7 +190,7 @@ def opened(settings: Settings, *, write: bool = False) -> Iterator[SyncOrchestra
             orchestrator = SyncOrchestrator.open(url, create=False, read_only=True)
     except LogNotFoundError:
         raise UserError(
-            f"There is no flowtrail log at {_shown(url)}: run a flow or `flowtrail migrate` first"
+            f"There is no flowtrail log at {shown_url(url)}: run a flow or `flowtrail migrate` first"
         ) from None
     with orchestrator:
         yield orchestrator
@@ -552,18 +551,9 @@ def migrate(settings: Settings) -> None:
         log = orchestrator.log_id()
         last = orchestrator.last_position()
     console().print(
-        f"The log at {_shown(settings.url)} is at schema version {SCHEMA_VERSION} "
+        f"The log at {shown_url(settings.url)} is at schema version {SCHEMA_VERSION} "
         f"(log id {log}, {last} events)."
     )
-
-
-def _shown(url: str) -> str:
-    """A URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- the demo ----------------------------------------------------------------------------------

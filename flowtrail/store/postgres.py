@@ -41,7 +41,7 @@ from flowtrail.store.drivers import Translate, run_async
 from flowtrail.store.postgres_schema import BEGIN, SQL, lock_statement, schema_definition, translate
 from flowtrail.store.schema import schema_script
 from flowtrail.store.scripts import LogSql
-from flowtrail.store.urls import parse_url
+from flowtrail.store.urls import parse_url, shown_url
 
 __all__ = ["PostgresStore", "SyncPostgresStore"]
 
@@ -82,7 +82,7 @@ class _Options(StoreOptions):
         """Options from a ``postgresql://`` URL; keyword arguments override its query."""
         parsed = parse_url(url)
         if parsed.backend != "postgresql":
-            raise InvalidUrlError(f"{url!r} is not a PostgreSQL URL")
+            raise InvalidUrlError(f"{shown_url(url)!r} is not a PostgreSQL URL")
         settings: dict[str, Any] = {
             "schema": parsed.schema,
             "busy_timeout": parsed.busy_timeout,

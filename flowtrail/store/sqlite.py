@@ -52,7 +52,7 @@ from flowtrail.store.sqlite_schema import (
     schema_script,
     translate,
 )
-from flowtrail.store.urls import parse_url
+from flowtrail.store.urls import parse_url, shown_url
 
 __all__ = ["SQLiteStore", "SyncSQLiteStore"]
 
@@ -111,7 +111,7 @@ class _Options(StoreOptions):
         """Options from a ``sqlite:///`` URL; keyword arguments override its query."""
         parsed = parse_url(url)
         if parsed.backend != "sqlite":
-            raise InvalidUrlError(f"{url!r} is not a SQLite URL")
+            raise InvalidUrlError(f"{shown_url(url)!r} is not a SQLite URL")
         settings: dict[str, Any] = {
             "durability": parsed.durability,
             "busy_timeout": parsed.busy_timeout,

@@ -21,10 +21,13 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit, urlu
 
 from flowtrail.core.errors import InvalidUrlError
 
-__all__ = ["StoreUrl", "parse_url", "sqlite_url"]
+__all__ = ["StoreUrl", "parse_url", "shown_url", "sqlite_url"]
 
 _SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes", "mode"}
 _FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes", "busy_timeout"}
+#: libpq's parameters that hold a secret: a URL may carry them in its query as well as
+#: the password before its host.
+_SECRET_PARAMETERS = {"password", "sslpassword"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,32 @@ def sqlite_url(path: str | Path) -> str:
     leading ``~`` is the file's own, encoded, not a home folder)."""
     quoted = quote(str(path), safe="/:")
     return f"sqlite:///{'%7E' + quoted[1:] if quoted.startswith('~') else quoted}"
+
+
+def shown_url(url: str) -> str:
+    """The URL as a message or a log line may show it: its password, and every libpq
+    parameter holding a secret in its query, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # no telling the password from the rest
+        return "(a database URL that cannot be read)"
+    # Edited in place, not put together again: urlunsplit would drop the empty host of
+    # sqlite:///path and of a PostgreSQL URL through a local socket.
+    shown = url
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if at and colon:
+        shown = shown.replace(f"{userinfo}@", f"{user}:***@", 1)
+    query = "&".join(map(_shown_parameter, parts.query.split("&")))
+    if query != parts.query:  # the query starts at the first "?", where urlsplit found it
+        before, _, after = shown.partition("?")
+        shown = f"{before}?{query}{after[len(parts.query) :]}"
+    return shown
+
+
+def _shown_parameter(part: str) -> str:
+    name = part.partition("=")[0]
+    return f"{name}=***" if unquote_plus(name) in _SECRET_PARAMETERS else part
 
 
 def parse_url(url: str) -> StoreUrl:

@@ -1040,6 +1040,20 @@ def test_a_missing_postgresql_log_is_not_created_by_a_read(pg: Databases) -> Non
 
 
 @pytest.mark.postgres
+def test_a_password_in_the_query_of_a_postgresql_url_is_not_shown(pg: Databases) -> None:
+    """libpq takes a password from the query as well as before the host (this server
+    trusts the test's user, and ignores it)."""
+    url = pg.url("hidden", password="s3cret")
+    missing = flowtrail("--database", url, "runs")
+    assert_user_error(missing, "There is no flowtrail log at", "password=***")
+    assert "s3cret" not in missing.err
+    migrated = flowtrail("--database", url, "migrate")
+    assert migrated.code == 0, migrated.err
+    assert "password=***" in migrated.out
+    assert "s3cret" not in migrated.out + migrated.err
+
+
+@pytest.mark.postgres
 def test_migrate_creates_a_postgresql_log_that_reads_as_empty(pg: Databases) -> None:
     url = pg.url("migrated")
     ran = flowtrail("--database", url, "migrate")

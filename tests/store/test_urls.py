@@ -1,0 +1,49 @@
+"""Database URLs as messages show them: never a secret they carry."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowtrail.core import InvalidUrlError
+from flowtrail.store.sqlite import SyncSQLiteStore
+from flowtrail.store.urls import shown_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cret@h:5432/db?schema=x", "postgresql://u:***@h:5432/db?schema=x"),
+        ("postgresql://u@h/db?schema=x&password=s3cret", "postgresql://u@h/db?schema=x&password=***"),
+        (
+            "postgresql://u@h/db?sslpassword=s3cret&sslmode=require",
+            "postgresql://u@h/db?sslpassword=***&sslmode=require",
+        ),
+        ("postgresql://u@h/db?pass%77ord=s3cret", "postgresql://u@h/db?pass%77ord=***"),
+        ("postgresql:///db?password=s3cret", "postgresql:///db?password=***"),
+        (
+            "postgresql://u:a@b@h/db?password=c&password=d",
+            "postgresql://u:***@h/db?password=***&password=***",
+        ),
+    ],
+)
+def test_a_shown_url_hides_its_password_wherever_the_url_carries_it(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///runs.db?mode=ro", "sqlite:///:memory:", "postgresql://u@h/db?schema=x&options=-c%20a%3D1"],
+)
+def test_a_url_without_a_secret_is_shown_as_written(url: str) -> None:
+    assert shown_url(url) == url
+
+
+def test_a_url_that_cannot_be_read_is_not_shown_at_all() -> None:
+    assert "s3cret" not in shown_url("postgresql://u:s3cret@[::1/db")
+
+
+def test_a_postgresql_url_given_to_the_sqlite_store_is_refused_without_its_password() -> None:
+    with pytest.raises(InvalidUrlError) as refused:
+        SyncSQLiteStore.open("postgresql://u@h/db?password=s3cret")
+    assert "s3cret" not in str(refused.value)
+    assert "password=***" in str(refused.value)
