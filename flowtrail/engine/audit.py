@@ -11,7 +11,13 @@ import msgspec
 from flowtrail.core.audit import Auditor, AuditReport, Problem, verify
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Fetch, Row, Script
-from flowtrail.core.errors import CorruptLogError, InvalidInputError, ViewsOutOfDateError
+from flowtrail.core.errors import (
+    CodecError,
+    CorruptLogError,
+    InvalidInputError,
+    RunNotFoundError,
+    ViewsOutOfDateError,
+)
 from flowtrail.core.events import FlowRunCreated, RunKind, TaskRunCreated
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Dialect, Projection
@@ -44,6 +50,41 @@ def related_streams(context: Context, run_id: UUID) -> Script[list[UUID]]:
             todo.append(view.flow_run_id)
         if view.parent_task_run_id is not None:
             todo.append(view.parent_task_run_id)
+    return seen
+
+
+#: A run's creation: the first event of its stream.
+_CREATION = (
+    "SELECT position, stream_id, version, event_type, schema_version, recorded_at, data, hash "
+    "FROM events WHERE stream_id = ? AND version = 1"
+)
+
+
+def related_in_log(run_id: UUID) -> Script[list[UUID]]:
+    """`related_streams` as the runs' creations in the log give them, for a check of one
+    run: neither a damaged view nor a damaged event may stop it, since naming damage is
+    what it is for. A creation that cannot be read ends the walk there; the audit of the
+    streams found names it."""
+    seen: list[UUID] = []
+    todo = [run_id]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        try:
+            rows: list[Row] = yield Fetch(_CREATION, (str(current),))
+            creation = record_of(rows[0]).decode() if rows else None
+        except (CodecError, CorruptLogError):
+            seen.append(current)
+            continue
+        if rows:
+            seen.append(current)
+        elif current == run_id:
+            raise RunNotFoundError(run_id)
+        if isinstance(creation, TaskRunCreated) and creation.flow_run_id is not None:
+            todo.append(creation.flow_run_id)
+        if isinstance(creation, FlowRunCreated) and creation.parent_task_run_id is not None:
+            todo.append(creation.parent_task_run_id)
     return seen
 
 
@@ -225,7 +266,7 @@ def verify_script(
     if run_id is not None and anchor is not None:
         raise InvalidInputError("an anchor is checked against the whole log: verify without a run id")
     if run_id is not None:
-        streams = yield from related_streams(context, run_id_of(run_id))
+        streams = yield from related_in_log(run_id_of(run_id))
         return verify((yield from _records_of(context, streams, _as_found)), contiguous=False)
     auditor = Auditor(anchor=anchor)
     position = 1

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from flowtrail import CorruptLogError, SetStateStatus, SyncOrchestrator, states
-from flowtrail.core import GENESIS, RecordedEvent, StateProposed, encode_event
+from flowtrail.core import GENESIS, MalformedEventError, RecordedEvent, StateProposed, encode_event
 from flowtrail.store.scripts import record_of
 from flowtrail.store.sqlite_schema import SQL
 from tests.engine.conftest import Clock
@@ -284,6 +284,39 @@ def test_a_log_whose_rebuild_stopped_at_a_row_of_the_wrong_type_opens_for_verify
         first = orch.verify().first_problem
     assert first is not None
     assert (first.position, first.message) == (2, "the row at position 2 holds a value of the wrong type")
+
+
+def test_verify_of_one_run_reports_its_event_that_does_not_decode_after_a_failed_rebuild(
+    original: Path, tmp_path: Path
+) -> None:
+    """The views are out of date then, and the run's view can only be folded from its
+    events, one of which does not decode: the check of the run reads no view."""
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        connection.execute("UPDATE events SET data = X'FFFE' WHERE position = 2")
+
+    for orch in _tampered(original, tmp_path, tamper):
+        (run_id,) = {record.stream_id for record in _records(original) if record.position == 2}
+        with pytest.raises(MalformedEventError):
+            orch.rebuild()
+        first = orch.verify(run_id).first_problem
+        assert first is not None
+        assert first.position == 2
+
+
+def test_verify_of_one_run_whose_view_does_not_decode_checks_its_events(
+    original: Path, tmp_path: Path
+) -> None:
+    """The view is compared by a check of the whole log, which names it."""
+    damaged: list[str] = []
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        damaged.append(_a_flow_run(connection))
+        connection.execute("UPDATE flow_runs SET view = X'00' WHERE id = ?", (damaged[0],))
+
+    for orch in _tampered(original, tmp_path, tamper):
+        assert orch.verify(damaged[0]).ok
+        assert [problem.stream_id for problem in orch.verify().problems] == [damaged[0]]
 
 
 def _a_flow_run(connection: sqlite3.Connection) -> str:
