@@ -141,15 +141,19 @@ def subflow_run(parent_task_run_id: UUID) -> Script[RunView | None]:
     the most recent (by expected start time, then by id) is the one returned. A child
     given no state yet has no expected start time: its creation time stands in for it.
     """
-    # The one row of the outer query carries the mark whether or not a child is found.
-    ((mark, run_id, view),) = yield Fetch(
-        f"SELECT {_MARK}, child.id, child.view FROM (SELECT 1) AS one LEFT JOIN "
-        "(SELECT id, view FROM flow_runs WHERE parent_task_run_id = ? "
-        "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1) AS child ON 1 = 1",
+    ((mark, view),) = yield Fetch(
+        f"SELECT {_MARK}, (SELECT view FROM flow_runs WHERE parent_task_run_id = ? "
+        "ORDER BY coalesce(expected_start_time, created_at) DESC, id DESC LIMIT 1)",
         (str(parent_task_run_id),),
     )
     _current(mark)
-    return None if view is None else view_in_row(view, run_id)
+    # The child's id is not read with it (a second subquery, on the hot path of every
+    # subflow call): a damaged view is named by its parent task run.
+    return (
+        None
+        if view is None
+        else view_in_row(view, None, whose=f"the subflow run of task run {parent_task_run_id}")
+    )
 
 
 def task_runs_of(flow_run_id: UUID) -> Script[list[RunView]]:

@@ -55,9 +55,9 @@ def decode_view(data: bytes) -> RunView:
     return _decoder.decode(data)
 
 
-def view_in_row(data: object, run_id: object) -> RunView:
+def view_in_row(data: object, run_id: object, *, whose: str | None = None) -> RunView:
     """The view a row of the run views holds, as its query read it (bytes, or a
-    driver's view of them).
+    driver's view of them); ``whose`` names the run where its id was not read.
 
     A row that holds anything else (a table edited by hand, a damaged page) is a
     `CorruptLogError` naming the run, not the decoder's own error: the views are a
@@ -71,7 +71,7 @@ def view_in_row(data: object, run_id: object) -> RunView:
     else:
         what = f"holds {type(data).__name__} where the views keep bytes"
     raise CorruptLogError(
-        f"the stored view of run {run_id} {what}: the run views are damaged; rebuild them from "
+        f"the stored view of {whose or f'run {run_id}'} {what}: the run views are damaged; rebuild them from "
         "the log (rebuild(), `flowtrail rebuild`)"
     )
 
