@@ -8,7 +8,7 @@ from uuid import UUID
 
 import msgspec
 
-from flowtrail.core.audit import Auditor, AuditReport, Problem, verify
+from flowtrail.core.audit import Auditor, AuditReport, Problem
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Fetch, Row, Script
 from flowtrail.core.errors import (
@@ -267,20 +267,30 @@ def verify_script(
         raise InvalidInputError("an anchor is checked against the whole log: verify without a run id")
     if run_id is not None:
         streams = yield from related_in_log(run_id_of(run_id))
-        return verify((yield from _records_of(context, streams, _as_found)), contiguous=False)
-    auditor = Auditor(anchor=anchor)
-    position = 1
-    while True:
-        rows = yield from read_rows_script(context.sql, position, _BATCH)
-        for row in rows:
-            auditor.check(_as_found(row))
-        if len(rows) < _BATCH:
-            break
-        position = rows[-1][0] + 1
+        auditor = Auditor(contiguous=False)
+        for record in (yield from _records_of(context, streams, _as_found)):
+            auditor.check(record)
+        ids = [str(stream) for stream in streams]
+    else:
+        auditor, ids = Auditor(anchor=anchor), None
+        position = 1
+        while True:
+            rows = yield from read_rows_script(context.sql, position, _BATCH)
+            for row in rows:
+                auditor.check(_as_found(row))
+            if len(rows) < _BATCH:
+                break
+            position = rows[-1][0] + 1
+    return (yield from _with_view_problems(context, auditor, ids))
+
+
+def _with_view_problems(context: Context, auditor: Auditor, ids: list[str] | None) -> Script[AuditReport]:
+    """The audit's report, with the stored views (while current) that are not what
+    their runs' events fold to: every run's, or those of ``ids``."""
     report = auditor.finish()
     views: list[Problem] = []
     if (yield from projection_is_current(_VIEWS)):
-        for stream_id, what in (yield from stored_view_differences(auditor.views())):
+        for stream_id, what in (yield from stored_view_differences(auditor.views(), ids=ids)):
             if "no such run" in what and (
                 yield from _appended_since(context, stream_id, report.last_position)
             ):

@@ -220,12 +220,14 @@ _TASK_FIELDS = _TASK_COLUMNS.split(", ")
 _PAGE = 2_000
 
 
-def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[str, str]]]:
+def stored_view_differences(
+    folded: Mapping[str, RunView], *, ids: Sequence[str] | None = None
+) -> Script[list[tuple[str, str]]]:
     """How the stored views differ from ``folded``, each run's view as its events fold
-    it: (run id, what differs), runs in id order. Compares every column of each row, the
-    view in it and the flow runs' tags. A row at a later version than its fold is a run
-    appended to since the events were read, and is passed over if the log now holds
-    that many events of the run."""
+    it: (run id, what differs), runs in id order; every run's, or only those of ``ids``.
+    Compares every column of each row, the view in it and the flow runs' tags. A row at
+    a later version than its fold is a run appended to since the events were read, and
+    is passed over if the log now holds that many events of the run."""
     differences: list[tuple[str, str]] = []
     seen: set[str] = set()
     ahead: list[tuple[str, int]] = []
@@ -235,9 +237,13 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
     ):
         after = ""
         while True:
-            rows: list[Row] = yield Fetch(
-                f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT ?", (after, _PAGE)
-            )
+            if ids is None:
+                rows: list[Row] = yield Fetch(
+                    f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT ?", (after, _PAGE)
+                )
+            else:  # a few runs (one run's check): all at once
+                marks = ", ".join("?" * len(ids))
+                rows = yield Fetch(f"SELECT {columns} FROM {table} WHERE id IN ({marks}) ORDER BY id", ids)
             for row in rows:
                 run_id = str(row[0])
                 seen.add(run_id)
@@ -252,7 +258,7 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
                 what = _row_difference(fields, row, row_of(run_id, view, b""), view)
                 if what is not None:
                     differences.append((run_id, what))
-            if len(rows) < _PAGE:
+            if ids is not None or len(rows) < _PAGE:
                 break
             after = str(rows[-1][0])
     for run_id, stored_version in ahead:
@@ -269,7 +275,12 @@ def stored_view_differences(folded: Mapping[str, RunView]) -> Script[list[tuple[
     differences += [
         (run_id, "the log holds it, but no view row does") for run_id in sorted(set(folded) - seen)
     ]
-    tags: list[Row] = yield Fetch("SELECT tag, run_id FROM run_tags")
+    if ids is None:
+        tags: list[Row] = yield Fetch("SELECT tag, run_id FROM run_tags")
+    else:
+        tags = yield Fetch(
+            f"SELECT tag, run_id FROM run_tags WHERE run_id IN ({', '.join('?' * len(ids))})", ids
+        )
     stored_tags = {(str(tag), str(run_id)) for tag, run_id in tags}
     folded_tags = {
         (tag, run_id) for run_id, view in folded.items() if view.kind is RunKind.FLOW for tag in view.tags

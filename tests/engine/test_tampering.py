@@ -304,10 +304,9 @@ def test_verify_of_one_run_reports_its_event_that_does_not_decode_after_a_failed
         assert first.position == 2
 
 
-def test_verify_of_one_run_whose_view_does_not_decode_checks_its_events(
-    original: Path, tmp_path: Path
-) -> None:
-    """The view is compared by a check of the whole log, which names it."""
+def test_verify_of_one_run_whose_view_does_not_decode_names_the_view(original: Path, tmp_path: Path) -> None:
+    """A check of one run compares the stored views of the runs it checks, as a check
+    of the whole log compares every one: it reported such a run sound."""
     damaged: list[str] = []
 
     def tamper(connection: sqlite3.Connection) -> None:
@@ -315,8 +314,23 @@ def test_verify_of_one_run_whose_view_does_not_decode_checks_its_events(
         connection.execute("UPDATE flow_runs SET view = X'00' WHERE id = ?", (damaged[0],))
 
     for orch in _tampered(original, tmp_path, tamper):
-        assert orch.verify(damaged[0]).ok
-        assert [problem.stream_id for problem in orch.verify().problems] == [damaged[0]]
+        for report in (orch.verify(damaged[0]), orch.verify()):
+            assert [(p.kind, p.stream_id) for p in report.problems] == [("view", damaged[0])]
+
+
+def test_verify_of_one_run_whose_state_column_was_edited_names_the_view(
+    original: Path, tmp_path: Path
+) -> None:
+    edited: list[str] = []
+
+    def tamper(connection: sqlite3.Connection) -> None:
+        edited.append(_a_flow_run(connection))
+        connection.execute("UPDATE flow_runs SET state_type = 'FAILED' WHERE id = ?", (edited[0],))
+
+    for orch in _tampered(original, tmp_path, tamper):
+        (problem,) = orch.verify(edited[0]).problems
+        assert (problem.kind, problem.stream_id) == ("view", edited[0])
+        assert "state_type is 'FAILED', where its events give 'COMPLETED'" in problem.message
 
 
 def _a_flow_run(connection: sqlite3.Connection) -> str:
@@ -394,7 +408,8 @@ def test_views_marked_stale_are_not_compared(original: Path, tmp_path: Path) -> 
 def test_a_subflows_newest_state_removed_is_caught_by_verifying_that_run_alone(
     original: Path, tmp_path: Path
 ) -> None:
-    """Its copy on the parent task run is still there: the evidence is in the selection."""
+    """Its copy on the parent task run is still there: the evidence is in the selection;
+    so is the subflow's view row, at a version its events no longer reach."""
     removed: list[str] = []
 
     def tamper(connection: sqlite3.Connection) -> None:
@@ -407,7 +422,10 @@ def test_a_subflows_newest_state_removed_is_caught_by_verifying_that_run_alone(
 
     for orch in _tampered(original, tmp_path, tamper):
         report = orch.verify(removed[0])
-        assert [p.kind for p in report.problems] == ["mirror"]
+        assert [(p.kind, p.stream_id) for p in report.problems] == [
+            ("mirror", report.problems[0].stream_id),
+            ("view", removed[0]),
+        ]
         assert f"copies a state of subflow run {removed[0]}" in report.problems[0].message
 
 
