@@ -185,16 +185,35 @@ class _ThreadHolding(Holding):
                 raise_in_thread(self.ident, exception)
 
     def into_the_engine(self) -> None:
+        """Going back into the engine's code. A timeout raised meanwhile may come through
+        at any bytecode until it is taken back; it is held then (delivered at the
+        script's next step) and the way in tried again. Nothing can come through once
+        it is taken back, and the depth only grows after that: it grows once."""
+        while True:
+            try:
+                self._into()
+            except FlowTimeout as timeout:
+                with self.lock:
+                    if self.raised is not None and isinstance(timeout, self.raised):
+                        self.raised = None
+                    if self.pending is None:
+                        self.pending = timeout
+            else:
+                return
+
+    def _into(self) -> None:
         with self.lock:
             came, self.raised = self.raised, None
             if came is not None:
-                raise_in_thread(self.ident, None)  # not raised yet: held instead
+                raise_in_thread(self.ident, None)  # not come through yet: held instead
                 if self.pending is None:
                     self.pending = came()
             self.depth += 1
 
     def out_of_the_engine(self) -> None:
+        # Nothing is raised in the thread while the depth is above 0 (see timed_out).
         with self.lock:
+            assert self.depth > 0, "out of the engine's code without having gone in"
             self.depth -= 1
 
     @contextmanager

@@ -638,6 +638,57 @@ def test_a_timeout_passing_while_a_subflow_is_being_created_ends_the_subflow_too
     assert only_run(orch, "child").state.type is StateType.FAILED
 
 
+def test_a_timeout_coming_through_as_a_thread_goes_back_into_the_engine_leaves_later_timeouts_working(
+    orch: SyncOrchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off the main thread the timeout may come through in the few bytecodes before the
+    thread takes it back on its way into the engine (here made wider): it skipped the
+    step into the engine, and the thread's later flows ran past their timeouts."""
+    into = termination._ThreadHolding._into
+    came_through: list[str] = []
+
+    def slowly_into(holding: Any) -> None:
+        try:
+            time.sleep(0.002)  # stands for those bytecodes
+        except BaseException as exc:
+            came_through.append(type(exc).__name__)
+            raise
+        into(holding)
+
+    monkeypatch.setattr(termination._ThreadHolding, "_into", slowly_into)
+
+    @flow(name="leaf")
+    def leaf() -> None:
+        pass
+
+    @flow(name="looping", timeout_seconds=0.05)
+    def looping() -> None:
+        while True:
+            leaf()
+
+    @flow(name="later", timeout_seconds=0.1)
+    def later() -> None:
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            pass
+
+    def in_the_thread() -> float:
+        for _ in range(20):
+            with pytest.raises(FlowTimeoutError):
+                looping()
+        monkeypatch.undo()
+        started = time.monotonic()
+        with pytest.raises(FlowTimeoutError):
+            later()
+        return time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        took = pool.submit(contextvars.copy_context().run, in_the_thread).result()
+    assert came_through, "the window was never hit"
+    assert took < 2
+    assert {run.state.name for run in orch.read_flow_runs(flow_names=["leaf"])} <= {"Completed", "Failed"}
+
+
 def test_a_timeout_is_not_swallowed_by_the_functions_own_except_exception(orch: SyncOrchestrator) -> None:
     caught: list[str] = []
 
