@@ -140,31 +140,53 @@ def entered(
 
 
 class FlowsUnderWay:
-    """The async flows under way on one orchestrator. A flow can outlive the call that
-    started it, and the flow that called it: `asyncio.gather` returns at its first
-    child cancelled or failed, and the other children go on. An orchestrator's block
-    ends, and one the engine opened is closed, once they have ended: closed before, it
-    would leave them unable to record their end (Running for ever)."""
+    """The async flows under way on one orchestrator, by the task running each. A flow
+    can outlive the call that started it, and the flow that called it: `asyncio.gather`
+    returns at its first child cancelled or failed, and the other children go on; a
+    flow may be started in a task nobody awaits. Closed under them, the log would leave
+    them unable to record their end (Running for ever). So one the engine opened is
+    closed by the last flow using it, and a block cancels those still under way as it
+    ends (as `asyncio.run` cancels the tasks left) and waits for them to record it.
+
+    Counted in one event loop at a time (the one of the flows under way; a later
+    `asyncio.run` starts afresh): a use from another loop is refused by the log anyway."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.tasks: dict[asyncio.Task[Any], int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._none = asyncio.Event()
         self._none.set()
 
     @contextmanager
     def one(self) -> Iterator[None]:
-        """A flow under way meanwhile."""
-        self.count += 1
+        """A flow under way meanwhile, in the running task."""
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        if loop is not self._loop and not self.tasks:
+            self._loop, self._none = loop, asyncio.Event()
+            self._none.set()
+        if task is None or loop is not self._loop:
+            yield
+            return
+        self.tasks[task] = self.tasks.get(task, 0) + 1
         self._none.clear()
         try:
             yield
         finally:
-            self.count -= 1
-            if not self.count:
+            if self.tasks[task] > 1:
+                self.tasks[task] -= 1
+            else:
+                del self.tasks[task]
+            if not self.tasks:
                 self._none.set()
 
     async def ended(self) -> None:
-        """Wait until none is under way."""
+        """Cancel the flows still under way in other tasks, and wait for their end."""
+        if asyncio.get_running_loop() is not self._loop:
+            return
+        me = asyncio.current_task()
+        for task in list(self.tasks):
+            if task is not me:
+                task.cancel()
         await self._none.wait()
 
 

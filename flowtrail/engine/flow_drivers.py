@@ -206,7 +206,7 @@ async def _used(orchestrator: Orchestrator) -> AsyncIterator[None]:
         with flows.one():
             yield
     finally:
-        if not flows.count and orchestrator in _opened_here:
+        if not flows.tasks and orchestrator in _opened_here:
             _opened_here.discard(orchestrator)
             await orchestrator.close()
 

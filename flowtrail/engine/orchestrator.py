@@ -475,7 +475,8 @@ class Orchestrator(_Base):
             if self._entered:
                 self._entered.pop().__exit__(kind, error, tb)
             # A flow called in the block may outlive the call (a subflow gathered with
-            # others that failed): it ends first, and records its end.
+            # others that failed, a task nobody awaited): cancelled, it records its end
+            # before the log closes.
             await flows_under_way(self).ended()
         finally:
             await self.close()

@@ -384,7 +384,6 @@ class _ForkedTermination:
         # held (a fork from another thread while the main one was inside a call).
         _main.reset()
         _tasks.clear()
-        _by_cancellation.clear()
         _thread_holdings.clear()
         _threads.__dict__.pop("holding", None)  # the forking thread's, inside a call maybe
         _async_flows.clear()
@@ -485,14 +484,14 @@ def terminated(exc: BaseException) -> BaseException | None:
         if task is not None:
             task.uncancel()  # taken in: the run's end is recorded, then it ends
         raised = _raised_by(signal.SIGTERM if exc.args == (_TERMINATED,) else signal.SIGINT)
-        _by_cancellation[id(raised)] = raised, exc
+        # Kept on the error itself (no table to leak from): `raised_as_here` reads it.
+        setattr(raised, _CANCELLATION, exc)
         return raised
     return None
 
 
-#: The errors `terminated` made (by id: a KeyboardInterrupt takes no weak reference),
-#: each with the cancellation it stands for, until `raised_as_here` takes it.
-_by_cancellation: dict[int, tuple[BaseException, asyncio.CancelledError]] = {}
+#: Where an error `terminated` made keeps the cancellation it stands for.
+_CANCELLATION = "_flowtrail_cancellation"
 
 
 @contextmanager
@@ -505,7 +504,7 @@ def raised_as_here() -> Iterator[None]:
     try:
         yield
     except (TerminationSignal, KeyboardInterrupt) as error:
-        made, cancellation = _by_cancellation.pop(id(error), (None, None))
-        if made is not error or cancellation is None or asyncio.current_task() in _tasks:
+        cancellation = getattr(error, _CANCELLATION, None)
+        if not isinstance(cancellation, asyncio.CancelledError) or asyncio.current_task() in _tasks:
             raise
         raise cancellation from error

@@ -1350,19 +1350,35 @@ def test_subflows_gathered_side_by_side_record_their_end_when_the_parent_is_canc
     assert histories == [["Pending", "Running", "Crashed"]] * len(histories)
 
 
-def test_an_orchestrator_block_ends_once_the_flows_started_in_it_have_ended(databases: Databases) -> None:
-    """A flow left running as its block ends (a task nobody awaited) records its end
-    before the log closes, instead of finding it closed."""
+def test_a_flow_left_running_as_its_block_ends_is_cancelled_and_records_its_end_first(
+    databases: Databases,
+) -> None:
+    """A flow in a task nobody awaited (a poller, cancelled by its caller after the
+    block) found its log closed and stayed Running; waiting for it instead would wait
+    for ever. The block cancels it, as `asyncio.run` cancels the tasks left, and closes
+    the log once it has recorded its end."""
     url = databases.url("left")
 
-    async def scenario() -> None:
-        async with Orchestrator.open(url):
-            left = asyncio.ensure_future(_side_child(0.2))
-            await asyncio.sleep(0.05)
-        assert left.done()
+    @flow(name="poller")
+    async def poller() -> None:
+        while True:
+            await asyncio.sleep(0.01)
 
-    asyncio.run(scenario())
-    assert _histories(url) == [["Pending", "Running", "Completed"]]
+    async def scenario() -> asyncio.Task[None]:
+        async with Orchestrator.open(url):
+            left = asyncio.ensure_future(poller())
+            await asyncio.sleep(0.1)
+        assert left.done()
+        return left
+
+    left = asyncio.run(scenario())
+    assert left.cancelled()
+    with SyncOrchestrator.open(url) as orch:
+        (run,) = orch.read_flow_runs()
+        assert (run.state.name, run.state.message) == (
+            "Crashed",
+            "Execution was cancelled by the runtime environment.",
+        )
 
 
 def test_a_subflow_outliving_its_parent_records_its_end_on_the_log_the_engine_opened(
