@@ -185,7 +185,7 @@ class FlowsUnderWay:
             return
         me = asyncio.current_task()
         for task in list(self.tasks):
-            if task is not me:
+            if task is not me and not task.cancelling():  # not one being cancelled already
                 task.cancel()
         await self._none.wait()
 
