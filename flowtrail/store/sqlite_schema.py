@@ -343,6 +343,8 @@ def translate(exc: Exception) -> BaseException:
         return CorruptLogError(f"the database file is damaged: {text}")
     if base in _UNAVAILABLE:
         return StoreUnavailableError(f"the database cannot be used right now: {text}")
+    if text.startswith(("no such table", "no such column")):  # as PostgreSQL's are named
+        return CorruptLogError(f"the log's tables are not as flowtrail made them: {text}")
     if isinstance(exc, sqlite3.IntegrityError):
         return StoreError(f"the database refused a write: {text}")
     return StoreError(f"SQLite: {text}")

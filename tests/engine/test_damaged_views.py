@@ -18,17 +18,23 @@ from tests.engine.conftest import Orch, parent_with_subflow
 from tests.engine.test_cli import assert_user_error, flowtrail
 
 
-def _damage(url: str, table: str, run_id: object, view: object = b"\x00") -> None:
-    """Overwrite one run's stored view with ``view``, as someone at the database could."""
+def _at_the_database(url: str, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run ``sql`` (``{table}`` for a table's name, ``?`` for a value) on the log at
+    ``url``, as someone at the database could."""
     if url.startswith("sqlite"):
         with sqlite3.connect(urlsplit(url).path[1:]) as raw:
-            raw.execute(f"UPDATE {table} SET view = ? WHERE id = ?", (view, str(run_id)))
+            raw.execute(sql.replace("{schema}.", ""), params)
         return
     import psycopg
 
     schema = parse_qs(urlsplit(url).query)["schema"][0]
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as raw:  # type: ignore[arg-type]
-        raw.execute(f'UPDATE "{schema}".{table} SET view = %s WHERE id = %s', (view, str(run_id)))
+        raw.execute(sql.replace("{schema}", f'"{schema}"').replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
+def _damage(url: str, table: str, run_id: object, view: object = b"\x00") -> None:
+    """Overwrite one run's stored view with ``view``."""
+    _at_the_database(url, f"UPDATE {{schema}}.{table} SET view = ? WHERE id = ?", (view, str(run_id)))
 
 
 #: Each read, given (parent, its task run, the subflow), with the table whose row it reads
@@ -81,3 +87,12 @@ def test_the_cli_names_a_damaged_view_row_in_one_sentence(tmp_path: Path, comman
     _damage(f"sqlite:///{path}", "flow_runs", run.id)
     ran = flowtrail(*[str(run.id) if word == "RUN" else word for word in command], database=path)
     assert_user_error(ran, str(run.id), "flowtrail rebuild")
+
+
+def test_a_table_of_the_log_dropped_by_hand_is_a_corrupt_log_error_on_every_backend(orch: Orch) -> None:
+    """PostgreSQL's missing table was a CorruptLogError, SQLite's a plain StoreError."""
+    orch.create_flow_run("etl", tags=["nightly"])
+    _at_the_database(orch.url, "DROP TABLE {schema}.run_tags")
+    orch.reopen()
+    with pytest.raises(CorruptLogError, match="the log's tables are not as flowtrail made them"):
+        orch.read_flow_runs(tags=["nightly"])
