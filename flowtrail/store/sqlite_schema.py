@@ -277,13 +277,21 @@ def check_file(path: Path) -> None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     change_counter, pages, valid_for = header[24:28], int.from_bytes(header[28:32], "big"), header[92:96]
-    wal = Path(f"{path}-wal")
     # With a WAL present, SQLite may still be mid-checkpoint and will recover the file;
     # without one, a file shorter than its header says has lost pages.
-    if change_counter == valid_for and pages and not (wal.exists() and wal.stat().st_size > 0):
+    if change_counter == valid_for and pages and not _wal_holds_frames(path):
         expected = page_size * pages
         if size < expected:
             raise CorruptLogError(f"{path} is truncated: {size} bytes, where its header counts {expected}")
+
+
+def _wal_holds_frames(path: Path) -> bool:
+    # One stat: the last connection of another process may delete the WAL at any
+    # moment (between an exists() and a stat(), a child opening the log failed so).
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def check_contents(path: Path, *, create: bool) -> None:
