@@ -38,19 +38,15 @@ _BATCH = 5_000
 def related_streams(context: Context, run_id: UUID) -> Script[list[UUID]]:
     """The run and the runs its decisions read or write: a task's flow run, a subflow's
     parent task run, and so on up."""
-    seen: list[UUID] = []
-    todo = [run_id]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.append(current)
-        view = yield from context.load(current, fresh=True)
-        if view.kind is RunKind.TASK and view.flow_run_id is not None:
-            todo.append(view.flow_run_id)
-        if view.parent_task_run_id is not None:
-            todo.append(view.parent_task_run_id)
-    return seen
+
+    def above(run: UUID) -> Script[list[UUID] | None]:
+        view = yield from context.load(run, fresh=True)
+        return [
+            *([view.flow_run_id] if view.kind is RunKind.TASK and view.flow_run_id is not None else []),
+            *([view.parent_task_run_id] if view.parent_task_run_id is not None else []),
+        ]
+
+    return (yield from _upwards(run_id, above))
 
 
 #: A run's creation: the first event of its stream.
@@ -65,26 +61,40 @@ def related_in_log(run_id: UUID) -> Script[list[UUID]]:
     run: neither a damaged view nor a damaged event may stop it, since naming damage is
     what it is for. A creation that cannot be read ends the walk there; the audit of the
     streams found names it."""
+
+    def above(run: UUID) -> Script[list[UUID] | None]:
+        try:
+            rows: list[Row] = yield Fetch(_CREATION, (str(run),))
+            creation = record_of(rows[0]).decode() if rows else None
+        except (CodecError, CorruptLogError):
+            return []
+        if not rows:
+            return None
+        if isinstance(creation, TaskRunCreated) and creation.flow_run_id is not None:
+            return [creation.flow_run_id]
+        if isinstance(creation, FlowRunCreated) and creation.parent_task_run_id is not None:
+            return [creation.parent_task_run_id]
+        return []
+
+    return (yield from _upwards(run_id, above))
+
+
+def _upwards(run_id: UUID, above: Callable[[UUID], Script[list[UUID] | None]]) -> Script[list[UUID]]:
+    """``run_id`` and the runs above it, as ``above`` gives each run's (None: no such
+    run, passed over, but for the one asked for: RunNotFoundError)."""
     seen: list[UUID] = []
     todo = [run_id]
     while todo:
         current = todo.pop()
         if current in seen:
             continue
-        try:
-            rows: list[Row] = yield Fetch(_CREATION, (str(current),))
-            creation = record_of(rows[0]).decode() if rows else None
-        except (CodecError, CorruptLogError):
-            seen.append(current)
+        found = yield from above(current)
+        if found is None:
+            if current == run_id:
+                raise RunNotFoundError(run_id)
             continue
-        if rows:
-            seen.append(current)
-        elif current == run_id:
-            raise RunNotFoundError(run_id)
-        if isinstance(creation, TaskRunCreated) and creation.flow_run_id is not None:
-            todo.append(creation.flow_run_id)
-        if isinstance(creation, FlowRunCreated) and creation.parent_task_run_id is not None:
-            todo.append(creation.parent_task_run_id)
+        seen.append(current)
+        todo += found
     return seen
 
 

@@ -20,8 +20,8 @@ hangs), and a second SIGTERM while the first one's cancellation is being recorde
 absorbed (raised there, it would leave the run Cancelling, its hooks not run).
 
 A sync flow's timeout is held back the same way: raised from the main thread's timer,
-or, on another thread, by a watcher thread (`_ThreadHolding`). A process forked meanwhile (a pool's workers) starts with the usual handlers and
-nothing held. Async subflows run side by side in tasks of their own (`asyncio.gather`)
+or, on another thread, by a watcher thread (`_ThreadHolding`). A process forked
+meanwhile (a pool's workers) starts with the usual handlers and nothing held. Async subflows run side by side in tasks of their own (`asyncio.gather`)
 get the signal as their parent's cancellation, which reaches their tasks with its
 message; each records its end and then ends as that cancellation (`raised_as_here`).
 Sync subflows in threads of their own are not reached: signals run on the main thread.
@@ -120,9 +120,13 @@ class Holding:
         whether it is held back (while held; the first of two is kept)."""
         if not self.depth:
             return False
+        self.keep(error)
+        return True
+
+    def keep(self, error: BaseException) -> None:
+        """Keep ``error`` to deliver, unless one is kept already (the first stands)."""
         if self.pending is None:
             self.pending = error
-        return True
 
     def delivered_now(self, signum: int) -> BaseException:
         """What ``signum`` raises in the flow, noted as raised there."""
@@ -193,11 +197,8 @@ class _ThreadHolding(Holding):
             try:
                 self._into()
             except FlowTimeout as timeout:
-                with self.lock:
-                    if self.raised is not None and isinstance(timeout, self.raised):
-                        self.raised = None
-                    if self.pending is None:
-                        self.pending = timeout
+                self._came_through(timeout)
+                self.keep(timeout)
             else:
                 return
 
@@ -206,9 +207,14 @@ class _ThreadHolding(Holding):
             came, self.raised = self.raised, None
             if came is not None:
                 raise_in_thread(self.ident, None)  # not come through yet: held instead
-                if self.pending is None:
-                    self.pending = came()
+                self.keep(came())
             self.depth += 1
+
+    def _came_through(self, timeout: FlowTimeout) -> None:
+        """``timeout`` was raised in the thread: the one raised there is no longer to come."""
+        with self.lock:
+            if self.raised is not None and isinstance(timeout, self.raised):
+                self.raised = None
 
     def out_of_the_engine(self) -> None:
         # Nothing is raised in the thread while the depth is above 0 (see timed_out).
@@ -232,9 +238,7 @@ class _ThreadHolding(Holding):
             self.deliver()
             yield
         except FlowTimeout as timeout:
-            with self.lock:
-                if self.raised is not None and isinstance(timeout, self.raised):
-                    self.raised = None  # come through, in the flow's own code
+            self._came_through(timeout)  # in the flow's own code
             raise
         finally:
             self.into_the_engine()
@@ -250,7 +254,7 @@ _thread_holdings: weakref.WeakValueDictionary[int, _ThreadHolding] = weakref.Wea
 
 def _thread_holding() -> _ThreadHolding:
     holding: _ThreadHolding | None = getattr(_threads, "holding", None)
-    if holding is None or holding.ident != threading.get_ident():
+    if holding is None:
         holding = _threads.holding = _thread_holdings[threading.get_ident()] = _ThreadHolding()
     return holding
 

@@ -485,16 +485,14 @@ class AsyncLogStore(_Backend):
         finally:
             self._committer = None
 
-    async def _committed(self, group: list[PreparedAppend]) -> list[AppendResult | BaseException]:
+    async def _committed(self, group: list[PreparedAppend]) -> Sequence[AppendResult | BaseException]:
         """What each append of a group comes to, in one transaction. Where the
         transaction fails whole on what one append brought (a row its inline projection
         refused: PostgreSQL aborts the transaction there), each is tried again on its
         own, so that only that one fails, as if it had come alone. A busy or unreachable
         database fails them all: trying again one by one would only wait longer."""
         try:
-            results: list[AppendResult | BaseException] = list(
-                await self._run(append_script(group, self.sql, self._options.projections), write=True)
-            )
+            results = await self._run(append_script(group, self.sql, self._options.projections), write=True)
         except (StoreBusyError, StoreUnavailableError, StoreAccessError) as exc:
             return [exc] * len(group)
         except Exception as exc:
