@@ -92,11 +92,14 @@ class RunViewsRebuild:
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._dirty: dict[str, RunView] = {}
         self._created: list[tuple[str, RunView]] = []
+        #: The dialect of the tables written (see `reset`), whose indexes `finish` makes.
+        self.dialect: Dialect = "sqlite"
 
     def reset(self, dialect: Dialect, mark_stale: Script[None], last_position: str) -> Script[object]:
         """Drop and recreate the tables, marked stale, in one transaction; its result is
         the log's last position then (every event up to it was appended before the drop).
         """
+        self.dialect = dialect
 
         def body() -> Script[int]:
             for table in self.projection.tables:
@@ -170,7 +173,7 @@ class RunViewsRebuild:
                 if len(rows) < batch:
                     break
             yield from self._flush(everything=True)
-            for statement in self.projection.index_schema():
+            for statement in self.projection.index_schema(self.dialect):
                 yield Execute(statement)
             yield from mark_current
             yield from self._gone()
@@ -185,7 +188,7 @@ class RunViewsRebuild:
         """Write every view still unwritten and index the tables (when the caller fed
         the whole log itself)."""
         yield from self.flush()
-        for statement in self.projection.index_schema():
+        for statement in self.projection.index_schema(self.dialect):
             yield Execute(statement)
 
     def _apply(self, records: Sequence[RecordedEvent]) -> Script[None]:
@@ -228,8 +231,9 @@ class RunViewsRebuild:
             elif record.version != view.version + 1:
                 # Not its turn: an append already applied it to the stored row. Write the
                 # row again all the same, whole: an append that brought its view along
-                # wrote it without its expected start time, trusting the row it updated
-                # to hold it, which an older row written by this rebuild may not.
+                # wrote only the indexed columns its fold changed, trusting the row it
+                # updated to hold the others, which an older row written by this rebuild
+                # may not.
                 views[run_id] = dirty[run_id] = view
                 continue
             view = evolve(view, event)
