@@ -162,6 +162,18 @@ ROWS = [
         met=lambda r: at_most(median(r, "orchestrator", "lookups.find_subflow_run_us"), 20),
     ),
     Row(
+        "read_flow_runs, a page of 200 among 1M flow runs: slowest of each sort and the state or flow filter",
+        "<= 10 ms",
+        "orchestrator",
+        lambda r: num(get(r, "orchestrator", "lookups.pages.slowest_ms"), " ms", 2),
+        anchor=lambda r: (
+            None
+            if get(r, "orchestrator", "lookups.pages.slowest") is None
+            else f"slowest: {get(r, 'orchestrator', 'lookups.pages.slowest')}"
+        ),
+        met=lambda r: at_most(get(r, "orchestrator", "lookups.pages.slowest_ms"), 10),
+    ),
+    Row(
         "rebuild() of 2.2M events",
         ">= 250,000 events/s",
         "orchestrator",
