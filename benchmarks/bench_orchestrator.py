@@ -291,6 +291,7 @@ def bench_lookups(path: Path, rounds: int = 5, lookups: int = 3000) -> dict[str,
 PAGES: dict[str, dict[str, object]] = {
     **{f"sort {sort}": {"sort": sort} for sort in FlowRunSort},
     "state_types PENDING": {"state_types": ["PENDING"]},
+    "state_names Pending": {"state_names": ["Pending"]},
     "flow_names flow-3": {"flow_names": ["flow-3"]},
 }
 

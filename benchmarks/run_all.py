@@ -162,7 +162,7 @@ ROWS = [
         met=lambda r: at_most(median(r, "orchestrator", "lookups.find_subflow_run_us"), 20),
     ),
     Row(
-        "read_flow_runs, a page of 200 among 1M flow runs: slowest of each sort and the state or flow filter",
+        "read_flow_runs, a page of 200 among 1M flow runs: slowest of each sort and the state, state name or flow filter",
         "<= 10 ms",
         "orchestrator",
         lambda r: num(get(r, "orchestrator", "lookups.pages.slowest_ms"), " ms", 2),

@@ -92,7 +92,7 @@ _FLOW_INSERT = (
 _FLOW_SET: tuple[tuple[str, Callable[[RunView], object] | None], ...] = (
     ("name", attrgetter("name")),
     ("state_type", lambda view: None if view.state is None else view.state.type),
-    ("state_name", None),
+    ("state_name", lambda view: None if view.state is None else view.state.name),
     ("expected_start_time", attrgetter("expected_start_time")),
     ("next_scheduled_start_time", attrgetter("next_scheduled_start_time")),
     ("start_time", attrgetter("start_time")),
@@ -110,7 +110,7 @@ def _flow_upsert(changed: tuple[bool, ...]) -> str:
     ``changed`` (in `_INDEXED`'s order) and every other column.
 
     SQLite rewrites the entries of every index holding a column named in SET, changed or
-    not: a state change names the state and one time, not the six indexed columns, and
+    not: a state change names the state and one time, not the seven indexed columns, and
     keeps the other indexes' pages out of the commit."""
     flags = dict(zip((column for column, _ in _INDEXED), changed, strict=True))
     return _FLOW_INSERT + ", ".join(
@@ -392,12 +392,14 @@ class RunViews:
 
         Each sort of `read_flow_runs` reads its first page off an index, as does each
         filter but the tags in the default order (newest first): a page of 200 among a
-        million runs is read in about a millisecond, where sorting them took seconds.
+        million runs is read in about a millisecond, where sorting them took seconds (and
+        finding a rare state name, a scan of every run).
         SQLite reads an index either way and puts NULLs where asked; PostgreSQL needs an
         index in the order asked for, NULLs included.
         """
         shared = [
             "CREATE INDEX IF NOT EXISTS flow_runs_by_state_and_id ON flow_runs (state_type, id)",
+            "CREATE INDEX IF NOT EXISTS flow_runs_by_state_name ON flow_runs (state_name, id)",
             "CREATE INDEX IF NOT EXISTS flow_runs_by_flow_and_id ON flow_runs (flow_name, id)",
             "CREATE INDEX IF NOT EXISTS flow_runs_by_expected_start ON flow_runs (expected_start_time)",
             "CREATE INDEX IF NOT EXISTS flow_runs_by_next_start ON flow_runs (next_scheduled_start_time, id)",
