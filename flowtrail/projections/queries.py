@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 from uuid import UUID
 
 from flowtrail.core.effects import Fetch, Row, Script
@@ -206,6 +207,51 @@ def _run_ids(name: str, given: Iterable[object] | None) -> list[object] | None:
     return spelled
 
 
+#: A filter that this many runs pass is read in the sort's order on SQLite (see
+#: `_may_sort_every_match`).
+_DENSE = 10_000
+
+
+class _Condition(NamedTuple):
+    """One filter of `read_flow_runs`: its SQL over a column (``{column}``), the values
+    it binds, and whether a single value is read in the default order (newest first)
+    off an index."""
+
+    sql: str
+    column: str
+    params: list[object]
+    in_id_order: bool
+
+    def spelled(self, *, indexed: bool = True) -> str:
+        """Its SQL; with ``indexed=False``, none that an index can serve (a unary +)."""
+        return self.sql.format(column=self.column if indexed else f"+{self.column}")
+
+
+def _any_of(column: str, values: list[object]) -> _Condition:
+    """A column holding any of these values (none: no run)."""
+    if not values:
+        return _Condition("0 = 1", column, [], in_id_order=True)
+    return _Condition(f"{{column}} IN ({', '.join('?' * len(values))})", column, values, len(values) == 1)
+
+
+def _may_sort_every_match(conditions: Sequence[_Condition], sort: FlowRunSort) -> bool:
+    """Whether SQLite, reading a page under these filters in this order, may read every
+    run they match off a filter's index and sort them all.
+
+    SQLite keeps no statistics here, so given a filter and a sort it reads the runs the
+    filter's index gives and sorts them: a page of the runs most runs match (every
+    Completed run, latest started first) sorted all of them, 2.3 s among 1M. A probe of
+    at most `_DENSE` matches tells such a filter from a rare one, and a page under a
+    common filter is read in the sort's order, its filters kept off every index: it
+    stops after about ``limit * runs / _DENSE`` rows. A single value in the default
+    order needs no probe: the state, state name and flow indexes are in id order, as
+    is the list of a tag's runs (and a parent task run starts few subflows).
+    """
+    if not conditions:
+        return False
+    return sort is not FlowRunSort.ID_DESC or not all(condition.in_id_order for condition in conditions)
+
+
 def read_flow_runs(
     *,
     state_types: Iterable[StateType | str] | None = None,
@@ -228,36 +274,50 @@ def read_flow_runs(
         raise InvalidInputError(f"limit is None or a whole number from 0 to {MAX_OFFSET}, not {limit!r}")
     if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
         raise InvalidInputError(f"offset is a whole number from 0 to {MAX_OFFSET}, not {offset!r}")
-    where: list[str] = []
-    params: list[object] = []
-
-    def any_of(column: str, values: Sequence[object] | None) -> None:
-        if values is not None:
-            where.append(f"{column} IN ({', '.join('?' * len(values))})" if values else "0 = 1")
-            params.extend(values)
-
+    conditions: list[_Condition] = []
     types = _values("state_types", state_types)
     if types is not None:
         try:
             types = [StateType(str(t)).value for t in types]
         except ValueError as exc:
             raise InvalidInputError(f"unknown state type in state_types: {exc}") from None
-    any_of("state_type", types)
-    any_of("state_name", _texts("state_names", state_names))
-    any_of("flow_name", _texts("flow_names", flow_names))
-    any_of("parent_task_run_id", _run_ids("parent_task_run_ids", parent_task_run_ids))
-    wanted = list(dict.fromkeys(_texts("tags", tags) or ()))
+    for column, values in (
+        ("state_type", types),
+        ("state_name", _texts("state_names", state_names)),
+        ("flow_name", _texts("flow_names", flow_names)),
+        ("parent_task_run_id", _run_ids("parent_task_run_ids", parent_task_run_ids)),
+    ):
+        if values is not None:
+            conditions.append(_any_of(column, values))
+    wanted: list[object] = list(dict.fromkeys(_texts("tags", tags) or ()))
+    # In the default order, SQLite reads the runs a list of the tags' run ids gives, in
+    # id order: a page needs no probe.
     if len(wanted) == 1:
-        where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
+        conditions.append(
+            _Condition("{column} IN (SELECT run_id FROM run_tags WHERE tag = ?)", "id", wanted, True)
+        )
     elif wanted:
         # Runs carrying every tag: one scan of the tags asked for, counted per run (a run
         # holds each tag once), rather than a subquery nested per tag.
-        where.append(
-            f"id IN (SELECT run_id FROM run_tags WHERE tag IN ({', '.join('?' * len(wanted))}) "
-            "GROUP BY run_id HAVING count(*) = ?)"
+        conditions.append(
+            _Condition(
+                f"{{column}} IN (SELECT run_id FROM run_tags WHERE tag IN ({', '.join('?' * len(wanted))}) "
+                "GROUP BY run_id HAVING count(*) = ?)",
+                "id",
+                [*wanted, len(wanted)],
+                True,
+            )
         )
-        wanted.append(len(wanted))
-    params.extend(wanted)
+    params = [param for condition in conditions for param in condition.params]
+    indexed = True
+    if dialect == "sqlite" and limit is not None and _may_sort_every_match(conditions, FlowRunSort(sort)):
+        ((matched,),) = yield Fetch(
+            "SELECT count(*) FROM (SELECT 1 FROM flow_runs WHERE "
+            f"{' AND '.join(condition.spelled() for condition in conditions)} LIMIT ?)",
+            [*params, _DENSE],
+        )
+        indexed = matched < _DENSE
+    where = [condition.spelled(indexed=indexed) for condition in conditions]
     source = "flow_runs"
     if where:
         source += " WHERE " + " AND ".join(where)
