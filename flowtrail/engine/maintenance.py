@@ -152,6 +152,8 @@ def _rebuild(
         yield from _replay(
             rebuild, backend.sql.read_batch, lambda after: (after + 1, batch), batch, progress, total
         )
+    for build in rebuild.index_builds():
+        yield OnWriter(build)
     yield OnWriter(rebuild.finish(backend.sql.read_batch, record_of, backend.mark_current(views)))
     if progress is not None:
         progress(rebuild.position, rebuild.position)
@@ -205,7 +207,7 @@ def _replay_split(
         yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
         done: list[tuple[str, int, int]] = yield Join(helpers)
         for file, applied, orphaned in done:
-            yield OnWriter(copy_rows(views.tables, file, rebuild.still_running()))
+            yield OnWriter(copy_rows(views.tables, file, rebuild.still_running))
             rebuild.applied += applied
             rebuild.orphaned += orphaned
     finally:

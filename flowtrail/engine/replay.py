@@ -27,12 +27,12 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
 
-from flowtrail.core.effects import Begin, Commit, Execute, Rollback, Script
+from flowtrail.core.effects import Execute, Fetch, Row, Script
 from flowtrail.core.errors import (
     CodecError,
     CorruptLogError,
@@ -353,30 +353,55 @@ class SplitReplay:
             raise
 
 
-def copy_rows(tables: Sequence[str], file: str, guard: Script[None] | None = None) -> Script[None]:
-    """Copy a helper's rows of these tables into the database's, in one transaction.
+#: Rows a transaction of `copy_rows` copies, at most.
+COPY_CHUNK = 50_000
+
+
+def copy_rows(
+    tables: Sequence[str], file: str, guard: Callable[[], Script[None]] | None = None, chunk: int = COPY_CHUNK
+) -> Script[None]:
+    """Copy a helper's rows of these tables into the database's, ``chunk`` rows (by
+    rowid) a transaction, so that other writers wait for one chunk at a time: half of 1M
+    runs' rows copied in one transaction held them for 3 s.
 
     A row may be there already: an append during the rebuild that brought its run's
     view along (see `RunViews.apply`) wrote it. The helper's row replaces it, as the
     rebuilding process's own rows replace such rows when written: the catch-up that
     ends the rebuild replays every event after the helper's last one, and writes again
-    whole every row an append moved ahead of it meanwhile. ``guard`` runs first in the
-    transaction (`RunViewsRebuild.still_running`).
+    whole every row an append moved ahead of it meanwhile. ``guard`` gives a script run
+    first in each transaction (`RunViewsRebuild.still_running`).
     """
     yield Execute("ATTACH DATABASE ? AS replayed", (file,))
     try:
-        yield Begin()
-        try:
-            if guard is not None:
-                yield from guard
-            for table in tables:
-                yield Execute(f'INSERT OR REPLACE INTO main."{table}" SELECT * FROM replayed."{table}"')
-        except BaseException:
-            yield Rollback()
-            raise
-        yield Commit()
+        for table in tables:
+            rows: list[Row] = yield Fetch(
+                "SELECT name FROM replayed.sqlite_master WHERE type = 'table' AND name = ? "
+                "AND sql NOT LIKE '%WITHOUT ROWID%'",
+                (table,),
+            )
+            copy = f'INSERT OR REPLACE INTO main."{table}" SELECT * FROM replayed."{table}"'
+            if not rows:  # no rowids to cut it by (the tags): whole
+                yield from transaction(_guarded(guard, _executed(copy, ())))
+                continue
+            ((low, high),) = yield Fetch(f'SELECT min(rowid), max(rowid) FROM replayed."{table}"')
+            for first in range(int(low or 0), int(high or 0) + 1, chunk):
+                yield from transaction(
+                    _guarded(
+                        guard, _executed(f"{copy} WHERE rowid BETWEEN ? AND ?", (first, first + chunk - 1))
+                    )
+                )
     finally:
         yield Execute("DETACH DATABASE replayed")
+
+
+def _guarded(guard: Callable[[], Script[None]] | None, body: Script[None]) -> Script[None]:
+    if guard is not None:
+        yield from guard()
+    yield from body
+
+
+def _executed(sql: str, params: tuple[object, ...]) -> Script[None]:
+    yield Execute(sql, params)
 
 
 def split_replay(store: object, workers: int | None) -> SplitReplay | None:

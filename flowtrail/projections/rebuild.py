@@ -17,7 +17,7 @@ run's row is written about once however many events it has.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from flowtrail.core.chain import RecordedEvent
 from flowtrail.core.effects import Begin, Commit, Execute, Fetch, Rollback, Row, Script
@@ -53,6 +53,10 @@ def transaction(body: Script[object]) -> Script[object]:
         raise
     yield Commit()
     return result
+
+
+def _executed(statement: str) -> Script[None]:
+    yield Execute(statement)
 
 
 def last_seen(projection: RunViews) -> Script[str | None]:
@@ -155,12 +159,20 @@ class RunViewsRebuild:
         yield from self.still_running()
         yield from writes
 
+    def index_builds(self) -> Iterator[Script[object]]:
+        """The tables' indexes, built after their rows are in: a transaction each, so
+        that other writers wait for one index at a time (about 0.7 s for 1M runs), not
+        for all of them in `finish`'s transaction, past their busy timeout."""
+        for statement in self.projection.index_schema(self.dialect):
+            yield transaction(self._guarded(_executed(statement)))
+
     def finish(
         self, read_batch: str, record_of: RecordOf, mark_current: Script[None], batch: int = 5_000
     ) -> Script[object]:
         """Replay what was appended since the last chunk, write every view, mark current.
 
-        One transaction: it holds the write lock, so no append can slip in between.
+        One transaction: it holds the write lock, so no append can slip in between. The
+        tables' indexes are built before it (`index_builds`).
         """
 
         def body() -> Script[None]:
@@ -173,8 +185,6 @@ class RunViewsRebuild:
                 if len(rows) < batch:
                     break
             yield from self._flush(everything=True)
-            for statement in self.projection.index_schema(self.dialect):
-                yield Execute(statement)
             yield from mark_current
             yield from self._gone()
 
