@@ -191,6 +191,19 @@ ROWS = [
         met=lambda r: at_least(get(r, "orchestrator", "rebuild.events_per_s"), 250_000),
     ),
     Row(
+        "a process proposing every 2 ms through rebuild() of 1M runs: longest wait",
+        "",
+        "orchestrator",
+        lambda r: num(get(r, "orchestrator", "rebuild_beside_a_writer.longest_ms"), " ms", 1),
+        anchor=lambda r: (
+            None
+            if get(r, "orchestrator", "rebuild_beside_a_writer.calls") is None
+            else f"p99 {num(get(r, 'orchestrator', 'rebuild_beside_a_writer.p99_ms'), ' ms', 1)}; "
+            f"StoreBusyErrors: {get(r, 'orchestrator', 'rebuild_beside_a_writer.busy_errors')} of "
+            f"{num(get(r, 'orchestrator', 'rebuild_beside_a_writer.calls'))} calls"
+        ),
+    ),
+    Row(
         "rebuild() peak RSS (all its processes)",
         "<= 150 MB",
         "orchestrator",
