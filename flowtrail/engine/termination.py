@@ -450,11 +450,22 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
         yield
     finally:
         _async_flows.remove((loop, holding, task))
-        if terminates:
+        if terminates and _still_ours(loop, terminate):
             loop.remove_signal_handler(signal.SIGTERM)
         if not _async_flows and _sigint_found and signal.getsignal(signal.SIGINT) is _interrupt_async:
             signal.signal(signal.SIGINT, _sigint_found.pop())  # asyncio.run's own, where it was
         _tasks.pop(task, None)
+
+
+def _still_ours(loop: asyncio.AbstractEventLoop, terminate: Callable[[], None]) -> bool:
+    """Whether the loop's SIGTERM handler is still the flow's own: one the flow's code
+    put in its place is the program's, and stays once the flow ends. asyncio keeps the
+    handlers in ``_signal_handlers``; a loop that does not is taken to hold the flow's."""
+    handlers = getattr(loop, "_signal_handlers", None)
+    if not isinstance(handlers, dict):
+        return True
+    handle = handlers.get(signal.SIGTERM)
+    return handle is None or getattr(handle, "_callback", terminate) is terminate
 
 
 #: The outermost async flows running with the signals' handlers installed, the latest

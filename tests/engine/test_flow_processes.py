@@ -313,3 +313,35 @@ def test_a_flow_in_a_forked_child_refuses_its_parents_in_memory_log() -> None:
     assert code == 0, output
     (results,) = [line for line in output.splitlines() if line.startswith("[")]
     assert results.count("InvalidUrlError: an in-memory log is private") == 4, output
+
+
+_INSTALLS_ITS_OWN_SIGTERM_HANDLER = """
+import asyncio, os, signal
+from flowtrail import flow
+heard = []
+
+@flow
+async def installs() -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: heard.append("mine"))
+
+async def main() -> None:
+    await installs()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    print(heard)
+
+asyncio.run(main())
+"""
+
+
+def test_a_sigterm_handler_the_flows_code_puts_on_the_loop_outlives_the_flow(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _INSTALLS_ITS_OWN_SIGTERM_HANDLER],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FLOWTRAIL_DATABASE_URL": f"sqlite:///{tmp_path}/log.db"},
+    )
+    assert (done.returncode, done.stdout.splitlines()[-1:]) == (0, ["['mine']"]), done.stderr
