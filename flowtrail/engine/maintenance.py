@@ -16,14 +16,14 @@ import uuid
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from flowtrail.core.effects import Execute, Fetch, Join, OnWriter, Row, Script
+from flowtrail.core.effects import Fetch, Join, OnWriter, Row, Script
 from flowtrail.core.errors import InvalidVersionError
 from flowtrail.core.projection import Dialect, Projection
 from flowtrail.engine.audit import prepare_catch_up
 from flowtrail.engine.replay import SplitReplay, copy_rows, partition_bounds, partition_offsets
 from flowtrail.engine.snapshot import RunSnapshot
 from flowtrail.projections.catchup import catch_up_step
-from flowtrail.projections.rebuild import RunViewsRebuild
+from flowtrail.projections.rebuild import RunViewsRebuild, executed
 from flowtrail.projections.runs import RunViews
 from flowtrail.store.scripts import LogSql, record_of
 
@@ -117,12 +117,8 @@ def running_elsewhere(signs: str | None, *, within: float) -> bool:
 def _set_cache(statement: str | None) -> Script[None]:
     """Run a page-cache statement on the writer, then on the reader."""
     if statement is not None:
-        yield OnWriter(_execute(statement))
+        yield OnWriter(executed(statement))
         yield Fetch(statement)
-
-
-def _execute(statement: str) -> Script[None]:
-    yield Execute(statement)
 
 
 def _rebuild(
@@ -207,7 +203,7 @@ def _replay_split(
         yield from _replay(rebuild, split.read_partition, lambda after: (after, *own), batch, progress, head)
         done: list[tuple[str, int, int]] = yield Join(helpers)
         for file, applied, orphaned in done:
-            yield OnWriter(copy_rows(views.tables, file, rebuild.still_running))
+            yield OnWriter(copy_rows(views.tables, file, rebuild.guarded))
             rebuild.applied += applied
             rebuild.orphaned += orphaned
     finally:

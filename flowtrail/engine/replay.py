@@ -44,7 +44,7 @@ from flowtrail.core.errors import (
     UnsupportedSchemaVersionError,
 )
 from flowtrail.engine.bulk import collector_paused
-from flowtrail.projections.rebuild import RunViewsRebuild, transaction
+from flowtrail.projections.rebuild import RunViewsRebuild, executed, transaction
 from flowtrail.projections.runs import RunViews
 from flowtrail.store.drivers import run_sync
 from flowtrail.store.scripts import record_of
@@ -358,7 +358,10 @@ COPY_CHUNK = 50_000
 
 
 def copy_rows(
-    tables: Sequence[str], file: str, guard: Callable[[], Script[None]] | None = None, chunk: int = COPY_CHUNK
+    tables: Sequence[str],
+    file: str,
+    guarded: Callable[[Script[None]], Script[None]] | None = None,
+    chunk: int = COPY_CHUNK,
 ) -> Script[None]:
     """Copy a helper's rows of these tables into the database's, ``chunk`` rows (by
     rowid) a transaction, so that other writers wait for one chunk at a time: half of 1M
@@ -368,9 +371,10 @@ def copy_rows(
     view along (see `RunViews.apply`) wrote it. The helper's row replaces it, as the
     rebuilding process's own rows replace such rows when written: the catch-up that
     ends the rebuild replays every event after the helper's last one, and writes again
-    whole every row an append moved ahead of it meanwhile. ``guard`` gives a script run
-    first in each transaction (`RunViewsRebuild.still_running`).
+    whole every row an append moved ahead of it meanwhile. ``guarded`` wraps each
+    transaction's copy (`RunViewsRebuild.guarded`).
     """
+    guard = guarded or (lambda copy: copy)
     yield Execute("ATTACH DATABASE ? AS replayed", (file,))
     try:
         for table in tables:
@@ -381,27 +385,15 @@ def copy_rows(
             )
             copy = f'INSERT OR REPLACE INTO main."{table}" SELECT * FROM replayed."{table}"'
             if not rows:  # no rowids to cut it by (the tags): whole
-                yield from transaction(_guarded(guard, _executed(copy, ())))
+                yield from transaction(guard(executed(copy)))
                 continue
             ((low, high),) = yield Fetch(f'SELECT min(rowid), max(rowid) FROM replayed."{table}"')
             for first in range(int(low or 0), int(high or 0) + 1, chunk):
                 yield from transaction(
-                    _guarded(
-                        guard, _executed(f"{copy} WHERE rowid BETWEEN ? AND ?", (first, first + chunk - 1))
-                    )
+                    guard(executed(f"{copy} WHERE rowid BETWEEN ? AND ?", (first, first + chunk - 1)))
                 )
     finally:
         yield Execute("DETACH DATABASE replayed")
-
-
-def _guarded(guard: Callable[[], Script[None]] | None, body: Script[None]) -> Script[None]:
-    if guard is not None:
-        yield from guard()
-    yield from body
-
-
-def _executed(sql: str, params: tuple[object, ...]) -> Script[None]:
-    yield Execute(sql, params)
 
 
 def split_replay(store: object, workers: int | None) -> SplitReplay | None:

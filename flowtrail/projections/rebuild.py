@@ -27,7 +27,7 @@ from flowtrail.core.fold import RunView, evolve
 from flowtrail.core.projection import Dialect
 from flowtrail.projections.runs import RunViews, load_views, write_views
 
-__all__ = ["RunViewsRebuild", "last_seen", "transaction"]
+__all__ = ["RunViewsRebuild", "executed", "last_seen", "transaction"]
 
 _SET_REBUILD = (
     "INSERT INTO flowtrail_meta (key, value) VALUES (?, ?) "
@@ -55,8 +55,9 @@ def transaction(body: Script[object]) -> Script[object]:
     return result
 
 
-def _executed(statement: str) -> Script[None]:
-    yield Execute(statement)
+def executed(sql: str, params: Sequence[object] = ()) -> Script[None]:
+    """A script of one statement."""
+    yield Execute(sql, params)
 
 
 def last_seen(projection: RunViews) -> Script[str | None]:
@@ -153,9 +154,10 @@ class RunViewsRebuild:
         is held while rows are written, not while events are decoded and folded."""
         yield from self._apply(records)
         if len(self._dirty) >= self.flush_every:
-            yield from transaction(self._guarded(self._flush(everything=False)))
+            yield from transaction(self.guarded(self._flush(everything=False)))
 
-    def _guarded(self, writes: Script[None]) -> Script[None]:
+    def guarded(self, writes: Script[None]) -> Script[None]:
+        """``writes``, after `still_running` (in the caller's transaction)."""
         yield from self.still_running()
         yield from writes
 
@@ -164,7 +166,7 @@ class RunViewsRebuild:
         that other writers wait for one index at a time (about 0.7 s for 1M runs), not
         for all of them in `finish`'s transaction, past their busy timeout."""
         for statement in self.projection.index_schema(self.dialect):
-            yield transaction(self._guarded(_executed(statement)))
+            yield transaction(self.guarded(executed(statement)))
 
     def finish(
         self, read_batch: str, record_of: RecordOf, mark_current: Script[None], batch: int = 5_000

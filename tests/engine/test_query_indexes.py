@@ -25,7 +25,7 @@ from flowtrail.core.effects import Fetch
 from flowtrail.projections.queries import FlowRunSort, read_flow_runs
 from flowtrail.store.postgres import _placeholders
 from flowtrail.testing import T0
-from tests.conftest import BACKENDS, Databases, open_databases
+from tests.conftest import Databases, open_databases
 from tests.engine.conftest import Clock
 
 #: The filters whose first page in the default order (newest first) an index gives. A
@@ -43,13 +43,6 @@ def sqlite_databases(tmp_path: Path) -> Databases:
     return open_databases("sqlite", tmp_path)
 
 
-@pytest.fixture(params=BACKENDS)
-def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databases]:
-    opened = open_databases(request.param, tmp_path)
-    yield opened
-    opened.cleanup()
-
-
 def query_of(databases: Databases, matched: int, **arguments: Any) -> tuple[str, list[object]]:
     """The statement `read_flow_runs` runs for a page with these arguments, and its
     parameters, where a probe of how many runs its filters match finds ``matched``."""
@@ -62,12 +55,18 @@ def query_of(databases: Databases, matched: int, **arguments: Any) -> tuple[str,
     return effect.sql, list(effect.params)
 
 
-def plan_of(databases: Databases, matched: int = 1, **arguments: Any) -> list[str]:
-    """The steps of SQLite's plan for a page (the first run of a log made for it)."""
-    sql, params = query_of(databases, matched, **arguments)
+def a_log(databases: Databases) -> str:
+    """The URL of a log holding one run, whose tables a plan is asked of."""
     url = databases.url("log")
     with SyncOrchestrator.open(url) as orch:
         orch.create_flow_run("etl", state=pure.Pending())
+    return url
+
+
+def plan_of(databases: Databases, matched: int = 1, **arguments: Any) -> list[str]:
+    """The steps of SQLite's plan for a page."""
+    sql, params = query_of(databases, matched, **arguments)
+    url = a_log(databases)
     import sqlite3
 
     with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
@@ -81,9 +80,7 @@ def full_sorts(databases: Databases, matched: int = 1, **arguments: Any) -> list
         steps = plan_of(databases, matched, **arguments)
         return [step for step in steps if "TEMP B-TREE FOR ORDER BY" in step]
     sql, params = query_of(databases, matched, **arguments)
-    url = databases.url("log")
-    with SyncOrchestrator.open(url) as orch:
-        orch.create_flow_run("etl", state=pure.Pending())
+    url = a_log(databases)
     import psycopg
 
     from tests.conftest import POSTGRES_DSN
