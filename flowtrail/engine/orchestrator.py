@@ -1,7 +1,9 @@
 """`Orchestrator` (async) and `SyncOrchestrator`: the API other engines import.
 
 Both run the same scripts (`flowtrail.engine.operations`, `flowtrail.engine.audit`):
-every method is a line that hands a script to the store. Open one from a URL::
+every method is a line that hands a script to the store. `SyncOrchestrator` lives in
+`flowtrail.engine.sync_orchestrator`, what both share in `flowtrail.engine.orchestrator_base`;
+both are imported from here. Open one from a URL::
 
     with SyncOrchestrator.open("sqlite:///runs.db") as orch: ...
     async with Orchestrator.open("sqlite:///runs.db") as orch: ...
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterable, Mapping
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import IO, Any, Self
 from uuid import UUID
@@ -28,8 +28,7 @@ from uuid import UUID
 from msgspec import UNSET
 
 from flowtrail.core.audit import AuditReport
-from flowtrail.core.effects import Script
-from flowtrail.core.errors import CodecError, CorruptLogError, RebuildReplacedError
+from flowtrail.core.errors import RebuildReplacedError
 from flowtrail.core.events import RunKind
 from flowtrail.core.fold import RunView
 from flowtrail.core.projection import Projection
@@ -37,30 +36,33 @@ from flowtrail.core.states import State, StateType
 from flowtrail.engine.arguments import (
     check_catch_up,
     check_rebuild,
-    checked_clock,
     checked_max_attempts,
     checked_proposer,
     refuse_projections,
 )
 from flowtrail.engine.audit import export_records, log_id, subflow_in_log, verify_script
 from flowtrail.engine.bulk import collector_paused
-from flowtrail.engine.cache import ViewCache
 from flowtrail.engine.checks import found, run_id_of
 from flowtrail.engine.context import entered, flows_under_way
 from flowtrail.engine.exports import ExportWriter
-from flowtrail.engine.logs import get_logger
 from flowtrail.engine.maintenance import (
     Progress,
-    RebuildCounts,
     catch_up_script,
     rebuild_script,
-    running_elsewhere,
     snapshot_script,
 )
-from flowtrail.engine.operations import Clock, Context
+from flowtrail.engine.operations import Clock
+from flowtrail.engine.orchestrator_base import (
+    CHUNK,
+    OrchestratorBase,
+    nobody_rebuilding,
+    not_rebuilt,
+    scope,
+)
 from flowtrail.engine.replay import split_replay
 from flowtrail.engine.results import HistoryEntry, OrchestrationResult
 from flowtrail.engine.snapshot import RunSnapshot
+from flowtrail.engine.sync_orchestrator import SyncOrchestrator
 from flowtrail.projections.queries import (
     FlowRunSort,
     read_flow_runs,
@@ -68,360 +70,14 @@ from flowtrail.projections.queries import (
     task_runs_of,
 )
 from flowtrail.projections.rebuild import last_seen
-from flowtrail.projections.runs import RunViews
-from flowtrail.store import open_store, open_sync_store
+from flowtrail.store import open_store
 from flowtrail.store.api import check_position
-from flowtrail.store.base import AsyncLogStore, SyncLogStore
+from flowtrail.store.base import AsyncLogStore
 
 __all__ = ["Orchestrator", "Progress", "SyncOrchestrator"]
 
-_CHUNK = 5_000
 
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-#: A rebuild in a process on another host that wrote this recently (seconds) is taken to
-#: be running (on this host, its process is looked for): opening the log leaves the
-#: views to it rather than replacing it with a rebuild of its own.
-REBUILD_ALIVE_FOR = 60.0
-
-
-def _nobody_rebuilding(signs: str | None) -> bool:
-    return not running_elsewhere(signs, within=REBUILD_ALIVE_FOR)
-
-
-def _not_rebuilt(exc: BaseException) -> bool:
-    """Whether the stale views could not be rebuilt at open for an event that cannot be
-    read: its bytes do not decode, or its row holds a value of the wrong type. The log
-    opens all the same, its views out of date, so that `verify` can name the damage."""
-    if not isinstance(exc, CodecError | CorruptLogError):
-        return False  # a lost connection, an interrupt: opening fails
-    if isinstance(exc, CorruptLogError) and exc.position is None:
-        return False  # the file itself is damaged, not one event's row
-    get_logger("flowtrail.views").warning(
-        "the run views stay out of date: an event of the log cannot be read",
-        position=exc.position,
-        error=str(exc),
-    )
-    return True
-
-
-def _scope(run_id: UUID | str | None) -> str:
-    return "all" if run_id is None else f"run:{run_id_of(run_id)}"
-
-
-class _Base:
-    _views = RunViews()
-    #: The URL the orchestrator was opened from (None when built around a store directly).
-    url: str | None = None
-
-    def __init__(self, *, clock: Clock | None, max_attempts: int, proposer: str, sql: Any) -> None:
-        self._context = Context(
-            sql=sql,
-            clock=_utc_now if clock is None else checked_clock(clock),
-            max_attempts=checked_max_attempts(max_attempts),
-            proposer=checked_proposer(proposer),
-        )
-        self._entered: list[AbstractContextManager[None]] = []
-
-    #: Events the last `rebuild` found of runs whose creation is not in the log (a
-    #: damaged log: `verify` names the damage); no view holds them.
-    orphaned_events = 0
-
-    def _reset_cache(self) -> None:
-        self._context.cache = ViewCache()
-
-    def _rebuilt(self, counts: RebuildCounts) -> int:
-        self._reset_cache()
-        self.orphaned_events = counts.orphaned
-        if counts.orphaned:
-            get_logger("flowtrail.views").warning(
-                "events of runs whose creation is not in the log are in no view: verify names the damage",
-                orphaned_events=counts.orphaned,
-            )
-        return counts.applied
-
-    def _view(self, run_id: UUID | str, kind: RunKind) -> Script[RunView | None]:
-        return self._context.view_of(run_id_of(run_id), kind)
-
-
-class SyncOrchestrator(_Base):
-    """flowtrail's API with plain calls; see `Orchestrator` for what each method does."""
-
-    def __init__(
-        self,
-        store: SyncLogStore,
-        *,
-        clock: Clock | None = None,
-        max_attempts: int = 25,
-        proposer: str = "client",
-    ) -> None:
-        super().__init__(clock=clock, max_attempts=max_attempts, proposer=proposer, sql=store.sql)
-        self.store = store
-
-    @classmethod
-    def open(
-        cls,
-        url: str,
-        *,
-        clock: Clock | None = None,
-        rebuild_stale: bool = True,
-        proposer: str = "client",
-        max_attempts: int = 25,
-        **options: Any,
-    ) -> SyncOrchestrator:
-        """Open the log at ``url`` (``sqlite:///path.db``, ``sqlite:///:memory:``)."""
-        checked_proposer(proposer)
-        checked_max_attempts(max_attempts)
-        refuse_projections(options)
-        store = open_sync_store(url, projections=[cls._views], **options)
-        orchestrator = cls(store, clock=clock, proposer=proposer, max_attempts=max_attempts)
-        orchestrator.url = url
-        try:
-            stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
-            if stale and _nobody_rebuilding(store.perform(last_seen(cls._views))):
-                with contextlib.suppress(RebuildReplacedError):  # a later one took over
-                    orchestrator.rebuild()
-        except BaseException as exc:
-            if not _not_rebuilt(exc):
-                orchestrator.close()
-                raise
-        return orchestrator
-
-    def close(self) -> None:
-        self.store.close()
-
-    def __enter__(self) -> Self:
-        """Flows called in the block write through this orchestrator."""
-        if self.url is not None:
-            block = entered(self.url, sync=self)
-            block.__enter__()
-            self._entered.append(block)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            if self._entered:
-                self._entered.pop().__exit__(kind, error, tb)
-        finally:
-            self.close()
-
-    # -- runs ---------------------------------------------------------------------------------
-
-    def create_flow_run(
-        self,
-        flow_name: str,
-        *,
-        parameters: Mapping[str, Any] | None = None,
-        tags: Iterable[str] | None = None,
-        retries: int | None = None,
-        retry_delay: float | None = None,
-        parent_task_run_id: UUID | str | None = None,
-        deployment_id: UUID | str | None = None,
-        infrastructure_pid: str | int | None = None,
-        name: str | None = None,
-        state: State | None = None,
-        idempotency_key: str | None = None,
-        flow_version: str | None = None,
-        then: Iterable[State] | None = None,
-    ) -> RunView:
-        return self.store.perform(
-            self._context.create_flow_run(
-                flow_name,
-                parameters=parameters,
-                tags=tags,
-                retries=retries,
-                retry_delay=retry_delay,
-                parent_task_run_id=parent_task_run_id,
-                deployment_id=deployment_id,
-                infrastructure_pid=infrastructure_pid,
-                name=name,
-                state=state,
-                idempotency_key=idempotency_key,
-                flow_version=flow_version,
-                then=then,
-            )
-        )
-
-    def create_task_run(
-        self,
-        flow_run_id: UUID | str | None,
-        *,
-        task_key: str,
-        dynamic_key: str = "0",
-        name: str | None = None,
-        retries: int | None = None,
-        retry_delay: float | list[float] | None = None,
-        retry_jitter_factor: float | None = None,
-        tags: Iterable[str] | None = None,
-        state: State | None = None,
-        idempotency_key: str | None = None,
-    ) -> RunView:
-        return self.store.perform(
-            self._context.create_task_run(
-                flow_run_id,
-                task_key=task_key,
-                dynamic_key=dynamic_key,
-                name=name,
-                retries=retries,
-                retry_delay=retry_delay,
-                retry_jitter_factor=retry_jitter_factor,
-                tags=tags,
-                state=state,
-                idempotency_key=idempotency_key,
-            )
-        )
-
-    def propose_state(
-        self, run_id: UUID | str, state: State, force: bool = False, *, idempotency_key: str | None = None
-    ) -> OrchestrationResult:
-        return self.store.perform(
-            self._context.propose(run_id, state, force=force, idempotency_key=idempotency_key)
-        )
-
-    def propose_in_turn(self, run_id: UUID | str, states: Iterable[State]) -> list[OrchestrationResult]:
-        """Propose ``states`` one after another, recorded in one append, each decided on
-        the answer before; it goes on after an ACCEPT into a state that is not final or a
-        REJECT into a Scheduled state (a retry), and stops at any other answer. The
-        results of those decided."""
-        return self.store.perform(self._context.propose_in_turn(run_id, states))
-
-    def set_flow_run_name(self, run_id: UUID | str, name: str) -> RunView:
-        return self.store.perform(self._context.set_name(run_id, name))
-
-    def update_flow_run(
-        self,
-        run_id: UUID | str,
-        *,
-        retries: Any = UNSET,
-        retry_delay: Any = UNSET,
-        infrastructure_pid: Any = UNSET,
-        flow_version: Any = UNSET,
-    ) -> RunView:
-        return self.store.perform(
-            self._context.update_flow_run(
-                run_id,
-                retries=retries,
-                retry_delay=retry_delay,
-                infrastructure_pid=infrastructure_pid,
-                flow_version=flow_version,
-            )
-        )
-
-    # -- views ---------------------------------------------------------------------------------
-
-    def read_flow_run(self, run_id: UUID | str) -> RunView:
-        return found(self.store.perform(self._view(run_id, RunKind.FLOW)), run_id)
-
-    def read_task_run(self, run_id: UUID | str) -> RunView:
-        return found(self.store.perform(self._view(run_id, RunKind.TASK)), run_id)
-
-    def read_flow_runs(
-        self,
-        *,
-        state_types: Iterable[StateType | str] | None = None,
-        state_names: Iterable[str] | None = None,
-        flow_names: Iterable[str] | None = None,
-        tags: Iterable[str] | None = None,
-        parent_task_run_ids: Iterable[UUID] | None = None,
-        sort: FlowRunSort | str = FlowRunSort.ID_DESC,
-        limit: int | None = 200,
-        offset: int = 0,
-    ) -> list[RunView]:
-        return self.store.perform(
-            read_flow_runs(
-                state_types=state_types,
-                state_names=state_names,
-                flow_names=flow_names,
-                tags=tags,
-                parent_task_run_ids=parent_task_run_ids,
-                sort=sort,
-                limit=limit,
-                offset=offset,
-                dialect=self.store.dialect,
-            )
-        )
-
-    def read_task_runs(self, flow_run_id: UUID | str) -> list[RunView]:
-        return self.store.perform(task_runs_of(run_id_of(flow_run_id)))
-
-    def find_subflow_run(self, parent_task_run_id: UUID | str) -> RunView | None:
-        return self.store.perform(subflow_run(run_id_of(parent_task_run_id)))
-
-    def read_states(self, run_id: UUID | str) -> list[State]:
-        return self.store.perform(self._context.read_states(run_id))
-
-    def _subflow_in_log(self, parent_task_run_id: UUID) -> RunView | None:
-        """`find_subflow_run` answered from the log (the engine's, while views are not whole)."""
-        return self.store.perform(subflow_in_log(self._context, parent_task_run_id))
-
-    def read_history(self, run_id: UUID | str) -> list[HistoryEntry]:
-        return self.store.perform(self._context.read_history(run_id))
-
-    # -- audit and operations -----------------------------------------------------------------
-
-    def verify(
-        self, run_id: UUID | str | None = None, *, anchor: tuple[int, bytes | str] | None = None
-    ) -> AuditReport:
-        with collector_paused():
-            return self.store.perform(verify_script(self._context, run_id, anchor=anchor))
-
-    def rebuild(
-        self,
-        progress: Progress | None = None,
-        *,
-        projection: Projection | None = None,
-        batch: int = _CHUNK,
-        cache_size: int = 4_000,
-        workers: int | None = None,
-    ) -> int:
-        check_rebuild(batch, cache_size, progress)
-        if projection is not None:
-            check_catch_up(projection, batch)
-            return self.store.perform(
-                catch_up_script(self.store, projection, batch=batch, afresh=True, progress=progress)
-            )
-        split = split_replay(self.store, workers)
-        with collector_paused():
-            script = rebuild_script(
-                self.store, self._views, progress=progress, batch=batch, cache_size=cache_size, split=split
-            )
-            try:
-                counts = self.store.perform(script)
-            finally:
-                script.close()  # interrupted: stop its helpers now, not when collected
-        return self._rebuilt(counts)
-
-    def as_of(self, position: int) -> RunSnapshot:
-        at = check_position(position)
-        with collector_paused():
-            return self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
-
-    def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
-        with collector_paused():
-            # One run's records are read before the header is written: an unknown run
-            # writes nothing.
-            chosen = None if run_id is None else self.store.perform(export_records(self._context, run_id))
-            writer = ExportWriter(out, log_id=self.log_id(), scope=_scope(run_id))
-            writer.write_all(self.store.read_all(batch=_CHUNK) if chosen is None else chosen)
-            return writer.finish()
-
-    def catch_up(self, projection: Projection, *, batch: int = 1_000) -> int:
-        check_catch_up(projection, batch)
-        return self.store.perform(catch_up_script(self.store, projection, batch=batch))
-
-    def last_position(self) -> int:
-        return self.store.last_position()
-
-    def log_id(self) -> str | None:
-        return self.store.perform(log_id(self._context))
-
-
-class Orchestrator(_Base):
+class Orchestrator(OrchestratorBase):
     """flowtrail's API, async. Every method has a sync twin on `SyncOrchestrator`.
 
     Runs: `create_flow_run`, `create_task_run` (idempotent on the flow run, task key
@@ -661,7 +317,7 @@ class Orchestrator(_Base):
         progress: Progress | None = None,
         *,
         projection: Projection | None = None,
-        batch: int = _CHUNK,
+        batch: int = CHUNK,
         cache_size: int = 4_000,
         workers: int | None = None,
     ) -> int:
@@ -706,7 +362,7 @@ class Orchestrator(_Base):
         the snapshot's ``position`` says where."""
         at = check_position(position)
         with collector_paused():
-            return await self.store.perform(snapshot_script(self.store.sql, at, batch=_CHUNK))
+            return await self.store.perform(snapshot_script(self.store.sql, at, batch=CHUNK))
 
     async def export(self, out: IO[str], run_id: UUID | str | None = None) -> int:
         """Write the log, or one run with the runs above and below it, to ``out`` as an
@@ -716,9 +372,9 @@ class Orchestrator(_Base):
             chosen = (
                 None if run_id is None else await self.store.perform(export_records(self._context, run_id))
             )
-            writer = ExportWriter(out, log_id=await self.log_id(), scope=_scope(run_id))
+            writer = ExportWriter(out, log_id=await self.log_id(), scope=scope(run_id))
             if chosen is None:
-                async for record in self.store.read_all(batch=_CHUNK):
+                async for record in self.store.read_all(batch=CHUNK):
                     writer.write(record)
             else:
                 writer.write_all(chosen)
@@ -763,11 +419,11 @@ class _Opening:
         orchestrator.url = url
         try:
             stale = rebuild_stale and bool(store.stale_projections) and not store.read_only
-            if stale and _nobody_rebuilding(await store.perform(last_seen(cls._views))):
+            if stale and nobody_rebuilding(await store.perform(last_seen(cls._views))):
                 with contextlib.suppress(RebuildReplacedError):  # a later one took over
                     await orchestrator.rebuild()
         except BaseException as exc:
-            if not _not_rebuilt(exc):
+            if not not_rebuilt(exc):
                 await orchestrator.close()
                 raise
         return orchestrator
