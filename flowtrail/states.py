@@ -3,7 +3,10 @@
 Same names and keywords as ``prefect.states``. As in Prefect, a state made here is
 timestamped when it is made (UTC, microseconds kept), and a Scheduled state without a
 ``scheduled_time`` is scheduled for that moment. The pure constructors in
-`flowtrail.core.states` leave the timestamp to the orchestrator instead.
+`flowtrail.core.states` leave the timestamp to the orchestrator instead. Either way, a
+proposed state is written dated when the orchestrator takes it, as Prefect's server
+dates a state when it arrives: a state built early, or re-proposed after a wait, is
+never written before the state it follows.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Names, fields and defaults follow Prefect 3 so that code written against Prefect
 the same here. One difference is structural: this module reads no clock. A constructor
 called without ``timestamp`` leaves it unset, and the orchestrator stamps it with the
 proposal's recorded time. (The public ``flowtrail.states`` module stamps the current
-time at construction, as Prefect does.)
+time at construction, as Prefect's client does; the orchestrator dates every proposed
+state at its own time all the same, as Prefect's server does.)
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
+import msgspec
 from msgspec import UNSET
 
 from flowtrail.core.chain import RecordedEvent
@@ -151,6 +152,15 @@ def _retrying(decision: Decision) -> bool:
     )
 
 
+def arrived(state: State, now: datetime) -> State:
+    """The state as a proposal records it: dated ``now``, whatever timestamp it was built
+    with, as Prefect's server dates a state when it arrives (its StateCreate carries no
+    timestamp). A state built with `flowtrail.states` is dated when it is built: a
+    Running re-proposed after a wait, or built long before, would otherwise be written
+    earlier than the state before it, and its run's times reckoned from then."""
+    return stamp(state if state.timestamp is None else msgspec.structs.replace(state, timestamp=None), now)
+
+
 @dataclass
 class Context:
     """What every operation needs: the log's statements, the clock, the cache."""
@@ -252,7 +262,7 @@ class Context:
             view = yield from self.load(target, from_log=fresh)
             now = self.clock()
             proposal = Proposal(
-                state=stamp(proposed, now), proposed_at=now, force=force, proposer=self.proposer
+                state=arrived(proposed, now), proposed_at=now, force=force, proposer=self.proposer
             )
             writes, expect, views, before = yield from self._decided(view, proposal, fresh=fresh)
             result: AppendResult = yield Append(writes, key, expect, before)
@@ -312,7 +322,9 @@ class Context:
                     yield from self.load(read, from_log=True)
         for state, force in proposals:
             now = self.clock()
-            proposal = Proposal(state=stamp(state, now), proposed_at=now, force=force, proposer=self.proposer)
+            proposal = Proposal(
+                state=arrived(state, now), proposed_at=now, force=force, proposer=self.proposer
+            )
             parent = None if view.parent_task_run_id is None else turn.after.get(str(view.parent_task_run_id))
             writes, expect, views, known = yield from self._decided(
                 view, proposal, fresh=False, parent=parent

@@ -244,6 +244,45 @@ def test_read_states_lists_the_states_written_in_order(orch: Orch) -> None:
     ]
 
 
+def test_a_state_is_dated_when_it_is_proposed_not_when_it_was_built(orch: Orch) -> None:
+    """As Prefect's server dates a state when it arrives: its StateCreate has no timestamp."""
+    run = orch.create_flow_run("etl", state=states.Pending())
+    built = states.Running(timestamp=orch.clock.now)
+    orch.clock.advance(60)
+    result = orch.propose_state(run.id, built)
+    assert result.state.timestamp > built.timestamp + timedelta(seconds=59)
+    assert result.run.start_time == result.state.timestamp
+
+
+def test_a_running_state_re_proposed_after_a_retry_wait_is_dated_after_the_wait_which_is_not_run_time(
+    orch: Orch,
+) -> None:
+    run = orch.create_flow_run("etl", retries=1, retry_delay=2, state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    orch.clock.advance(1)
+    orch.propose_state(run.id, states.Failed(message="boom"))
+    running = states.Running(timestamp=orch.clock.now)  # built once and re-proposed, as a client does
+    assert orch.propose_state(run.id, running).status is Status.WAIT
+    orch.clock.advance(2)
+    assert orch.propose_state(run.id, running).status is Status.ACCEPT
+    orch.clock.advance(1)
+    done = orch.propose_state(run.id, states.Completed())
+    stamps = [state.timestamp for state in orch.read_states(run.id)]
+    assert stamps == sorted(stamps)
+    assert timedelta(seconds=2) <= done.run.total_run_time < timedelta(seconds=2, milliseconds=1)
+
+
+def test_a_final_state_dated_before_its_run_started_never_ends_the_run_before_it_started(orch: Orch) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    orch.propose_state(run.id, states.Running())
+    orch.clock.advance(1)
+    done = orch.propose_state(run.id, states.Completed(timestamp=orch.clock.now - timedelta(hours=1)))
+    assert done.run.start_time is not None
+    assert done.run.end_time is not None
+    assert done.run.end_time > done.run.start_time
+    assert done.run.total_run_time > timedelta(0)
+
+
 def test_a_repeated_proposal_idempotency_key_returns_the_first_answer(orch: Orch) -> None:
     run = orch.create_flow_run("etl", state=states.Pending())
     first = orch.propose_state(run.id, states.Running(), idempotency_key="start")
