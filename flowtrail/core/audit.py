@@ -229,6 +229,13 @@ class Auditor:
 
     def _check_position(self, recorded: RecordedEvent) -> None:
         position = recorded.position
+        if position < 1:
+            self._problem(
+                "position",
+                f"position {position} lies before position 1, where a log begins: a row was added",
+                recorded,
+            )
+            return
         if position != self._expected_position:
             if position > self._expected_position and not self._contiguous:
                 pass

@@ -28,7 +28,7 @@ from flowtrail.projections.queries import read_flow_runs, task_runs_of
 from flowtrail.projections.rebuild import transaction
 from flowtrail.projections.runs import RunViews, stored_view_differences
 from flowtrail.store.schema import projection_is_current
-from flowtrail.store.scripts import read_rows_script, record_of, stream_rows_script
+from flowtrail.store.scripts import MAX_POSITION, read_rows_script, record_of, stream_rows_script
 
 __all__ = ["export_records", "log_id", "prepare_catch_up", "related_streams", "verify_script"]
 
@@ -283,12 +283,14 @@ def verify_script(
         ids = [str(stream) for stream in streams]
     else:
         auditor, ids = Auditor(anchor=anchor), None
-        position = 1
+        # From the lowest position held: a row added before position 1 is read too.
+        ((lowest,),) = yield Fetch("SELECT min(position) FROM events")
+        position = lowest if type(lowest) is int and lowest < 1 else 1
         while True:
             rows = yield from read_rows_script(context.sql, position, _BATCH)
             for row in rows:
                 auditor.check(_as_found(row))
-            if len(rows) < _BATCH:
+            if len(rows) < _BATCH or rows[-1][0] > MAX_POSITION:  # past it, nothing can be asked for
                 break
             position = rows[-1][0] + 1
     return (yield from _with_view_problems(context, auditor, ids))

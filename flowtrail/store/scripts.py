@@ -23,6 +23,7 @@ from flowtrail.core.projection import Projection
 from flowtrail.store.api import AppendResult, PreparedAppend, StreamWrite
 
 __all__ = [
+    "MAX_POSITION",
     "LogSql",
     "append_script",
     "last_position_script",
@@ -108,11 +109,21 @@ def wall_clock_micros() -> int:
     return time.time_ns() // 1000
 
 
+#: The last position a log reaches: the one after it would not fit a 64-bit integer.
+MAX_POSITION = 2**63 - 2
+
+
 def record_of(row: Row) -> RecordedEvent:
     """A log row (position, stream, version, type, schema, recorded_at, data, hash)."""
     data, seal = row[6], row[7]
     if type(data) is not bytes or type(seal) is not bytes:  # some drivers hand out memoryviews
         data, seal = _as_bytes(data, row[0]), _as_bytes(seal, row[0])
+    if type(row[0]) is int and row[0] > MAX_POSITION:
+        raise CorruptLogError(
+            f"the event at position {row[0]} lies past {MAX_POSITION}, the last position a log reaches "
+            "(no position after it can be read or written): a row was added",
+            position=row[0],
+        )
     if type(row[4]) is not int:  # SQLite keeps text in an INTEGER column edited by hand
         raise CorruptLogError(
             f"the event at position {row[0]} holds {type(row[4]).__name__} where the log keeps "

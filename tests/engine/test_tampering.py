@@ -132,6 +132,42 @@ def test_reordered_rows_are_caught(original: Path, tmp_path: Path, pair: tuple[i
     assert _first_bad(original, tmp_path, swap)[0] == low
 
 
+def _copied_to(position: int) -> Tamper:
+    """A copy of the last event added at ``position``, outside the log's positions (at
+    a version of its stream no other row holds)."""
+
+    def copy(connection: sqlite3.Connection) -> None:
+        connection.execute(
+            "INSERT INTO events SELECT ?, stream_id, version + 1000, event_type, schema_version, recorded_at, data, hash "
+            "FROM events WHERE position = ?",
+            (position, LOG_SIZE),
+        )
+
+    return copy
+
+
+@pytest.mark.parametrize("position", [0, -5, -(2**63)])
+def test_a_row_added_before_position_one_is_caught_at_its_position(
+    original: Path, tmp_path: Path, position: int
+) -> None:
+    assert _first_bad(original, tmp_path, _copied_to(position)) == (position, "position")
+
+
+def test_a_row_added_at_the_largest_position_is_a_corrupt_log_error_and_the_log_still_opens_for_verify(
+    original: Path, tmp_path: Path
+) -> None:
+    """No position after it fits a 64-bit integer: reading on from it cannot be asked for."""
+    last = 2**63 - 1
+    for orch in _tampered(original, tmp_path, _copied_to(last)):
+        with pytest.raises(CorruptLogError, match=f"position {last} lies past") as caught:
+            orch.rebuild()
+        assert caught.value.position == last
+    with SyncOrchestrator.open(f"sqlite:///{tmp_path / 'copy.db'}") as orch:
+        report = orch.verify()
+    assert report.first_problem is not None
+    assert (report.first_problem.position, report.first_problem.kind) == (last, "position")
+
+
 def _duplicating(events: list[RecordedEvent], position: int, *, reseal: bool) -> Tamper:
     """Append a copy of the event at ``position`` as its stream's next version; with
     ``reseal``, the chain is recomputed over the copy as a forger would."""
