@@ -9,6 +9,7 @@ and exit 2; ``verify`` exits 1 when it finds a problem. Output is a table on a t
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -208,7 +209,16 @@ def _missing_hint(settings: Settings) -> str:
 
 
 def _emit_json(value: object) -> None:
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
+    """``value`` as JSON in UTF-8, whatever the terminal's encoding (JSON read by another
+    program is UTF-8), or as text where standard output takes no bytes."""
+    text = msgspec.json.format(msgspec.json.encode(value)) + b"\n"
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is None:
+        sys.stdout.write(text.decode())
+        return
+    sys.stdout.flush()
+    binary.write(text)
+    binary.flush()
 
 
 def _view(orchestrator: SyncOrchestrator | RunSnapshot, run_id: str) -> RunView:
@@ -576,8 +586,38 @@ def demo(path: Path, replace: bool) -> None:
     show_demo(path.resolve(), replace=replace)
 
 
+def _steady_output() -> None:
+    """Standard output and error that neither lose output nor fail on a character.
+
+    A character the terminal's encoding lacks (a run named "café" shown under
+    ``PYTHONIOENCODING=ascii``) is written escaped, not a UnicodeEncodeError half-way
+    through a table. Under ``PYTHONUNBUFFERED`` Python writes text straight to the file
+    descriptor and drops what a short write left (a reader closing the pipe in the
+    middle of a write): the rest was lost and the command ended 0. A buffered writer
+    writes on until the pipe refuses, and the closed pipe is then seen."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, io.TextIOWrapper):
+            continue  # replaced by the caller (a test's capture): left as it is
+        if isinstance(stream.buffer, io.RawIOBase):
+            stream.flush()
+            setattr(
+                sys,
+                name,
+                io.TextIOWrapper(
+                    io.BufferedWriter(stream.buffer),
+                    encoding=stream.encoding,
+                    errors="backslashreplace",
+                    line_buffering=True,
+                ),
+            )
+        else:
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """The ``flowtrail`` entry point."""
+    _steady_output()
     try:
         try:
             cli(prog_name="flowtrail")

@@ -719,6 +719,58 @@ def test_every_command_into_a_pipe_whose_reader_has_gone_stops_without_a_word(
     assert (done.returncode, done.stderr) == (141, "")
 
 
+@pytest.fixture(scope="module")
+def long_listing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log of 300 runs, one named in characters outside ASCII: ``runs --limit 300
+    --json`` prints about 300 KB, more than a pipe holds."""
+    path = tmp_path_factory.mktemp("listing") / "runs.db"
+    with SyncOrchestrator.open(f"sqlite:///{path}") as orch:
+        for index in range(300):
+            orch.create_flow_run("etl", name="café🚀" if index == 299 else None, state=s.Pending())
+    return path
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_reader_leaving_in_the_middle_of_a_long_output_ends_the_command_as_a_closed_pipe(
+    long_listing: Path, unbuffered: str
+) -> None:
+    """Unbuffered, Python dropped what a short write left, and the command ended 0 with
+    its JSON cut short."""
+    assert ENTRY_POINT is not None
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        environment["PYTHONUNBUFFERED"] = unbuffered
+    command = [ENTRY_POINT, "--database", f"sqlite:///{long_listing}", "runs", "--limit", "300", "--json"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(10)
+        process.stdout.close()  # the reader leaves, the command still writing
+        errors = process.stderr.read()
+        assert (process.wait(timeout=120), errors) == (141, b"")
+
+
+def test_a_name_the_terminals_encoding_lacks_is_shown_escaped(long_listing: Path) -> None:
+    ran = flowtrail("runs", "--limit", "1", database=long_listing, PYTHONIOENCODING="ascii")
+    assert ran.code == 0, ran.err
+    assert "caf\\xe9\\U0001f680" in ran.out
+
+
+def test_json_output_is_utf8_whatever_the_terminals_encoding(long_listing: Path) -> None:
+    assert ENTRY_POINT is not None
+    done = subprocess.run(
+        [ENTRY_POINT, "--database", f"sqlite:///{long_listing}", "runs", "--limit", "1", "--json"],
+        capture_output=True,
+        env=os.environ | {"PYTHONIOENCODING": "ascii"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.decode("utf-8"))[0]["name"] == "café🚀"
+
+
 def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
     assert_user_error(flowtrail("verify", "--file", "-", stdin='{"hello": 1}\n'), "not a flowtrail export")
 
