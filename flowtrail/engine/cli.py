@@ -98,6 +98,23 @@ class ReaderGoneError(Exception):
     """The reader of standard output has gone (a closed pipe)."""
 
 
+#: How a command ends when Ctrl-C stops it: as a shell reports any tool SIGINT stops
+#: (128 + SIGINT), not 1, which says that verify found a problem.
+INTERRUPTED = 128 + signal.SIGINT
+
+
+class InterruptError(click.ClickException):
+    """Ctrl-C: a new line, so that the shell's prompt starts on one, and no more."""
+
+    exit_code = INTERRUPTED
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(err=True)
+
+
 class _Group(click.Group):
     """Turns flowtrail's own errors, and the OS's, into one sentence."""
 
@@ -116,6 +133,8 @@ class _Group(click.Group):
             raise UserError(_sentence(exc)) from exc
         except BrokenPipeError as exc:
             raise ReaderGoneError from exc  # past click, which would exit 1 (see `main`)
+        except KeyboardInterrupt as exc:
+            raise InterruptError from exc  # click would print "Aborted!" and exit 1
         except OSError as exc:
             raise UserError(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}") from exc
 

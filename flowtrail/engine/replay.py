@@ -392,8 +392,12 @@ def copy_rows(
                 yield from transaction(
                     guard(executed(f"{copy} WHERE rowid BETWEEN ? AND ?", (first, first + chunk - 1)))
                 )
-    finally:
+    except GeneratorExit:
+        raise  # closed unfinished (its caller stopped): it can run nothing more
+    except BaseException:
         yield Execute("DETACH DATABASE replayed")
+        raise
+    yield Execute("DETACH DATABASE replayed")
 
 
 def split_replay(store: object, workers: int | None) -> SplitReplay | None:

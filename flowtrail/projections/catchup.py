@@ -96,6 +96,8 @@ def catch_up_step(
             records = [record_of(row) for row in rows]
             yield from projection.apply(records, [r.decode() for r in records])
             yield Execute(_MOVE, (projection.name, projection.version, records[-1].position))
+    except GeneratorExit:
+        raise  # closed unfinished (its caller stopped): the store ends the transaction itself
     except BaseException:
         yield Rollback()
         raise

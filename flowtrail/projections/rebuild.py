@@ -48,6 +48,8 @@ def transaction(body: Script[object]) -> Script[object]:
     yield Begin()
     try:
         result = yield from body
+    except GeneratorExit:
+        raise  # closed unfinished (its caller stopped): the store ends the transaction itself
     except BaseException:
         yield Rollback()
         raise

@@ -128,6 +128,8 @@ def schema_script(
     yield Begin()
     try:
         written = yield from _schema_in_transaction(definition, projections, log_id, create)
+    except GeneratorExit:
+        raise  # closed unfinished (its caller stopped): the store ends the transaction itself
     except BaseException:
         yield Rollback()
         raise

@@ -8,10 +8,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -769,6 +771,34 @@ def test_json_output_is_utf8_whatever_the_terminals_encoding(long_listing: Path)
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.decode("utf-8"))[0]["name"] == "café🚀"
+
+
+def test_ctrl_c_ends_a_command_with_130_and_no_traceback(db: Path) -> None:
+    """As a shell reports any tool SIGINT stops; click printed "Aborted!" and exited 1,
+    which says that verify found a problem."""
+    assert ENTRY_POINT is not None
+    command = [ENTRY_POINT, "--database", f"sqlite:///{db}", "verify", "--file", "-"]
+    # SIGINT's usual action restored first: a job started in the background ignores it.
+    restored = f"import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv({command[0]!r}, {command!r})"
+    with subprocess.Popen(
+        [sys.executable, "-c", restored],
+        stdin=subprocess.PIPE,  # kept open: the command waits for the export's first line
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        started = time.monotonic()
+        # Asleep, and long past the imports (a signal during them is Python's own).
+        while time.monotonic() - started < 2 or _waiting_state(process.pid) != "S":
+            assert time.monotonic() - started < 60, "the command never waited for its input"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert (process.returncode, out, err.strip()) == (130, b"", b"")
+
+
+def _waiting_state(pid: int) -> str:
+    """The process's state letter (S: asleep, waiting)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
