@@ -40,6 +40,7 @@ from flowtrail.core.errors import (
     PayloadTooLargeError,
     PolicyNotFoundError,
     ProjectionReplacedError,
+    RebuildReplacedError,
     ResultNotAvailableError,
     RunAlreadyExistsError,
     RunNotFoundError,
@@ -52,6 +53,7 @@ from flowtrail.core.errors import (
     UnknownEventTypeError,
     UnsupportedFilesystemError,
     UnsupportedSchemaVersionError,
+    ViewsOutOfDateError,
 )
 from flowtrail.core.events import SetStateStatus
 from flowtrail.core.fold import RunView
@@ -91,6 +93,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PolicyNotFoundError",
     "ProjectionReplacedError",
+    "RebuildReplacedError",
     "ResultNotAvailableError",
     "RunAlreadyExistsError",
     "RunNotFoundError",
@@ -109,6 +112,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UnsupportedFilesystemError",
     "UnsupportedSchemaVersionError",
+    "ViewsOutOfDateError",
     "flow",
     "states",
     "tags",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 import pytest
 
@@ -68,6 +69,20 @@ def test_every_error_flowtrail_raises_can_be_imported_from_the_top_level_package
     for name in errors.__all__:
         assert getattr(flowtrail, name) is getattr(errors, name), name
         assert issubclass(getattr(flowtrail, name), flowtrail.FlowtrailError), name
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.FlowtrailError) and not name.startswith("_")
+    }
+    assert defined <= set(errors.__all__)
+
+
+def test_every_error_is_drawn_in_the_tree_of_the_errors_module() -> None:
+    from flowtrail.core import errors
+
+    assert errors.__doc__ is not None
+    drawn = set(re.findall(r"\b(\w+Error)\b", errors.__doc__))
+    assert set(errors.__all__) <= drawn
 
 
 ORCHESTRATOR_METHODS = {

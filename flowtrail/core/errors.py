@@ -24,6 +24,8 @@ caller needs to act on them (run id, stream, position, event type)::
     │   ├── CorruptLogError               the file or the rows are not a sound log
     │   ├── SchemaVersionError            the database was written by a newer flowtrail
     │   ├── ProjectionReplacedError       another version of a catch-up projection took over
+    │   ├── ViewsOutOfDateError           the run views are not whole, and a query needs them
+    │   │   └── RebuildReplacedError      a later rebuild of the run views took this one over
     │   └── UnsupportedFilesystemError    a network file system SQLite cannot lock safely
     ├── OrchestrationError                a run-level request that cannot be served
     │   ├── RunNotFoundError              no run with that id
@@ -69,6 +71,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PolicyNotFoundError",
     "ProjectionReplacedError",
+    "RebuildReplacedError",
     "ResultNotAvailableError",
     "RunAlreadyExistsError",
     "RunNotFoundError",
@@ -81,6 +84,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UnsupportedFilesystemError",
     "UnsupportedSchemaVersionError",
+    "ViewsOutOfDateError",
 ]
 
 
