@@ -19,6 +19,7 @@ from flowtrail.core.events import RetryDelay
 from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
 from flowtrail.core.states import State, check_types, parse_uuid
+from flowtrail.core.text import shown
 
 __all__ = [
     "check_name",
@@ -48,16 +49,8 @@ def run_id_of(value: object, what: str = "run id") -> UUID:
     """A run id from a UUID or its string form."""
     parsed = parse_uuid(value)
     if parsed is None:
-        raise InvalidIdError(f"{what} {value!r} is not a UUID")
+        raise InvalidIdError(f"{what} {shown(value)} is not a UUID")
     return parsed
-
-
-def shown(value: object) -> str:
-    """``value``'s repr, cut short if long: a name of a megabyte is not repeated whole."""
-    text = repr(value)
-    if len(text) <= 80:
-        return text
-    return f"{text[:60]}... ({len(value) if isinstance(value, str) else len(text)} characters)"
 
 
 def check_name(value: object, what: str, *, control_characters: bool = False) -> str:
@@ -68,7 +61,7 @@ def check_name(value: object, what: str, *, control_characters: bool = False) ->
     if control_characters:
         return value
     if not value.isprintable() and any(unicodedata.category(c) in _CONTROL for c in value):
-        raise InvalidInputError(f"{what} {value!r} holds control characters")
+        raise InvalidInputError(f"{what} {shown(value)} holds control characters")
     return value
 
 
@@ -91,7 +84,7 @@ def check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
         raise InvalidInputError("tags are a list of strings, not one string")
     given: object = tags  # untyped callers pass anything
     if not isinstance(given, Iterable) or isinstance(given, bytes | Mapping):
-        raise InvalidInputError(f"tags are a list of strings, not {tags!r}")
+        raise InvalidInputError(f"tags are a list of strings, not {shown(tags)}")
     unique = tuple(dict.fromkeys(check_name(tag, "a tag") for tag in tags))
     if len(unique) > _MAX_TAGS:
         raise InvalidInputError(f"a run carries at most {_MAX_TAGS} tags, not {len(unique)}")
@@ -102,7 +95,7 @@ def check_retries(retries: object) -> int | None:
     if retries is None:
         return None
     if type(retries) is not int or not 0 <= retries <= _MAX_RETRIES:
-        raise InvalidInputError(f"retries is a whole number from 0 to {_MAX_RETRIES}, not {retries!r}")
+        raise InvalidInputError(f"retries is a whole number from 0 to {_MAX_RETRIES}, not {shown(retries)}")
     return retries
 
 
@@ -113,7 +106,9 @@ def _delay(value: object) -> int | float:
         or not math.isfinite(value)
         or not 0 <= value <= _MAX_DELAY
     ):
-        raise InvalidInputError(f"a retry delay is a number of seconds from 0 to {_MAX_DELAY}, not {value!r}")
+        raise InvalidInputError(
+            f"a retry delay is a number of seconds from 0 to {_MAX_DELAY}, not {shown(value)}"
+        )
     return value
 
 

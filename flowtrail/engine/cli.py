@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -37,6 +38,7 @@ from flowtrail.core.errors import (
 )
 from flowtrail.core.fold import RunView
 from flowtrail.core.states import StateType
+from flowtrail.core.text import shown
 from flowtrail.engine.context import default_url
 from flowtrail.engine.demo import show_demo
 from flowtrail.engine.exports import bounded_lines, verify_export
@@ -443,17 +445,18 @@ def verify(
     _report(report, as_json)
 
 
+#: An anchor as `verify` prints it: a position (digits 0-9 only: ``isdigit`` takes "²"
+#: too), a colon, the log digest's 64 hexadecimal digits and nothing else.
+_ANCHOR = re.compile(r"([0-9]{1,19}):([0-9a-fA-F]{64})")
+
+
 def _anchor(text: str) -> tuple[int, bytes]:
-    position, _, digest = text.partition(":")
-    try:
-        seal = bytes.fromhex(digest)
-        if not position.isdigit() or len(seal) != 32:
-            raise ValueError
-    except ValueError:
+    found = _ANCHOR.fullmatch(text)
+    if found is None or int(found[1]) >= 2**63:
         raise UserError(
-            f"--anchor is POSITION:DIGEST, a position and 64 hexadecimal digits, not {text!r}"
-        ) from None
-    return int(position), seal
+            f"--anchor is POSITION:DIGEST, a position and 64 hexadecimal digits, not {shown(text)}"
+        )
+    return int(found[1]), bytes.fromhex(found[2])
 
 
 @cli.command()

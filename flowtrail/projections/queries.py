@@ -18,6 +18,7 @@ from flowtrail.core.fold import RunView
 from flowtrail.core.jsondata import check_json
 from flowtrail.core.projection import Dialect
 from flowtrail.core.states import StateType, parse_uuid
+from flowtrail.core.text import shown
 from flowtrail.projections.runs import RunViews, view_in_row
 
 __all__ = [
@@ -176,7 +177,7 @@ def _values(name: str, given: Iterable[object] | None) -> list[object] | None:
     if isinstance(given, str | bytes):
         raise InvalidInputError(f"{name} is a list of values, not a single string")
     if not isinstance(given, Iterable):
-        raise InvalidInputError(f"{name} is a list of values, not {given!r}")
+        raise InvalidInputError(f"{name} is a list of values, not {shown(given)}")
     values = list(given)
     if len(values) > MAX_FILTER_VALUES:
         raise InvalidInputError(f"{name} holds at most {MAX_FILTER_VALUES} values, not {len(values)}")
@@ -188,7 +189,7 @@ def _texts(name: str, given: Iterable[object] | None) -> list[object] | None:
     values = _values(name, given)
     for value in values or ():
         if not isinstance(value, str) or "\x00" in value:
-            raise InvalidInputError(f"{name} holds strings without NUL characters, not {value!r}")
+            raise InvalidInputError(f"{name} holds strings without NUL characters, not {shown(value)}")
         check_json(value, path=name)  # text no run can hold (a lone surrogate) is refused
     return values
 
@@ -202,7 +203,7 @@ def _run_ids(name: str, given: Iterable[object] | None) -> list[object] | None:
     for value in values:
         parsed = parse_uuid(value)
         if parsed is None:
-            raise InvalidIdError(f"{name} holds {value!r}, which is not a UUID")
+            raise InvalidIdError(f"{name} holds {shown(value)}, which is not a UUID")
         spelled.append(str(parsed))
     return spelled
 
@@ -331,11 +332,11 @@ def read_flow_runs(
     try:
         order = _ORDER[FlowRunSort(sort)].format(bytewise=_BYTEWISE[dialect])
     except ValueError:
-        raise InvalidInputError(f"unknown sort {sort!r}; one of {', '.join(FlowRunSort)}") from None
+        raise InvalidInputError(f"unknown sort {shown(sort)}; one of {', '.join(FlowRunSort)}") from None
     if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_OFFSET):
-        raise InvalidInputError(f"limit is None or a whole number from 0 to {MAX_OFFSET}, not {limit!r}")
+        raise InvalidInputError(f"limit is None or a whole number from 0 to {MAX_OFFSET}, not {shown(limit)}")
     if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
-        raise InvalidInputError(f"offset is a whole number from 0 to {MAX_OFFSET}, not {offset!r}")
+        raise InvalidInputError(f"offset is a whole number from 0 to {MAX_OFFSET}, not {shown(offset)}")
     conditions: list[_Condition] = []
     types = _values("state_types", state_types)
     if types is not None:

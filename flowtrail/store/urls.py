@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from flowtrail.core.errors import InvalidUrlError
+from flowtrail.core.text import shown
 
 __all__ = ["StoreUrl", "parse_url", "shown_url", "sqlite_url"]
 
@@ -58,7 +59,7 @@ def _number(options: dict[str, str], name: str, default: float, *, whole: bool =
         value = int(options[name]) if whole else float(options[name])
     except ValueError:
         kind = "a whole number" if whole else "a number"
-        raise InvalidUrlError(f"{name}={options[name]!r} is not {kind}") from None
+        raise InvalidUrlError(f"{name}={shown(options[name])} is not {kind}") from None
     if not math.isfinite(value) or value <= 0:
         raise InvalidUrlError(f"{name} must be a positive, finite number, not {options[name]}")
     if name == "busy_timeout" and value > _MAX_BUSY_TIMEOUT:
@@ -128,24 +129,24 @@ def parse_url(url: str) -> StoreUrl:
             raw = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path, errors="strict")
         except UnicodeDecodeError:
             raise InvalidUrlError(
-                f"the path of {url!r} is percent-encoded bytes that are not UTF-8 text"
+                f"the path of {shown(url)} is percent-encoded bytes that are not UTF-8 text"
             ) from None
         if not raw:
             raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
         if "\x00" in raw:
-            raise InvalidUrlError(f"the path of {url!r} holds a NUL character, which no file name can")
+            raise InvalidUrlError(f"the path of {shown(url)} holds a NUL character, which no file name can")
         durability = options.get("durability", "full")
         if durability not in ("full", "normal"):
-            raise InvalidUrlError(f"durability is 'full' or 'normal', not {durability!r}")
+            raise InvalidUrlError(f"durability is 'full' or 'normal', not {shown(durability)}")
         mode = options.get("mode", "rw")
         if mode not in ("ro", "rw"):
-            raise InvalidUrlError(f"mode is 'ro' (read only) or 'rw', not {mode!r}")
+            raise InvalidUrlError(f"mode is 'ro' (read only) or 'rw', not {shown(mode)}")
         # Only a ~ written as it is names a home folder: %7E is a file name's own.
         home = parts.path.startswith("/~")
         try:
             target = str(Path(raw).expanduser()) if home else raw
         except RuntimeError:  # ~name of a user this machine does not know
-            raise InvalidUrlError(f"the home folder in {raw!r} is not known on this machine") from None
+            raise InvalidUrlError(f"the home folder in {shown(raw)} is not known on this machine") from None
         return StoreUrl(
             backend="sqlite",
             target=target,
@@ -168,7 +169,7 @@ def parse_url(url: str) -> StoreUrl:
         plain = schema.isascii() and schema.replace("_", "").isalnum() and schema[:1].isalpha()
         if not plain or len(schema) > 63:
             raise InvalidUrlError(
-                f"schema {schema!r} must be a plain identifier (letters, digits, underscores)"
+                f"schema {shown(schema)} must be a plain identifier (letters, digits, underscores)"
             )
         query = "&".join(libpq)
         target = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
@@ -180,5 +181,5 @@ def parse_url(url: str) -> StoreUrl:
             max_event_bytes=int(_number(mine, "max_event_bytes", 1024 * 1024, whole=True)),
         )
     raise InvalidUrlError(
-        f"unsupported database URL scheme {parts.scheme or '(none)'!r}: use sqlite:///path.db or postgresql://..."
+        f"unsupported database URL scheme {shown(parts.scheme or '(none)')}: use sqlite:///path.db or postgresql://..."
     )

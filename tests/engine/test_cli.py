@@ -1173,9 +1173,45 @@ def test_verify_prints_the_log_digest_that_a_later_verify_checks_as_its_anchor(d
     assert "is not the one anchored" in failed.out
 
 
-@pytest.mark.parametrize("anchor", ["47", "x:00", "47:abc", f"-1:{'0' * 64}"])
+@pytest.mark.parametrize(
+    "anchor",
+    [
+        "47",
+        "x:00",
+        "47:abc",
+        f"-1:{'0' * 64}",
+        f"\u00b2:{'0' * 64}",  # a digit to str.isdigit, not to int()
+        f"47:{'0' * 30} {'0' * 34}",  # bytes.fromhex skips spaces
+        f"{10**25}:{'0' * 64}",
+    ],
+)
 def test_a_malformed_anchor_is_one_sentence(db: Path, anchor: str) -> None:
     assert_user_error(flowtrail("verify", "--anchor", anchor, database=db), "--anchor is POSITION:DIGEST")
+
+
+_HUGE = "x" * 100_000
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["history", _HUGE],
+        ["subflow", _HUGE],
+        ["runs", "--parent-task-run", _HUGE],
+        ["verify", "--anchor", _HUGE],
+    ],
+    ids=["history", "subflow", "parent-task-run", "anchor"],
+)
+def test_an_argument_of_100000_characters_is_quoted_cut_short(db: Path, arguments: list[str]) -> None:
+    ran = flowtrail(*arguments, database=db)
+    assert_user_error(ran, "(100000 characters)")
+    assert len(ran.err) < 400
+
+
+def test_a_url_option_of_100000_characters_is_quoted_cut_short(db: Path) -> None:
+    ran = flowtrail("--database", f"sqlite:///{db}?mode={_HUGE}", "runs")
+    assert_user_error(ran, "(100000 characters)")
+    assert len(ran.err) < 400
 
 
 def test_the_demo_replaces_a_log_an_earlier_demo_made_before_demo_logs_were_marked(
