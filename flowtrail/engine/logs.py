@@ -7,7 +7,10 @@ pay. Configure structlog as usual; these loggers follow its configuration.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
+import sys
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -17,16 +20,36 @@ __all__ = ["bound_contextvars", "get_logger"]
 def get_logger(name: str) -> Any:
     """structlog's logger called ``name`` (a lazy proxy: configuration applies on use).
 
-    Where structlog is not configured, its defaults print every level: flowtrail's
-    lines are then shown from INFO up (a run's start, end and retries, not each state),
-    as Prefect's console shows them. Configured, structlog decides."""
+    Where structlog is not configured, its defaults print every level to standard
+    output, and a traceback with every local variable: flowtrail's lines are then shown
+    from INFO up (a run's start, end and retries, not each state) on standard error, as
+    Prefect's console shows them, leaving standard output to the program (``python
+    etl.py > out.json``), with tracebacks of the code alone. Configured, structlog
+    decides."""
     import structlog
 
     if structlog.is_configured():
         return structlog.get_logger(name)
     return structlog.wrap_logger(
-        None, wrapper_class=structlog.make_filtering_bound_logger(logging.INFO), logger_factory_args=(name,)
+        structlog.PrintLogger(sys.stderr),
+        processors=_unconfigured_processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
     )
+
+
+@functools.cache
+def _unconfigured_processors() -> list[Any]:
+    """structlog's default processors, its console renderer showing no local variables."""
+    import structlog
+
+    processors = list(structlog.get_config()["processors"])
+    if processors and isinstance(processors[-1], structlog.dev.ConsoleRenderer):
+        terminal = sys.stderr.isatty()
+        formatter: Any = structlog.dev.plain_traceback  # in a file: no colours, no frames drawn
+        if terminal and importlib.util.find_spec("rich") is not None:
+            formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+        processors[-1] = structlog.dev.ConsoleRenderer(colors=terminal, exception_formatter=formatter)
+    return processors
 
 
 def bound_contextvars(**values: object) -> AbstractContextManager[None]:

@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -1062,10 +1063,10 @@ def test_log_prints_with_the_default_logger_writes_each_print_once_as_a_log_line
         [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = done.stderr.splitlines()
     assert [line for line in lines if "hello from the flow" in line and "[info" in line] != []
     assert sum("hello from the flow" in line for line in lines) == 1
-    assert lines[-1] == "result 1"
+    assert done.stdout == "result 1\n"
 
 
 def test_with_structlog_left_unconfigured_a_flow_prints_its_info_lines_and_no_debug_ones(
@@ -1082,8 +1083,54 @@ def test_with_structlog_left_unconfigured_a_flow_prints_its_info_lines_and_no_de
     done = subprocess.run(
         [sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=60
     )
-    assert "flow run finished" in done.stdout
-    assert "[debug" not in done.stdout
+    assert "flow run finished" in done.stderr
+    assert "[debug" not in done.stderr
+
+
+def test_with_structlog_left_unconfigured_log_lines_go_to_stderr_leaving_stdout_to_the_program(
+    tmp_path: Path,
+) -> None:
+    """``python etl.py > out.json`` must not find log lines in its output (Prefect's
+    console logs go to standard error too)."""
+    script = (
+        "import json\n"
+        "from flowtrail import flow, SyncOrchestrator\n"
+        "@flow\n"
+        "def etl():\n"
+        "    return {'rows': 3}\n"
+        f"with SyncOrchestrator.open('sqlite:///{tmp_path / 'etl.db'}'):\n"
+        "    print(json.dumps(etl()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(done.stdout) == {"rows": 3}
+    assert "flow run created" in done.stderr
+
+
+def test_with_structlog_left_unconfigured_a_failing_hooks_traceback_shows_no_local_variables(
+    tmp_path: Path,
+) -> None:
+    """structlog's default drew each frame with its local variables: about 180 lines
+    for one failing hook, a whole run's view among them."""
+    script = (
+        "from flowtrail import flow, SyncOrchestrator\n"
+        "secret_local = 'a local variable'\n"
+        "def hook(flow, run, state):\n"
+        "    inside = secret_local\n"
+        "    raise ValueError('hook failed')\n"
+        "@flow(on_completion=[hook])\n"
+        "def done():\n"
+        "    return 1\n"
+        f"with SyncOrchestrator.open('sqlite:///{tmp_path / 'hook.db'}'):\n"
+        "    done()\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert "ValueError: hook failed" in ran.stderr
+    assert "'a local variable'" not in ran.stderr
+    assert len(ran.stderr.splitlines()) < 30
 
 
 # --- subflows --------------------------------------------------------------------------------------
