@@ -297,7 +297,10 @@ class FlowRunScript:
                 values = flow.validate(self.parameters)
             except ParameterValidationError as exc:
                 self.error = exc
-                message = f"Validation of flow parameters failed with error: {exception_text(exc)}"
+                message = (
+                    "Validation of flow parameters failed with error: "
+                    f"{type(exc).__name__}: {exception_text(exc)}"
+                )
                 return values, None, pure.Failed(message=message, data=exception_data(exc))
         try:
             name = flow.run_name(values)

@@ -288,7 +288,9 @@ def test_invalid_parameters_fail_the_run_from_pending_without_calling_the_functi
     run = only_run(orch, "typed")
     assert called == []
     assert history(orch, run.id) == ["Pending", "Failed"]
-    assert run.state.message.startswith("Validation of flow parameters failed with error:")
+    assert run.state.message.startswith(
+        "Validation of flow parameters failed with error: ParameterValidationError: "
+    )
     assert run.start_time == run.end_time
 
 
