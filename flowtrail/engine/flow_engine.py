@@ -268,10 +268,12 @@ class FlowRunScript:
         except FlowTimeout as exc:
             # An enclosing flow's time is up (this run's own is taken in `_attempt`),
             # wherever this run was: in its function, a hook, a retry's wait. It stops
-            # with its parent, and is not left Running or AwaitingRetry for ever.
+            # with its parent, and is not left Running or AwaitingRetry for ever. Named
+            # TimedOut as in Prefect, whose child takes the parent's timeout error as its
+            # own; the message says whose time it was.
             if self.run is not None and not (self.state is not None and self.state.is_final()):
                 yield from self._set(
-                    pure.Failed(
+                    pure.TimedOut(
                         message="Interrupted by the timeout of an enclosing flow run.",
                         data=exception_data(exc),
                     )

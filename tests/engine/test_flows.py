@@ -583,7 +583,7 @@ def test_an_async_parents_timeout_fails_its_async_subflow_as_a_sync_parents_does
     parent_state, child_state = asyncio.run(scenario())
     assert parent_state.name == "TimedOut"
     assert (child_state.name, child_state.message) == (
-        "Failed",
+        "TimedOut",
         "Interrupted by the timeout of an enclosing flow run.",
     )
 
@@ -689,7 +689,7 @@ def test_a_timeout_coming_through_as_a_thread_goes_back_into_the_engine_leaves_l
         took = pool.submit(contextvars.copy_context().run, in_the_thread).result()
     assert came_through, "the window was never hit"
     assert took < 2
-    assert {run.state.name for run in orch.read_flow_runs(flow_names=["leaf"])} <= {"Completed", "Failed"}
+    assert {run.state.name for run in orch.read_flow_runs(flow_names=["leaf"])} <= {"Completed", "TimedOut"}
 
 
 def test_a_timeout_is_not_swallowed_by_the_functions_own_except_exception(orch: SyncOrchestrator) -> None:
@@ -737,7 +737,7 @@ def test_a_timeout_passing_while_a_subflow_waits_to_retry_fails_the_subflow(orch
     with pytest.raises(FlowTimeoutError):
         parent()
     child_run = only_run(orch, "child")
-    assert history(orch, child_run.id) == ["Pending", "Running", "AwaitingRetry", "Failed"]
+    assert history(orch, child_run.id) == ["Pending", "Running", "AwaitingRetry", "TimedOut"]
     assert child_run.state.message == "Interrupted by the timeout of an enclosing flow run."
     (task,) = orch.read_task_runs(flow_run_id=only_run(orch, "parent").id)
     assert task.state.type is StateType.FAILED
