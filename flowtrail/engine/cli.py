@@ -17,6 +17,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -543,18 +544,26 @@ def _written_whole(output: str) -> Iterator[IO[str]]:
     if output == "-":
         yield sys.stdout
         return
-    target = Path(os.path.realpath(output))  # through a symbolic link, to the file it names
-    if target.exists() and not target.is_file():
-        with target.open("w", encoding="utf-8") as out:
+    try:
+        mode: int | None = os.stat(output).st_mode  # through symbolic links (/dev/stdout too)
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UserError(f"{output} is a folder: name a file to write the export to")
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(output, "w", encoding="utf-8") as out:
             yield out
         return
+    if output.endswith(("/", os.sep)):
+        raise UserError(f"{output} ends with '/', which names a folder: name a file to write the export to")
+    target = Path(os.path.realpath(output))  # through a symbolic link, to the file it names
     try:
         handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     except OSError as exc:
         raise UserError(f"Cannot write the export to {output}: {exc.strerror or exc}") from None
     try:
         os.fchmod(handle, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask())
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        with _terminated_as_exit(), os.fdopen(handle, "w", encoding="utf-8") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
@@ -563,6 +572,32 @@ def _written_whole(output: str) -> Iterator[IO[str]]:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
+
+
+#: How a command ends when SIGTERM stops it while it cleans up: as SIGTERM ends a tool.
+TERMINATED = 128 + signal.SIGTERM
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM raised as SystemExit in the block, so that what it leaves half-written is
+    removed (SIGTERM's default action ends the process where it stands); where SIGTERM
+    has its default action, on the main thread, and put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def exit_now(number: int, frame: object) -> None:
+        raise SystemExit(TERMINATED)
+
+    signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _umask() -> int:

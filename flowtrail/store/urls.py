@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from flowtrail.core.errors import InvalidUrlError
 from flowtrail.core.text import shown
@@ -72,7 +72,12 @@ def _number(options: dict[str, str], name: str, default: float, *, whole: bool =
 def sqlite_url(path: str | Path) -> str:
     """The URL of the SQLite file at ``path``, whatever characters its name holds (a
     leading ``~`` is the file's own, encoded, not a home folder)."""
-    quoted = quote(str(path), safe="/:")
+    try:
+        quoted = quote(str(path), safe="/:")
+    except UnicodeEncodeError:  # bytes of a name that is not UTF-8, as os.fsdecode keeps them
+        raise InvalidUrlError(
+            f"the file name {shown(str(path))} is not UTF-8 text, which a database URL spells: rename it"
+        ) from None
     return f"sqlite:///{'%7E' + quoted[1:] if quoted.startswith('~') else quoted}"
 
 
@@ -113,73 +118,99 @@ def parse_url(url: str) -> StoreUrl:
     except ValueError as exc:  # a bracket left open, a port out of range
         raise InvalidUrlError(f"the database URL cannot be read: {exc}") from None
     scheme = parts.scheme.lower()
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    options = dict(pairs)
+    if len(options) < len(pairs):
+        twice = next(name for name in options if sum(key == name for key, _ in pairs) > 1)
+        raise InvalidUrlError(f"the URL option {shown(twice)} is given more than once: give it once")
     if scheme == "sqlite":
-        unknown = set(options) - _SQLITE_OPTIONS
-        if unknown:
-            raise InvalidUrlError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
-        if parts.netloc or not url[len("sqlite:") :].startswith("///"):
-            # sqlite:/tmp/x.db would otherwise open tmp/x.db under the working folder.
-            raise InvalidUrlError(
-                f"a SQLite URL has three slashes before its path: sqlite:///{parts.netloc}{parts.path}"
-            )
-        # Percent-decoded as any URL's path is: a file name holding "#" or "?" would
-        # otherwise have no spelling (read as a fragment, or as options).
-        try:
-            raw = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path, errors="strict")
-        except UnicodeDecodeError:
-            raise InvalidUrlError(
-                f"the path of {shown(url)} is percent-encoded bytes that are not UTF-8 text"
-            ) from None
-        if not raw:
-            raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
-        if "\x00" in raw:
-            raise InvalidUrlError(f"the path of {shown(url)} holds a NUL character, which no file name can")
-        durability = options.get("durability", "full")
-        if durability not in ("full", "normal"):
-            raise InvalidUrlError(f"durability is 'full' or 'normal', not {shown(durability)}")
-        mode = options.get("mode", "rw")
-        if mode not in ("ro", "rw"):
-            raise InvalidUrlError(f"mode is 'ro' (read only) or 'rw', not {shown(mode)}")
-        # Only a ~ written as it is names a home folder: %7E is a file name's own.
-        home = parts.path.startswith("/~")
-        try:
-            target = str(Path(raw).expanduser()) if home else raw
-        except RuntimeError:  # ~name of a user this machine does not know
-            raise InvalidUrlError(f"the home folder in {shown(raw)} is not known on this machine") from None
-        return StoreUrl(
-            backend="sqlite",
-            target=target,
-            durability=durability,
-            busy_timeout=_number(options, "busy_timeout", 5.0),
-            max_event_bytes=int(_number(options, "max_event_bytes", 1024 * 1024, whole=True)),
-            read_only=mode == "ro",
-        )
+        return _sqlite(url, parts, options)
     if scheme in ("postgresql", "postgres"):
-        mine = {k: v for k, v in options.items() if k in _FLOWTRAIL_PG_OPTIONS}
-        # libpq's own parameters go on as they were written: decoded and joined again,
-        # a value holding an encoded & = or space (options=-c%20statement_timeout%3D5s)
-        # would no longer read as one.
-        libpq = [
-            part
-            for part in parts.query.split("&")
-            if part and unquote_plus(part.partition("=")[0]) not in _FLOWTRAIL_PG_OPTIONS
-        ]
-        schema = mine.get("schema", "flowtrail")
-        plain = schema.isascii() and schema.replace("_", "").isalnum() and schema[:1].isalpha()
-        if not plain or len(schema) > 63:
-            raise InvalidUrlError(
-                f"schema {shown(schema)} must be a plain identifier (letters, digits, underscores)"
-            )
-        query = "&".join(libpq)
-        target = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
-        return StoreUrl(
-            backend="postgresql",
-            target=target,
-            schema=schema.lower(),
-            busy_timeout=_number(mine, "busy_timeout", 5.0),
-            max_event_bytes=int(_number(mine, "max_event_bytes", 1024 * 1024, whole=True)),
-        )
+        return _postgresql(parts, options)
     raise InvalidUrlError(
         f"unsupported database URL scheme {shown(parts.scheme or '(none)')}: use sqlite:///path.db or postgresql://..."
+    )
+
+
+def _sqlite(url: str, parts: SplitResult, options: dict[str, str]) -> StoreUrl:
+    unknown = set(options) - _SQLITE_OPTIONS
+    if unknown:
+        raise InvalidUrlError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
+    if parts.netloc or not url[len("sqlite:") :].startswith("///"):
+        # sqlite:/tmp/x.db would otherwise open tmp/x.db under the working folder.
+        raise InvalidUrlError(
+            f"a SQLite URL has three slashes before its path: sqlite:///{parts.netloc}{parts.path}"
+        )
+    raw = _sqlite_path(url, parts)
+    durability = options.get("durability", "full")
+    if durability not in ("full", "normal"):
+        raise InvalidUrlError(f"durability is 'full' or 'normal', not {shown(durability)}")
+    mode = options.get("mode", "rw")
+    if mode not in ("ro", "rw"):
+        raise InvalidUrlError(f"mode is 'ro' (read only) or 'rw', not {shown(mode)}")
+    # Only a ~ written as it is names a home folder: %7E is a file name's own.
+    home = parts.path.startswith("/~")
+    try:
+        target = str(Path(raw).expanduser()) if home else raw
+    except RuntimeError:  # ~name of a user this machine does not know
+        raise InvalidUrlError(f"the home folder in {shown(raw)} is not known on this machine") from None
+    return StoreUrl(
+        backend="sqlite",
+        target=target,
+        durability=durability,
+        busy_timeout=_number(options, "busy_timeout", 5.0),
+        max_event_bytes=int(_number(options, "max_event_bytes", 1024 * 1024, whole=True)),
+        read_only=mode == "ro",
+    )
+
+
+def _sqlite_path(url: str, parts: SplitResult) -> str:
+    """The file a SQLite URL names, percent-decoded as any URL's path is: a file name
+    holding "#" or "?" would otherwise have no spelling (read as a fragment, or as
+    options)."""
+    try:
+        raw = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidUrlError(
+            f"the path of {shown(url)} is percent-encoded bytes that are not UTF-8 text"
+        ) from None
+    if parts.fragment or url.endswith("#"):
+        raise InvalidUrlError(
+            f"{shown_url(url)} holds a '#', which ends a URL's path: a file name's own '#' is written %23"
+        )
+    if not raw:
+        raise InvalidUrlError("a SQLite URL names a file: sqlite:///runs.db, or sqlite:///:memory:")
+    if raw.endswith("/"):
+        raise InvalidUrlError(
+            f"the path of {shown_url(url)} ends with '/', which names a folder: a SQLite URL names a file"
+        )
+    if "\x00" in raw:
+        raise InvalidUrlError(f"the path of {shown(url)} holds a NUL character, which no file name can")
+    return raw
+
+
+def _postgresql(parts: SplitResult, options: dict[str, str]) -> StoreUrl:
+    mine = {k: v for k, v in options.items() if k in _FLOWTRAIL_PG_OPTIONS}
+    # libpq's own parameters go on as they were written: decoded and joined again,
+    # a value holding an encoded & = or space (options=-c%20statement_timeout%3D5s)
+    # would no longer read as one.
+    libpq = [
+        part
+        for part in parts.query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) not in _FLOWTRAIL_PG_OPTIONS
+    ]
+    schema = mine.get("schema", "flowtrail")
+    plain = schema.isascii() and schema.replace("_", "").isalnum() and schema[:1].isalpha()
+    if not plain or len(schema) > 63:
+        raise InvalidUrlError(
+            f"schema {shown(schema)} must be a plain identifier (letters, digits, underscores)"
+        )
+    query = "&".join(libpq)
+    target = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
+    return StoreUrl(
+        backend="postgresql",
+        target=target,
+        schema=schema.lower(),
+        busy_timeout=_number(mine, "busy_timeout", 5.0),
+        max_event_bytes=int(_number(mine, "max_event_bytes", 1024 * 1024, whole=True)),
     )

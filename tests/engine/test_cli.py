@@ -514,6 +514,47 @@ def test_an_export_to_a_full_device_is_an_error_and_leaves_the_device(db: Path) 
     assert Path("/dev/full").is_char_device()
 
 
+def test_an_export_onto_a_file_named_with_a_trailing_slash_is_refused_and_leaves_it(
+    db: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    kept = folder / "kept.txt"
+    kept.write_text("kept")
+    assert_user_error(flowtrail("export", "--all", "-o", f"{kept}/", database=db), "names a folder")
+    assert kept.read_text() == "kept"
+    assert_user_error(flowtrail("export", "--all", "-o", f"{folder}/new/", database=db), "names a folder")
+    assert sorted(path.name for path in folder.iterdir()) == ["kept.txt"]
+
+
+def test_an_export_to_dev_stdout_is_written_to_standard_output(db: Path) -> None:
+    ran = flowtrail("export", "--all", "-o", "/dev/stdout", database=db)
+    assert ran.code == 0, ran.err
+    assert len(ran.out.splitlines()) == 49  # a header, 47 events, an end line
+
+
+def test_sigterm_while_an_export_is_written_leaves_no_half_written_file(tmp_path: Path) -> None:
+    """SIGTERM's default action ends the process where it stands, leaving the export's
+    hidden ``.partial`` file behind; it ends it as an exit now, which removes it."""
+    from flowtrail.engine.cli import _written_whole
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("the test runner handles SIGTERM itself")
+    target = tmp_path / "export.jsonl"
+
+    def export_stopped_half_way() -> None:
+        with _written_whole(str(target)) as out:
+            out.write("half an export")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal's handler raises here
+
+    with pytest.raises(SystemExit) as ended:
+        export_stopped_half_way()
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_an_export_describes_itself(db: Path) -> None:
     ran = flowtrail("export", "--all", database=db)
     header = json.loads(ran.out.splitlines()[0])

@@ -6,7 +6,7 @@ import pytest
 
 from flowtrail.core import InvalidUrlError
 from flowtrail.store.sqlite import SyncSQLiteStore
-from flowtrail.store.urls import shown_url
+from flowtrail.store.urls import parse_url, shown_url, sqlite_url
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,30 @@ def test_a_postgresql_url_given_to_the_sqlite_store_is_refused_without_its_passw
         SyncSQLiteStore.open("postgresql://u@h/db?password=s3cret")
     assert "s3cret" not in str(refused.value)
     assert "password=***" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqlite:////tmp/runs#2.db", "holds a '#'"),
+        ("sqlite:////tmp/runs.db#", "holds a '#'"),
+        ("sqlite:////tmp/runs.db?mode=ro&mode=rw", "option 'mode' is given more than once"),
+        ("postgresql://postgres@localhost/test?schema=a&schema=b", "option 'schema' is given more than once"),
+        ("sqlite:////tmp/newdb/", "names a folder"),
+    ],
+)
+def test_a_url_naming_no_single_file_or_giving_an_option_twice_is_refused(url: str, words: str) -> None:
+    """Before, the first named /tmp/runs (the rest read as a fragment), the option given
+    last won silently (mode=ro&mode=rw let a rebuild write), and a folder's path made a
+    file of its name."""
+    with pytest.raises(InvalidUrlError, match=words):
+        parse_url(url)
+
+
+def test_a_hash_in_a_file_name_is_written_percent_encoded() -> None:
+    assert parse_url("sqlite:////tmp/runs%232.db").target == "/tmp/runs#2.db"
+
+
+def test_a_file_name_that_is_not_utf8_has_no_url_and_says_so() -> None:
+    with pytest.raises(InvalidUrlError, match="is not UTF-8 text"):
+        sqlite_url("/tmp/\udcfe.db")
