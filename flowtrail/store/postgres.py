@@ -41,7 +41,7 @@ from flowtrail.store.drivers import Translate, run_async
 from flowtrail.store.postgres_schema import BEGIN, SQL, lock_statement, schema_definition, translate
 from flowtrail.store.schema import schema_script
 from flowtrail.store.scripts import LogSql
-from flowtrail.store.urls import parse_url, shown_url
+from flowtrail.store.urls import parse_url, shown_url, without_password
 
 __all__ = ["PostgresStore", "SyncPostgresStore"]
 
@@ -229,7 +229,9 @@ class _Connection:
                 options.conninfo, autocommit=True, connect_timeout=max(1, round(options.connect_timeout))
             )
         except psycopg.Error as exc:
-            raise StoreUnavailableError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL: {without_password(_first_line(exc), options.conninfo)}"
+            ) from exc
         try:
             connection.execute(options.setup)
         except BaseException:
@@ -348,7 +350,9 @@ class _AsyncConnection:
                 options.conninfo, autocommit=True, connect_timeout=max(1, round(options.connect_timeout))
             )
         except psycopg.Error as exc:
-            raise StoreUnavailableError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL: {without_password(_first_line(exc), options.conninfo)}"
+            ) from exc
         try:
             await connection.execute(options.setup)
         except BaseException:

@@ -22,7 +22,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, u
 from flowtrail.core.errors import InvalidUrlError
 from flowtrail.core.text import shown
 
-__all__ = ["StoreUrl", "parse_url", "shown_url", "sqlite_url"]
+__all__ = ["StoreUrl", "parse_url", "shown_url", "sqlite_url", "without_password"]
 
 _SQLITE_OPTIONS = {"durability", "busy_timeout", "max_event_bytes", "mode"}
 _FLOWTRAIL_PG_OPTIONS = {"schema", "max_event_bytes", "busy_timeout"}
@@ -100,6 +100,21 @@ def shown_url(url: str) -> str:
         before, _, after = shown.partition("?")
         shown = f"{before}?{query}{after[len(parts.query) :]}"
     return shown
+
+
+def without_password(text: str, url: str) -> str:
+    """``text`` (a driver's error about ``url``) with the URL's password replaced by
+    ``***``, as written and percent-decoded, and each piece of it between '@'s (libpq
+    reads a password holding a raw '@' as ending there, and names the rest as the host)."""
+    try:
+        userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    except ValueError:
+        return text
+    password = userinfo.partition(":")[2]
+    secrets = {password, unquote(password), *password.split("@")}
+    for secret in sorted((secret for secret in secrets if len(secret) >= 3), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _shown_parameter(part: str) -> str:
