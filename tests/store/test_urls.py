@@ -74,3 +74,22 @@ def test_a_hash_in_a_file_name_is_written_percent_encoded() -> None:
 def test_a_file_name_that_is_not_utf8_has_no_url_and_says_so() -> None:
     with pytest.raises(InvalidUrlError, match="is not UTF-8 text"):
         sqlite_url("/tmp/\udcfe.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("postgresql://postgres:s3cr%zzetpw@127.0.0.1:5432/test", "s3cr%zzetpw"),
+        ("postgresql://postgres:s3cr@etpw@127.0.0.1:5432/test", "etpw"),
+    ],
+)
+def test_a_postgresql_url_libpq_cannot_read_is_refused_without_its_password(url: str, password: str) -> None:
+    """libpq quotes what it cannot read: a password with a bad percent escape, or the
+    part of one after a raw '@', read as the host."""
+    from flowtrail import StoreUnavailableError
+    from flowtrail.store.postgres import SyncPostgresStore
+
+    with pytest.raises(StoreUnavailableError) as refused:
+        SyncPostgresStore.open(url)
+    assert password not in str(refused.value)
+    assert "***" in str(refused.value)
