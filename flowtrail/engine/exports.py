@@ -125,10 +125,10 @@ def bounded_lines(binary: IO[bytes]) -> Iterator[bytes]:
     bytes: a longer line is cut there (the rest of it read and dropped in pieces of
     that size), so that `verify_export` refuses it without holding it whole."""
     while line := binary.readline(MAX_LINE + 1):
+        yield line  # before the rest is dropped: a first line that never ends is refused at once
         if len(line) > MAX_LINE and not line.endswith(b"\n"):
             while (rest := binary.readline(MAX_LINE + 1)) and not rest.endswith(b"\n"):
                 pass
-        yield line
 
 
 class _DamageError(Exception):

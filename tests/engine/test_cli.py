@@ -842,6 +842,12 @@ def _waiting_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def test_verify_of_a_file_whose_first_line_never_ends_refuses_it_at_once() -> None:
+    """/dev/zero: its first line was read to its end before it was refused, for ever."""
+    ran = flowtrail("verify", "--file", "/dev/zero")
+    assert_user_error(ran, "not a flowtrail export", "first line is longer than any event can be")
+
+
 def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
     assert_user_error(flowtrail("verify", "--file", "-", stdin='{"hello": 1}\n'), "not a flowtrail export")
 
