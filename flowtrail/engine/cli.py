@@ -230,10 +230,28 @@ def _missing_hint(settings: Settings) -> str:
     return "name an existing log, or create an empty one there with `flowtrail migrate`"
 
 
+def _whole(value: object) -> object:
+    """``value`` with every field of every record in it, defaults too (a run's views are
+    stored without them): each record of a kind has the same keys as the next."""
+    if isinstance(value, msgspec.Struct):
+        config = value.__struct_config__
+        fields: dict[str, object] = {} if config.tag_field is None else {config.tag_field: config.tag}
+        for name, key in zip(value.__struct_fields__, value.__struct_encode_fields__, strict=True):
+            item = getattr(value, name)
+            if item is not msgspec.UNSET:
+                fields[key] = _whole(item)
+        return fields
+    if isinstance(value, list | tuple):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
+    return value
+
+
 def _emit_json(value: object) -> None:
     """``value`` as JSON in UTF-8, whatever the terminal's encoding (JSON read by another
     program is UTF-8), or as text where standard output takes no bytes."""
-    text = msgspec.json.format(msgspec.json.encode(value)) + b"\n"
+    text = msgspec.json.format(msgspec.json.encode(_whole(value))) + b"\n"
     binary = getattr(sys.stdout, "buffer", None)
     if binary is None:
         sys.stdout.write(text.decode())

@@ -848,6 +848,23 @@ def test_verify_of_a_file_whose_first_line_never_ends_refuses_it_at_once() -> No
     assert_user_error(ran, "not a flowtrail export", "first line is longer than any event can be")
 
 
+def test_every_run_of_runs_json_has_the_same_keys_defaults_included(db: Path, tmp_path: Path) -> None:
+    """A fresh run had no state, run_count or tags keys, a root run no parent keys: a
+    program reading the records had to know which defaults the views leave out."""
+    with SyncOrchestrator.open(f"sqlite:///{db}") as orch:
+        orch.create_flow_run("fresh")
+    records = flowtrail("runs", "--json", "--limit", "100", database=db).json()
+    assert len(records) > 2
+    assert len({tuple(record) for record in records}) == 1
+    fresh = next(record for record in records if record["flow_name"] == "fresh")
+    assert (fresh["state"], fresh["run_count"], fresh["tags"], fresh["parent_task_run_id"]) == (
+        None,
+        0,
+        [],
+        None,
+    )
+
+
 def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
     assert_user_error(flowtrail("verify", "--file", "-", stdin='{"hello": 1}\n'), "not a flowtrail export")
 
