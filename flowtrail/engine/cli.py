@@ -656,6 +656,8 @@ def migrate(settings: Settings) -> None:
 def demo(path: Path, replace: bool) -> None:
     """Run a small pipeline on a fresh log and audit it: retries, a timeout, a failure
     hook, late proposals the policy refuses; then verify and rebuild."""
+    if path == Path():  # '' (click's Path makes it '.'): the folder itself
+        raise UserError("--path names the demo's database file, not an empty string")
     with contextlib.suppress(RuntimeError):  # ~name of no user here: a file name that starts with ~
         path = path.expanduser()
     show_demo(path.resolve(), replace=replace)

@@ -127,6 +127,8 @@ def parse_url(url: str) -> StoreUrl:
     given: object = url  # also reached from untyped callers (the CLI, the environment)
     if not isinstance(given, str) or not url.strip():
         raise InvalidUrlError("a database URL is a non-empty string, e.g. sqlite:///runs.db")
+    if url != url.strip():  # a space before the scheme read as part of it, or one after as the file's
+        raise InvalidUrlError(f"the database URL {shown(url)} begins or ends with white space")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - checks the port's digits and range

@@ -865,6 +865,11 @@ def test_every_run_of_runs_json_has_the_same_keys_defaults_included(db: Path, tm
     )
 
 
+def test_a_demo_path_given_empty_is_one_sentence_not_the_folder(tmp_path: Path) -> None:
+    ran = flowtrail("demo", "--path", "", HOME=str(tmp_path))
+    assert_user_error(ran, "not an empty string")
+
+
 def test_a_file_that_is_not_an_export_is_one_sentence() -> None:
     assert_user_error(flowtrail("verify", "--file", "-", stdin='{"hello": 1}\n'), "not a flowtrail export")
 

@@ -214,7 +214,9 @@ def test_a_tag_most_runs_carry_is_looked_up_run_by_run_rather_than_its_runs_list
     first row of the page was read, in every sort; a lookup of each run read takes
     microseconds, and a page stops after a few hundred."""
     steps = plan_of(sqlite_databases, matched=10**6, sort=sort, limit=200, **filters)
-    assert not [step for step in steps if "LIST SUBQUERY" in step or "TEMP B-TREE FOR ORDER BY" in step], steps
+    assert not [step for step in steps if "LIST SUBQUERY" in step or "TEMP B-TREE FOR ORDER BY" in step], (
+        steps
+    )
     assert any("run_tags USING PRIMARY KEY (tag=? AND run_id=?)" in step for step in steps), steps
 
 

@@ -57,6 +57,8 @@ def test_a_postgresql_url_given_to_the_sqlite_store_is_refused_without_its_passw
         ("sqlite:////tmp/runs.db?mode=ro&mode=rw", "option 'mode' is given more than once"),
         ("postgresql://postgres@localhost/test?schema=a&schema=b", "option 'schema' is given more than once"),
         ("sqlite:////tmp/newdb/", "names a folder"),
+        (" sqlite:////tmp/runs.db", "begins or ends with white space"),
+        ("sqlite:////tmp/runs.db\n", "begins or ends with white space"),
     ],
 )
 def test_a_url_naming_no_single_file_or_giving_an_option_twice_is_refused(url: str, words: str) -> None:
