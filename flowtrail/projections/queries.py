@@ -95,7 +95,8 @@ def _current(mark: object) -> None:
         raise ViewsOutOfDateError(
             "the run views of this log are not whole (a rebuild is under way or did not finish, or "
             "they are of an older format), and a query over many runs needs them: it works again "
-            "once a rebuild completes (rebuild(), `flowtrail rebuild`, where the log can be written). "
+            "once a rebuild completes (rebuild(), `flowtrail rebuild`, where the log can be written; "
+            "a rebuild stopped by a damaged event leaves them so, and verify names the event). "
             "Meanwhile one run's reads fold its events, and as_of(position) (`flowtrail as-of "
             "POSITION runs`) gives every run's view folded from the log"
         )
