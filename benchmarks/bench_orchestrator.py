@@ -297,7 +297,8 @@ PAGES: dict[str, dict[str, object]] = {
     "state_types PENDING, START_TIME_DESC": {"state_types": ["PENDING"], "sort": FlowRunSort.START_TIME_DESC},
     "flow_names flow-3, START_TIME_DESC": {"flow_names": ["flow-3"], "sort": FlowRunSort.START_TIME_DESC},
 }
-#: Pages under a tag that 1 run in 7 holds, in each sort: not read off an index in order.
+#: Pages under a tag that 1 run in 7 holds, in each sort: read in the sort's order, each
+#: run's tag looked up.
 TAG_PAGES: dict[str, dict[str, object]] = {
     f"tags t3, {sort}": {"tags": ["t3"], "sort": sort} for sort in FlowRunSort
 }

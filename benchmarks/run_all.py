@@ -170,7 +170,7 @@ ROWS = [
             None
             if get(r, "orchestrator", "lookups.pages.slowest") is None
             else f"slowest: {get(r, 'orchestrator', 'lookups.pages.slowest')}; under a tag 1 run in 7 holds "
-            f"(not indexed in order): {num(get(r, 'orchestrator', 'lookups.pages.slowest_tag_ms'), ' ms', 1)} "
+            f"(each run's tag looked up): {num(get(r, 'orchestrator', 'lookups.pages.slowest_tag_ms'), ' ms', 1)} "
             f"({get(r, 'orchestrator', 'lookups.pages.slowest_tag')})"
         ),
         met=lambda r: at_most(get(r, "orchestrator", "lookups.pages.slowest_ms"), 10),
