@@ -13,11 +13,15 @@ from pathlib import Path
 
 from flowtrail import SyncOrchestrator
 from flowtrail.core import states as pure
+from flowtrail.core.effects import Execute, Script
 from flowtrail.engine.replay import copy_rows
 from flowtrail.projections import RunViews
+from flowtrail.projections.rebuild import transaction
 from flowtrail.store.drivers import run_sync
+from flowtrail.store.schema import mark_stale_script
 from flowtrail.store.sqlite import _Connection
 from flowtrail.store.sqlite_schema import translate
+from tests.conftest import Databases
 
 
 def transactions(statements: list[str]) -> list[list[str]]:
@@ -80,3 +84,67 @@ def test_a_helpers_rows_are_copied_a_chunk_at_a_time_and_every_one_arrives(tmp_p
     assert main.execute("SELECT count(*) FROM flow_runs").fetchone() == (25,)
     assert main.execute("SELECT count(*) FROM run_tags").fetchone() == (25,)
     assert main.execute("PRAGMA database_list").fetchall()[-1][1] == "main"  # detached
+
+
+def _indexes_of_flow_runs(databases: Databases) -> set[str]:
+    url = databases.url("log")
+    if databases.backend == "sqlite":
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            rows = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'flow_runs' AND sql IS NOT NULL"
+            )
+            return {str(row[0]) for row in rows}
+    import psycopg
+
+    from tests.conftest import POSTGRES_DSN
+
+    assert POSTGRES_DSN is not None
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'flow_runs' "
+            "AND indexname NOT LIKE '%%_pkey'",
+            (schema,),
+        )
+        return {str(row[0]) for row in rows}
+
+
+def test_opening_a_log_whose_views_are_being_rebuilt_builds_none_of_their_indexes(
+    databases: Databases,
+) -> None:
+    """The rebuild fills tables without indexes and builds them at its end. An open
+    meanwhile built them all on the rows loaded so far, holding the write lock for 10 s
+    at 745,000 runs: other writers and the rebuild itself met their busy timeout."""
+    url = databases.url("log")
+    with SyncOrchestrator.open(url) as orch:
+        for _ in range(3):
+            orch.create_flow_run("etl", state=pure.Pending())
+        assert _indexes_of_flow_runs(databases)
+        views = RunViews()
+        # Where another process's rebuild stands once it has begun: the views marked
+        # stale, their tables made again without indexes.
+        orch.store.run(
+            transaction(
+                _run_all(
+                    [
+                        *(f'DROP TABLE IF EXISTS "{table}"' for table in views.tables),
+                        *views.table_schema(orch.store.dialect),
+                    ],
+                    mark_stale_script(views),
+                )
+            ),
+            write=True,
+        )
+    assert _indexes_of_flow_runs(databases) == set()
+    with SyncOrchestrator.open(url, rebuild_stale=False) as orch:
+        assert orch.store.stale_projections == [views.name]
+    assert _indexes_of_flow_runs(databases) == set()
+    with SyncOrchestrator.open(url) as orch:  # the rebuild at open ends with them
+        assert [run.flow_name for run in orch.read_flow_runs()] == ["etl"] * 3
+    assert len(_indexes_of_flow_runs(databases)) >= 5
+
+
+def _run_all(statements: list[str], then: Script[None]) -> Script[None]:
+    for statement in statements:
+        yield Execute(statement)
+    yield from then
