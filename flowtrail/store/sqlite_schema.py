@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -270,19 +271,40 @@ def check_file(path: Path) -> None:
         return
     if size == 0 or held_by_this_process(path):
         return
+    # Another process's last connection may close at any moment, checkpoint its WAL into
+    # the file (which grows it, and its header's page count) and delete the WAL: a size
+    # read before that, set against a header read after, took a sound file for a cut one
+    # (14 processes opening a new log at once, 1 run in 26). A cut is believed only when
+    # the header, then the size, read twice a moment apart, say it both times.
+    for attempt in range(2):
+        if attempt:
+            time.sleep(0.05)
+        header, size = _header_then_size(path)
+        expected = _pages_counted(path, header)
+        if expected is None or size >= expected:
+            return
+    raise CorruptLogError(f"{path} is truncated: {size} bytes, where its header counts {expected}")
+
+
+def _header_then_size(path: Path) -> tuple[bytes, int]:
     with path.open("rb") as file:
         header = file.read(100)
+        size = os.fstat(file.fileno()).st_size
     if len(header) < 100 or not header.startswith(_MAGIC):
         raise CorruptLogError(f"{path} is not a SQLite database (its header is not SQLite's)")
+    return header, size
+
+
+def _pages_counted(path: Path, header: bytes) -> int | None:
+    """The bytes the header says the file holds; None where it cannot tell: the count is
+    not kept current (an old writer), or a WAL holds frames, mid-checkpoint perhaps,
+    which SQLite recovers from."""
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     change_counter, pages, valid_for = header[24:28], int.from_bytes(header[28:32], "big"), header[92:96]
-    # With a WAL present, SQLite may still be mid-checkpoint and will recover the file;
-    # without one, a file shorter than its header says has lost pages.
-    if change_counter == valid_for and pages and not _wal_holds_frames(path):
-        expected = page_size * pages
-        if size < expected:
-            raise CorruptLogError(f"{path} is truncated: {size} bytes, where its header counts {expected}")
+    if change_counter != valid_for or not pages or _wal_holds_frames(path):
+        return None
+    return page_size * pages
 
 
 def _wal_holds_frames(path: Path) -> bool:

@@ -328,6 +328,44 @@ def test_a_truncated_file_is_a_typed_error(tmp_path: Path) -> None:
         SyncSQLiteStore(db)
 
 
+_WRITE_AND_LEAVE = """
+import sys
+from flowtrail.store.sqlite import SyncSQLiteStore
+from tests.store.builders import new_stream
+store = SyncSQLiteStore(sys.argv[1])
+for _ in range(200):
+    stream, events = new_stream(3)
+    store.append(stream, events, 0)
+store.close()  # the last connection: it checkpoints the WAL into the file and deletes it
+"""
+
+
+def test_a_log_another_process_checkpoints_while_it_is_opened_is_not_taken_for_a_truncated_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's size was read, then its header, and another process's last
+    connection, closing in between, had grown both: a sound log reported truncated (14
+    processes opening a new log at once, 1 run in 26). Here the other process writes
+    and leaves at the worst moment, every time."""
+    from flowtrail.store import sqlite_schema
+
+    db = tmp_path / "shared.db"
+    _filled(db, 1)
+    real = sqlite_schema.held_by_this_process
+
+    def another_process_leaves_meanwhile(path: Path) -> bool:
+        subprocess.run(
+            [sys.executable, "-c", _WRITE_AND_LEAVE, str(db)],
+            check=True,
+            cwd=Path(__file__).parents[2],
+            timeout=60,
+        )
+        return real(path)
+
+    monkeypatch.setattr(sqlite_schema, "held_by_this_process", another_process_leaves_meanwhile)
+    sqlite_schema.check_file(db)
+
+
 def test_a_sqlite_header_with_garbage_behind_it_is_a_typed_error(tmp_path: Path) -> None:
     db = tmp_path / "header-only.db"
     _filled(db, 50)
