@@ -383,11 +383,17 @@ class Context:
         return writes, expect, views, before
 
     def _replayed_proposal(self, result: AppendResult) -> Script[OrchestrationResult]:
-        """The result of the proposal an idempotency key already recorded."""
+        """The result of the proposal an idempotency key already recorded, as it was
+        answered: the run's view folded from its events up to that proposal's."""
         record = yield from self.record_at(result.first_position)
         event = record.decode()
         assert isinstance(event, StateProposed)
-        view = yield from self.load(event.run_id, fresh=True)
+        view = None
+        for earlier in (yield from self.records_of(event.run_id)):
+            if earlier.version > record.version:
+                break
+            view = evolve(view, earlier.decode())
+        assert view is not None
         decision = event.decision
         state = decision.state if decision.state is not None else view.state
         return OrchestrationResult(

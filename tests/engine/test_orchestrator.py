@@ -291,6 +291,29 @@ def test_a_repeated_proposal_idempotency_key_returns_the_first_answer(orch: Orch
     assert orch.read_flow_run(run.id).version == 3
 
 
+def test_a_repeated_proposal_key_returns_the_run_as_it_was_after_that_proposal_not_as_it_is_now(
+    orch: Orch,
+) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    first = orch.propose_state(run.id, states.Running(), idempotency_key="start")
+    orch.propose_state(run.id, states.Completed())
+    again = orch.propose_state(run.id, states.Running(), idempotency_key="start")
+    assert again.run == first.run
+    assert (again.run.version, again.state.type) == (3, StateType.RUNNING)
+
+
+def test_a_repeated_key_of_a_proposal_that_wrote_no_state_returns_the_state_of_that_moment(
+    orch: Orch,
+) -> None:
+    run = orch.create_flow_run("etl", state=states.Pending())
+    first = orch.propose_state(run.id, states.Pending(), idempotency_key="again")  # ABORT: no state written
+    orch.propose_state(run.id, states.Running())
+    again = orch.propose_state(run.id, states.Pending(), idempotency_key="again")
+    assert (again.status, again.state, again.run) == (first.status, first.state, first.run)
+    assert again.state is not None
+    assert again.state.type is StateType.PENDING
+
+
 def test_proposing_for_an_unknown_run_is_a_typed_error(orch: Orch) -> None:
     with pytest.raises(RunNotFoundError):
         orch.propose_state(uuid4(), states.Running())
