@@ -519,8 +519,11 @@ async def call_async(
 ) -> Any:
     parameters = flow.bind(args, kwargs)
     parent = current_flow_run()
-    with termination_cancels_async(parent), raised_as_here():
-        async with _async_orchestrator(parent) as (orchestrator, url):
+    with termination_cancels_async(parent):
+        async with (
+            raised_as_here(outermost=parent is None),
+            _async_orchestrator(parent) as (orchestrator, url),
+        ):
             outcome = await drive_async(
                 FlowRunScript(flow, parameters, parent=parent).execute(), orchestrator, url
             )
@@ -529,8 +532,8 @@ async def call_async(
 
 async def run_flow_run_async(flow: Flow[Any, Any], run_id: UUID | str, *, return_state: bool = False) -> Any:
     """`run_flow_run` for async flows."""
-    with termination_cancels_async(None), raised_as_here():
-        async with _async_orchestrator(None) as (orchestrator, url):
+    with termination_cancels_async(None):
+        async with raised_as_here(outermost=True), _async_orchestrator(None) as (orchestrator, url):
             run = await orchestrator.read_flow_run(run_id_of(run_id))
             script = FlowRunScript(flow, dict(run.parameters), adopt=run).execute()
             outcome = await drive_async(script, orchestrator, url)

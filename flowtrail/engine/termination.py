@@ -2,8 +2,9 @@
 
 While the outermost flow of a process runs on the main thread, SIGTERM raises
 `TerminationSignal` in it (a sync flow) or cancels the task running it (an async
-flow); the engine's script takes that in and records the cancellation (Cancelling,
-then Cancelled). SIGINT (Ctrl-C) raises KeyboardInterrupt the same way, and the run
+flow; every outermost async flow running on the event loop, where several are
+gathered); the engine's script takes that in and records the cancellation
+(Cancelling, then Cancelled). SIGINT (Ctrl-C) raises KeyboardInterrupt the same way, and the run
 is recorded Crashed, as Prefect records it. Each handler is installed only where the
 signal still has its usual action (for SIGINT, Python's, or asyncio.run's), and that
 is restored after.
@@ -30,13 +31,14 @@ Sync subflows in threads of their own are not reached: signals run on the main t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -429,20 +431,14 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
     asyncio.run's: it runs even while the loop is blocked, and a second Ctrl-C raises
     KeyboardInterrupt at once wherever the flow is."""
     task = asyncio.current_task()
-    terminates, interrupts = _owns_sigterm(parent), _owns_sigint(parent)
+    loop = asyncio.get_running_loop()
+    terminates, interrupts = _joins_sigterm(parent, loop), _owns_sigint(parent)
     if task is None or not (terminates or interrupts):
         yield
         return
-    loop = asyncio.get_running_loop()
     holding = _tasks[task] = Holding()
-
-    def terminate() -> None:
-        if not holding.arrived(signal.SIGTERM):
-            holding.delivered.add(signal.SIGTERM)
-            task.cancel(_TERMINATED)
-
     if terminates:
-        loop.add_signal_handler(signal.SIGTERM, terminate)
+        _terminated_flows(loop).append((holding, task))
     if interrupts:
         _sigint_found[:] = [signal.signal(signal.SIGINT, _interrupt_async)]
     _async_flows.append((loop, holding, task))
@@ -450,11 +446,72 @@ def termination_cancels_async(parent: FlowRunContext | None) -> Iterator[None]:
         yield
     finally:
         _async_flows.remove((loop, holding, task))
-        if terminates and _still_ours(loop, terminate):
-            loop.remove_signal_handler(signal.SIGTERM)
+        if terminates:
+            _leave_sigterm(loop, (holding, task))
         if not _async_flows and _sigint_found and signal.getsignal(signal.SIGINT) is _interrupt_async:
             signal.signal(signal.SIGINT, _sigint_found.pop())  # asyncio.run's own, where it was
         _tasks.pop(task, None)
+
+
+_Flow = tuple[Holding, asyncio.Task[Any]]
+
+#: Per event loop, the SIGTERM handler the outermost async flows running there share,
+#: and those flows: SIGTERM cancels every one of them (two flows gathered at the top of
+#: a program both record Cancelled, not the first alone, the other Crashed when
+#: asyncio.run ends).
+_sigterm_flows: dict[asyncio.AbstractEventLoop, tuple[Callable[[], None], list[_Flow]]] = {}
+
+
+def _joins_sigterm(parent: FlowRunContext | None, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this outermost async flow turns SIGTERM into its cancellation: SIGTERM
+    still has its default action, or its handler is the one the flows running on this
+    loop share (not one the program put in its place meanwhile)."""
+    if _owns_sigterm(parent):
+        return True
+    shared = _sigterm_flows.get(loop)
+    return (
+        parent is None
+        and threading.current_thread() is threading.main_thread()
+        and shared is not None
+        and _still_ours(loop, shared[0])
+    )
+
+
+def _terminated_flows(loop: asyncio.AbstractEventLoop) -> list[_Flow]:
+    """The flows SIGTERM cancels on ``loop``, its handler installed by the first."""
+    shared = _sigterm_flows.get(loop)
+    if shared is None:
+        flows: list[_Flow] = []
+
+        def terminate() -> None:
+            ending, _ = _sigterm_waits.setdefault(loop, (set(), asyncio.Event()))
+            for holding, task in flows:
+                ending.add(task)
+                if not holding.arrived(signal.SIGTERM):
+                    holding.delivered.add(signal.SIGTERM)
+                    task.cancel(_TERMINATED)
+
+        shared = _sigterm_flows[loop] = (terminate, flows)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    return shared[1]
+
+
+def _leave_sigterm(loop: asyncio.AbstractEventLoop, flow: _Flow) -> None:
+    """The flow ends: the last one on its loop takes the handler away (unless the
+    program put one of its own in its place)."""
+    terminate, flows = _sigterm_flows[loop]
+    flows.remove(flow)
+    waiting = _sigterm_waits.get(loop)
+    if waiting is not None:  # however it ended: the others stop waiting for it
+        waiting[0].discard(flow[1])
+        if not waiting[0]:
+            waiting[1].set()
+    if not flows:
+        del _sigterm_flows[loop]
+        _terminations_raised.discard(loop)  # a later SIGTERM on this loop starts afresh
+        _sigterm_waits.pop(loop, None)
+        if _still_ours(loop, terminate):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _still_ours(loop: asyncio.AbstractEventLoop, terminate: Callable[[], None]) -> bool:
@@ -509,17 +566,63 @@ def terminated(exc: BaseException) -> BaseException | None:
 _CANCELLATION = "_flowtrail_cancellation"
 
 
-@contextmanager
-def raised_as_here() -> Iterator[None]:
+@asynccontextmanager
+async def raised_as_here(*, outermost: bool) -> AsyncIterator[None]:
     """An async flow's call, raising what it ended on as fits the task it ran in. A
     signal that reached it as a cancellation of a task other than the one owning the
     signals (a subflow gathered with others, in a task of its own) ends it as that
     cancellation again: raised from such a task, SystemExit and KeyboardInterrupt break
-    out of the event loop at once, and the other flows' ends would go unrecorded."""
+    out of the event loop at once, and the other flows' ends would go unrecorded.
+
+    Several outermost flows (``outermost``) that SIGTERM cancelled on one loop wait for
+    each other to have recorded their end (and closed the logs the engine opened for
+    them); then the first raises TerminationSignal, which ends the loop, and the others
+    end as their cancellation, which asyncio.run, cancelling what is left, waits for.
+    Raised while
+    another flow still recorded its end, TerminationSignal stopped the loop under it
+    (through an ``asyncio.gather`` in the program's main coroutine), its log was never
+    closed, and the process hung at exit waiting for that log's thread."""
     try:
         yield
     except (TerminationSignal, KeyboardInterrupt) as error:
         cancellation = getattr(error, _CANCELLATION, None)
-        if not isinstance(cancellation, asyncio.CancelledError) or asyncio.current_task() in _tasks:
+        task = asyncio.current_task()
+        if outermost and isinstance(error, TerminationSignal) and task in _tasks:
+            loop = asyncio.get_running_loop()
+            await _others_ended(loop, task)
+            if loop not in _terminations_raised or not isinstance(cancellation, asyncio.CancelledError):
+                _terminations_raised.add(loop)
+                raise
+            raise cancellation from error
+        if not isinstance(cancellation, asyncio.CancelledError) or task in _tasks:
             raise
         raise cancellation from error
+
+
+#: The event loops where an outermost flow has raised TerminationSignal already.
+_terminations_raised: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+#: How long an outermost flow ended by SIGTERM waits for the others of its loop to
+#: record their end (seconds): past it, it ends all the same.
+_OTHERS_WAITED_FOR = 30.0
+
+
+async def _others_ended(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+    """Wait until every other outermost flow SIGTERM cancelled on ``loop`` has ended."""
+    waiting = _sigterm_waits.get(loop)
+    if waiting is None or task is None:
+        return
+    ending, all_ended = waiting
+    ending.discard(task)
+    if not ending:
+        all_ended.set()
+        return
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(all_ended.wait()), _OTHERS_WAITED_FOR)
+
+
+#: Per event loop, the outermost flows SIGTERM cancelled that have not ended yet, and
+#: an event set once none is left.
+_sigterm_waits: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[set[asyncio.Task[Any]], asyncio.Event]
+] = weakref.WeakKeyDictionary()

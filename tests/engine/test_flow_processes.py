@@ -345,3 +345,54 @@ def test_a_sigterm_handler_the_flows_code_puts_on_the_loop_outlives_the_flow(tmp
         env={**os.environ, "FLOWTRAIL_DATABASE_URL": f"sqlite:///{tmp_path}/log.db"},
     )
     assert (done.returncode, done.stdout.splitlines()[-1:]) == (0, ["['mine']"]), done.stderr
+
+
+_TWO_FLOWS_GATHERED = """
+import asyncio, sys
+from flowtrail import flow
+
+@flow
+async def first() -> None:
+    await asyncio.sleep(60)
+
+@flow
+async def second() -> None:
+    await asyncio.sleep(60)
+
+async def main() -> None:
+    async def announce() -> None:
+        await asyncio.sleep(0.5)
+        print("running", flush=True)
+    await asyncio.gather(first(), second(), announce(), return_exceptions=RETURN_EXCEPTIONS)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+def test_sigterm_cancels_every_outermost_async_flow_of_the_loop(
+    tmp_path: Path, return_exceptions: bool
+) -> None:
+    """Two flows gathered at the top of a program: the first to start owned SIGTERM
+    and was recorded Cancelled; the other was cancelled by asyncio.run's ending and
+    recorded Crashed, or, gathered without return_exceptions, stopped in the middle of
+    that when the first one's TerminationSignal ended asyncio.run, its log never closed:
+    the process hung at exit. Both are cancelled now, and the process ends as SIGTERM
+    says, with no traceback."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _TWO_FLOWS_GATHERED.replace("RETURN_EXCEPTIONS", str(return_exceptions))],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FLOWTRAIL_DATABASE_URL": url},
+    )
+    _wait_for_line(worker, "running")
+    worker.send_signal(signal.SIGTERM)
+    code, output = _finish(worker)
+    assert code == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output
+    with SyncOrchestrator.open(url) as orch:
+        for name in ("first", "second"):
+            assert [s.name for s in orch.read_states(_only(orch, name).id)] == CANCELLED, name
