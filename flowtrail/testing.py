@@ -31,7 +31,7 @@ from flowtrail.core.events import (
 from flowtrail.core.fold import RunView, evolve, flow_run_facts
 from flowtrail.core.jsondata import JSONValue
 from flowtrail.core.policies import Policy, decide, mirror_proposal
-from flowtrail.core.rules import stamp
+from flowtrail.core.rules import arrived
 from flowtrail.core.states import State, StateType
 
 __all__ = [
@@ -202,7 +202,7 @@ class MemoryLog:
     ) -> Decision:
         """Decide and record a proposal; returns the decision."""
         view = self.view(run_id)
-        proposal = Proposal(state=stamp(state, at), proposed_at=at, force=force)
+        proposal = Proposal(state=arrived(state, at), proposed_at=at, force=force)
         facts = self.facts_for(view, proposal, fresh_key=fresh_key, random_draw=random_draw)
         decision = decide(view, proposal, facts, policy)
         events: list[Event] = [

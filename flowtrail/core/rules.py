@@ -44,6 +44,7 @@ __all__ = [
     "Verdict",
     "abort",
     "after",
+    "arrived",
     "change",
     "modify",
     "reject",
@@ -150,6 +151,22 @@ class Transform:
 
     def acts_on(self, from_type: StateType | None, to_type: StateType) -> bool:
         return from_type in self.leaving or to_type in self.entering
+
+
+def arrived(state: State, at: datetime) -> State:
+    """The state as a proposal records it: dated ``at`` (its proposal's time), whatever
+    timestamp it was built with, as Prefect's server dates a state when it arrives (its
+    StateCreate carries no timestamp). A state built with `flowtrail.states` is dated
+    when it is built: a Running re-proposed after a wait, or built long before, would
+    otherwise be written earlier than the state before it, and its run's times reckoned
+    from then. A SCHEDULED state without a ``scheduled_time`` keeps its own timestamp as
+    the time it is scheduled for, as `stamp` reads it."""
+    if state.timestamp is None:
+        return stamp(state, at)
+    if state.type is StateType.SCHEDULED and state.state_details.scheduled_time is None:
+        details = msgspec.structs.replace(state.state_details, scheduled_time=state.timestamp)
+        state = msgspec.structs.replace(state, state_details=details)
+    return stamp(msgspec.structs.replace(state, timestamp=None), at)
 
 
 def stamp(state: State, at: datetime) -> State:

@@ -21,7 +21,6 @@ from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
-import msgspec
 from msgspec import UNSET
 
 from flowtrail.core.chain import RecordedEvent
@@ -48,7 +47,7 @@ from flowtrail.core.events import (
 )
 from flowtrail.core.fold import RunView, evolve, flow_run_facts
 from flowtrail.core.policies import decide, mirror_proposal
-from flowtrail.core.rules import stamp
+from flowtrail.core.rules import arrived
 from flowtrail.core.states import State, StateType
 from flowtrail.engine.cache import ViewCache
 from flowtrail.engine.checks import (
@@ -150,15 +149,6 @@ def _retrying(decision: Decision) -> bool:
     return decision.status is SetStateStatus.ACCEPT or (
         decision.status is SetStateStatus.REJECT and reached.is_scheduled()
     )
-
-
-def arrived(state: State, now: datetime) -> State:
-    """The state as a proposal records it: dated ``now``, whatever timestamp it was built
-    with, as Prefect's server dates a state when it arrives (its StateCreate carries no
-    timestamp). A state built with `flowtrail.states` is dated when it is built: a
-    Running re-proposed after a wait, or built long before, would otherwise be written
-    earlier than the state before it, and its run's times reckoned from then."""
-    return stamp(state if state.timestamp is None else msgspec.structs.replace(state, timestamp=None), now)
 
 
 @dataclass
