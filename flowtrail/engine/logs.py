@@ -30,6 +30,8 @@ def get_logger(name: str) -> Any:
 
     if structlog.is_configured():
         return structlog.get_logger(name)
+    if sys.stderr is None:  # no standard error (pythonw, a daemon with fd 2 closed): no lines
+        return structlog.wrap_logger(structlog.ReturnLogger(), processors=[])
     return structlog.wrap_logger(
         structlog.PrintLogger(sys.stderr),
         processors=_unconfigured_processors(),
@@ -44,7 +46,7 @@ def _unconfigured_processors() -> list[Any]:
 
     processors = list(structlog.get_config()["processors"])
     if processors and isinstance(processors[-1], structlog.dev.ConsoleRenderer):
-        terminal = sys.stderr.isatty()
+        terminal = sys.stderr is not None and sys.stderr.isatty()
         formatter: Any = structlog.dev.plain_traceback  # in a file: no colours, no frames drawn
         if terminal and importlib.util.find_spec("rich") is not None:
             formatter = structlog.dev.RichTracebackFormatter(show_locals=False)

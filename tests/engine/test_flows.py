@@ -1110,6 +1110,28 @@ def test_with_structlog_left_unconfigured_log_lines_go_to_stderr_leaving_stdout_
     assert "flow run created" in done.stderr
 
 
+def test_with_structlog_left_unconfigured_a_flow_runs_where_there_is_no_standard_error(
+    tmp_path: Path,
+) -> None:
+    """pythonw, or a daemon started with its descriptor 2 closed: sys.stderr is None,
+    and every flow call failed on the logger's ``isatty``."""
+    script = (
+        "from flowtrail import flow, SyncOrchestrator\n"
+        "@flow\n"
+        "def etl(x: int) -> int:\n"
+        "    return x * 2\n"
+        f"with SyncOrchestrator.open('sqlite:///{tmp_path / 'quiet.db'}'):\n"
+        "    print(etl(21))\n"
+    )
+    without_stderr = (
+        f"import os, sys; os.close(2); os.execv(sys.executable, [sys.executable, '-c', {script!r}])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", without_stderr], check=False, stdout=subprocess.PIPE, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "42\n")
+
+
 def test_with_structlog_left_unconfigured_a_failing_hooks_traceback_shows_no_local_variables(
     tmp_path: Path,
 ) -> None:
