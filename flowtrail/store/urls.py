@@ -112,6 +112,10 @@ def without_password(text: str, url: str) -> str:
         return text
     password = userinfo.partition(":")[2]
     secrets = {password, unquote(password), *password.split("@")}
+    for part in urlsplit(url).query.split("&"):  # ?password=..., ?sslpassword=...
+        name, _, value = part.partition("=")
+        if unquote_plus(name) in _SECRET_PARAMETERS:
+            secrets |= {value, unquote_plus(value)}
     for secret in sorted((secret for secret in secrets if len(secret) >= 3), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
@@ -137,9 +141,11 @@ def parse_url(url: str) -> StoreUrl:
     scheme = parts.scheme.lower()
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     options = dict(pairs)
-    if len(options) < len(pairs):
-        twice = next(name for name in options if sum(key == name for key, _ in pairs) > 1)
-        raise InvalidUrlError(f"the URL option {shown(twice)} is given more than once: give it once")
+    # flowtrail's own options, once each (libpq's may repeat: the last one wins there).
+    ours = _SQLITE_OPTIONS | _FLOWTRAIL_PG_OPTIONS
+    twice = [name for name in options if name in ours and sum(key == name for key, _ in pairs) > 1]
+    if twice:
+        raise InvalidUrlError(f"the URL option {shown(twice[0])} is given more than once: give it once")
     if scheme == "sqlite":
         return _sqlite(url, parts, options)
     if scheme in ("postgresql", "postgres"):

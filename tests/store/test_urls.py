@@ -95,3 +95,20 @@ def test_a_postgresql_url_libpq_cannot_read_is_refused_without_its_password(url:
         SyncPostgresStore.open(url)
     assert password not in str(refused.value)
     assert "***" in str(refused.value)
+
+
+def test_a_libpq_option_given_twice_goes_to_libpq_which_takes_the_last() -> None:
+    """Only flowtrail's own options must be given once: a URL built by adding libpq
+    options to a base one may repeat them, as libpq allows."""
+    parsed = parse_url("postgresql://postgres@localhost/test?sslmode=disable&sslmode=prefer")
+    assert parsed.target.endswith("?sslmode=disable&sslmode=prefer")
+
+
+@pytest.mark.parametrize("option", ["password", "sslpassword"])
+def test_a_password_given_as_a_query_option_is_kept_out_of_libpqs_error(option: str) -> None:
+    from flowtrail import StoreUnavailableError
+    from flowtrail.store.postgres import SyncPostgresStore
+
+    with pytest.raises(StoreUnavailableError) as refused:
+        SyncPostgresStore.open(f"postgresql://postgres@127.0.0.1:5432/test?{option}=se%ZZcret")
+    assert "ZZcret" not in str(refused.value)
