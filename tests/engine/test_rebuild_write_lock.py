@@ -18,7 +18,7 @@ from flowtrail.engine.replay import copy_rows
 from flowtrail.projections import RunViews
 from flowtrail.projections.rebuild import transaction
 from flowtrail.store.drivers import run_sync
-from flowtrail.store.schema import mark_stale_script
+from flowtrail.store.schema import mark_current_script, mark_stale_script
 from flowtrail.store.sqlite import _Connection
 from flowtrail.store.sqlite_schema import translate
 from tests.conftest import Databases
@@ -148,3 +148,34 @@ def _run_all(statements: list[str], then: Script[None]) -> Script[None]:
     for statement in statements:
         yield Execute(statement)
     yield from then
+
+
+def test_the_first_open_once_the_views_are_current_makes_an_index_their_rebuild_did_not(
+    databases: Databases,
+) -> None:
+    """An open while the views are stale makes their tables alone. A rebuild by an
+    older flowtrail, declaring fewer indexes at the same view version, may then finish
+    them: the next open makes what it lacks, instead of taking the digest recorded by
+    the open in between for what the tables hold."""
+    url = databases.url("log")
+    views = RunViews()
+    with SyncOrchestrator.open(url) as orch:
+        orch.create_flow_run("etl", state=pure.Pending())
+        dialect = orch.store.dialect
+        drop = [f'DROP TABLE IF EXISTS "{table}"' for table in views.tables]
+        orch.store.run(
+            transaction(_run_all([*drop, *views.table_schema(dialect)], mark_stale_script(views))), write=True
+        )
+    with SyncOrchestrator.open(url, rebuild_stale=False) as orch:
+        assert orch.store.stale_projections == [views.name]
+        # The older rebuild ends: its rows and all indexes but one, the views current.
+        older = [
+            statement
+            for statement in views.index_schema(dialect)
+            if "flow_runs_by_state_name" not in statement
+        ]
+        orch.store.run(transaction(_run_all(older, mark_current_script(views))), write=True)
+    assert "flow_runs_by_state_name" not in _indexes_of_flow_runs(databases)
+    with SyncOrchestrator.open(url):
+        pass
+    assert "flow_runs_by_state_name" in _indexes_of_flow_runs(databases)
