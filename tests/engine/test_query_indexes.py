@@ -250,6 +250,20 @@ def test_tags_alone_are_counted_on_the_tags_table_without_listing_their_runs_thr
             assert not [step for step in steps if "flow_runs" in step or "LIST SUBQUERY" in step], steps
 
 
+@pytest.mark.parametrize("tags", [["common", "rare"], ["rare", "common"]])
+def test_runs_carrying_several_tags_are_listed_from_the_rarest_whatever_their_order(tags: list[str]) -> None:
+    """Listed from a tag on every run, a rare combination went through all of them,
+    twice (to count, then for the page): 90 ms among 150,000 runs, 0.1 ms the other way
+    round."""
+    script = read_flow_runs(tags=tags, limit=200)
+    effect = next(script)
+    while effect.sql.startswith("SELECT count(*)"):
+        tag, cap = effect.params
+        effect = script.send([(3 if tag == "rare" else cap,)])
+    assert effect.params[:2] == ["rare", "common"]
+    assert "run_id = tagged.run_id" in effect.sql  # the others looked up run by run
+
+
 def test_a_page_is_the_same_read_in_the_sorts_order_or_off_a_filters_index(
     sqlite_databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
