@@ -144,6 +144,11 @@ def holds_a_log(tables: set[str], definition: SchemaDefinition, *, create: bool,
     if "flowtrail_meta" in tables:
         return True
     foreign = tables - definition.own_tables
+    if "events" in foreign and "checkpoints" in foreign:
+        raise CorruptLogError(
+            "this database holds a flowtrail log's tables but not its flowtrail_meta table, which "
+            "flowtrail never drops: the log is damaged; restore it from a copy"
+        )
     if foreign:
         raise CorruptLogError(
             f"this is not a flowtrail database: it holds other tables ({', '.join(sorted(foreign)[:5])})"

@@ -273,6 +273,19 @@ def test_a_database_of_another_application_is_refused_untouched(tmp_path: Path) 
     assert tables == {"users"}
 
 
+def test_a_log_whose_meta_table_was_dropped_is_called_a_damaged_log_not_another_programs(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "log.db"
+    _filled(db, 2)
+    connection = sqlite3.connect(db)
+    connection.execute("DROP TABLE flowtrail_meta")
+    connection.commit()
+    connection.close()
+    with pytest.raises(CorruptLogError, match="holds a flowtrail log's tables but not its flowtrail_meta"):
+        SyncSQLiteStore(db)
+
+
 @pytest.mark.parametrize("create", [True, False])
 def test_a_database_of_another_application_keeps_every_byte_and_its_journal_mode(
     tmp_path: Path, create: bool
